@@ -1,0 +1,76 @@
+// A paged, quantized KV cache for n_layers x n_kv_heads x head_dim, holding many sequences.
+//
+// Tokens are appended per layer, in bulk (prefill) or one at a time (decode); appending in one call
+// or token by token gives identical stored codes. Keys and values each have their own codec, chosen
+// by name (see make_codec). Optional full-precision windows keep the first `sink_tokens` and the most
+// recent `recent_tokens` of each sequence unquantized. Page layout: docs/FORMAT.md.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <polarquant/codec.h>
+
+namespace polarquant {
+
+struct KvCacheOptions {
+  int n_layers = 1;
+  int n_kv_heads = 1;
+  int head_dim = 128;
+  std::string key_codec = "paper";    // any make_codec name, e.g. "f16", "f32", "paper"
+  std::string value_codec = "paper";
+  uint64_t seed = kDefaultSeed;       // rotation seed shared by keys and values of all layers/heads
+  int page_tokens = 32;               // tokens per page
+  int sink_tokens = 0;                // first S tokens of a sequence kept in full precision
+  int recent_tokens = 0;              // most recent R tokens kept in full precision
+  // false reproduces the paper's setting: tokens appended after the first append of a sequence
+  // (i.e. generated tokens) stay in full precision.
+  bool quantize_generated = true;
+};
+
+using SequenceId = int64_t;
+
+struct KvMemoryStats {
+  std::vector<size_t> layer_bytes;  // bytes allocated per layer (pages, windows, tables)
+  size_t total_bytes = 0;
+  size_t fp16_bytes = 0;            // what an fp16 cache of the same tokens would need
+  size_t tokens = 0;                // tokens stored, summed over sequences (per layer)
+};
+
+class KvCache {
+ public:
+  explicit KvCache(const KvCacheOptions& options);
+  ~KvCache();
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+
+  const KvCacheOptions& options() const;
+
+  SequenceId add_sequence();
+  // Frees the sequence's pages; later use of the id throws State.
+  void free_sequence(SequenceId seq);
+  bool has_sequence(SequenceId seq) const;
+
+  // Appends n_tokens tokens to one layer of a sequence. k and v hold n_tokens x n_kv_heads x
+  // head_dim floats (token-major). Throws InvalidArgument for non-finite values.
+  void append(SequenceId seq, int layer, const float* k, const float* v, size_t n_tokens);
+  // Tokens stored for the sequence at that layer.
+  size_t length(SequenceId seq, int layer) const;
+
+  // Reconstructs the stored keys and values of tokens [begin, end) of one layer (for tests, for the
+  // decode-then-attend reference, and for codecs without a fused path): n x n_kv_heads x head_dim.
+  void read(SequenceId seq, int layer, size_t begin, size_t end, float* k, float* v) const;
+
+  KvMemoryStats memory() const;
+
+  struct Impl;
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace polarquant

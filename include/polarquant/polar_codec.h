@@ -1,0 +1,89 @@
+// The PolarQuant codec: random rotation, recursive polar transform, per-level angle codebooks,
+// block radii in fp16 / bf16 / fp32. Byte layout of one encoded vector and of the self-describing
+// container: docs/FORMAT.md.
+#pragma once
+
+#include <polarquant/codebook.h>
+#include <polarquant/codec.h>
+#include <polarquant/polar_transform.h>
+#include <polarquant/rotation.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace polarquant {
+
+enum class RadiusPrecision { kFp16, kBf16, kFp32 };
+std::string_view radius_precision_name(RadiusPrecision p);
+RadiusPrecision parse_radius_precision(std::string_view name);  // "fp16", "bf16", "fp32"
+inline int radius_bytes(RadiusPrecision p) { return p == RadiusPrecision::kFp32 ? 4 : 2; }
+
+struct PolarConfig {
+  int dim = 128;
+  int levels = 4;
+  std::vector<int> bits = {4, 2, 2, 2};  // bits per angle, level 1 first; one entry per level
+  RadiusPrecision radius = RadiusPrecision::kFp16;
+  RotationKind rotation = RotationKind::kDense;
+  uint64_t seed = kDefaultSeed;
+  // One codebook per level (level 1 first) or empty for the analytic Lloyd-Max codebooks.
+  std::vector<Codebook> codebooks;
+  std::string name = "custom";  // reported by Codec::name()
+
+  // Throws InvalidArgument naming the offending field (dim, levels, bits[i], codebooks[i]).
+  void validate() const;
+  // Bits of one vector before byte padding: radii plus all angle codes.
+  size_t payload_bits() const;
+};
+
+// Named allocations. "paper": L=4, bits 4,2,2,2, fp16 radius (3.875 bits/coordinate).
+// "polar37": L=6, bits 4,3,3,3,3,3 (3.70 bits before padding, NMSE ~1.7x below paper).
+// "polar39": L=5, bits 4,3,3,3,3 (3.906 bits). "polar41": L=7, 4 bits everywhere (4.09 bits).
+// Throws InvalidArgument for an unknown name (listing the known ones) or a dim the preset cannot
+// split into its blocks.
+PolarConfig polar_preset(std::string_view name, int dim);
+std::vector<std::string> polar_preset_names();
+
+class PolarCodec final : public Codec {
+ public:
+  explicit PolarCodec(PolarConfig config);
+
+  std::string name() const override { return config_.name; }
+  int dim() const override { return config_.dim; }
+  size_t group_bytes() const override { return code_bytes_; }
+  void encode(const float* x, size_t n, uint8_t* codes) const override;
+  void decode(const uint8_t* codes, size_t n, float* x) const override;
+
+  const PolarConfig& config() const { return config_; }
+  const PolarShape& shape() const { return shape_; }
+  const Rotation& rotation() const { return rotation_; }
+  const std::vector<Codebook>& codebooks() const { return codebooks_; }
+
+  // Quantizes already-rotated vectors y (n x dim) to per-level code indices (n x num_angles, level 1
+  // first as in polar_forward) and radii rounded to the radius precision (n x num_radii). The
+  // building block of encode and of the cache's page encoder.
+  void quantize_rotated(const float* y, size_t n, uint8_t* indices, float* radii) const;
+  // Reconstructs rotated vectors from indices and radii (inverse of quantize_rotated).
+  void dequantize_rotated(const uint8_t* indices, const float* radii, size_t n, float* y) const;
+
+  // Self-describing container: header (config, count), codebooks when not analytic, codes, CRC-32.
+  std::vector<uint8_t> pack(const float* x, size_t n) const;
+  struct Unpacked {
+    PolarConfig config;
+    size_t count = 0;
+    std::vector<float> vectors;  // count x dim, decoded
+  };
+  // Throws Format, naming the field or the byte offset, for a truncated, corrupt or unsupported
+  // container.
+  static Unpacked unpack(const uint8_t* data, size_t size);
+
+ private:
+  PolarConfig config_;
+  PolarShape shape_;
+  Rotation rotation_;
+  std::vector<Codebook> codebooks_;
+  size_t code_bytes_ = 0;
+};
+
+}  // namespace polarquant

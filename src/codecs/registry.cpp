@@ -1,0 +1,28 @@
+// make_codec: the one place that maps short codec names to codec objects.
+#include <polarquant/codec.h>
+#include <polarquant/error.h>
+#include <polarquant/polar_codec.h>
+
+#include <algorithm>
+
+namespace polarquant {
+
+std::vector<std::string> codec_names() {
+  std::vector<std::string> names;
+  for (const auto& preset : polar_preset_names()) names.push_back(preset);
+  return names;
+}
+
+std::unique_ptr<Codec> make_codec(std::string_view name, int dim, uint64_t seed) {
+  const auto presets = polar_preset_names();
+  if (std::find(presets.begin(), presets.end(), name) != presets.end()) {
+    PolarConfig config = polar_preset(name, dim);
+    config.seed = seed;
+    return std::make_unique<PolarCodec>(std::move(config));
+  }
+  std::string known;
+  for (const auto& n : codec_names()) known += (known.empty() ? "" : ", ") + n;
+  throw_invalid("unknown codec '" + std::string(name) + "'; known codecs: " + known);
+}
+
+}  // namespace polarquant
