@@ -5,15 +5,21 @@
 
 #include <algorithm>
 
+#include "codecs/float_codecs.h"
+
 namespace polarquant {
 
 std::vector<std::string> codec_names() {
   std::vector<std::string> names;
+  names.push_back("f32");
+  names.push_back("f16");
   for (const auto& preset : polar_preset_names()) names.push_back(preset);
   return names;
 }
 
 std::unique_ptr<Codec> make_codec(std::string_view name, int dim, uint64_t seed) {
+  if (name == "f32") return std::make_unique<F32Codec>(dim);
+  if (name == "f16") return std::make_unique<F16Codec>(dim);
   const auto presets = polar_preset_names();
   if (std::find(presets.begin(), presets.end(), name) != presets.end()) {
     PolarConfig config = polar_preset(name, dim);
