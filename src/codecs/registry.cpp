@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "codecs/float_codecs.h"
+#include "codecs/peer_codecs.h"
 
 namespace polarquant {
 
@@ -13,6 +14,7 @@ std::vector<std::string> codec_names() {
   std::vector<std::string> names;
   names.push_back("f32");
   names.push_back("f16");
+  for (const auto& peer : codecs::peer_codec_names()) names.push_back(peer);
   for (const auto& preset : polar_preset_names()) names.push_back(preset);
   return names;
 }
@@ -20,6 +22,7 @@ std::vector<std::string> codec_names() {
 std::unique_ptr<Codec> make_codec(std::string_view name, int dim, uint64_t seed) {
   if (name == "f32") return std::make_unique<F32Codec>(dim);
   if (name == "f16") return std::make_unique<F16Codec>(dim);
+  if (auto peer = codecs::make_peer_codec(name, dim, seed)) return peer;
   const auto presets = polar_preset_names();
   if (std::find(presets.begin(), presets.end(), name) != presets.end()) {
     PolarConfig config = polar_preset(name, dim);

@@ -1,0 +1,25 @@
+// Key/value codec pairs. Some methods code keys and values differently (KIVI quantizes keys per
+// channel over tokens and values per token over channels; QJL codes keys only and pairs them with
+// KIVI values), so make_codec names are per role ("kivi2k", "kivi2v") and a pair name ("kivi2")
+// names both. Every other codec name is its own pair (the same codec for keys and values).
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace polarquant {
+
+struct CodecPair {
+  std::string key;    // a make_codec name for keys
+  std::string value;  // a make_codec name for values
+};
+
+// "kivi2" -> {kivi2k, kivi2v}, "kivi4" -> {kivi4k, kivi4v}, "qjl" -> {qjl, kivi2v}; any other
+// name -> {name, name}. Does not check that the names exist (make_codec does).
+CodecPair codec_pair(std::string_view name);
+// The pair names for every codec family, in display order (per-role KIVI names folded into their
+// pair name).
+std::vector<std::string> codec_pair_names();
+
+}  // namespace polarquant

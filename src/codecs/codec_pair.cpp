@@ -1,0 +1,25 @@
+// Pair names for methods whose keys and values use different codecs.
+#include <polarquant/codec.h>
+#include <polarquant/codec_pair.h>
+
+namespace polarquant {
+
+CodecPair codec_pair(std::string_view name) {
+  if (name == "kivi2") return {"kivi2k", "kivi2v"};
+  if (name == "kivi4") return {"kivi4k", "kivi4v"};
+  // The QJL paper's Llama runs pair 1-bit-JL keys with 2-bit per-token values.
+  if (name == "qjl") return {"qjl", "kivi2v"};
+  return {std::string(name), std::string(name)};
+}
+
+std::vector<std::string> codec_pair_names() {
+  std::vector<std::string> names;
+  for (const std::string& n : codec_names()) {
+    const bool kivi_role = n.size() == 6 && n.rfind("kivi", 0) == 0;
+    if (kivi_role && n.back() == 'v') continue;
+    names.push_back(kivi_role ? n.substr(0, 5) : n);
+  }
+  return names;
+}
+
+}  // namespace polarquant
