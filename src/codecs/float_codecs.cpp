@@ -32,7 +32,9 @@ void check_finite(const char* codec, const float* x, size_t n, int dim, float li
 
 }  // namespace
 
-F32Codec::F32Codec(int dim) : dim_(dim) { check_dim("f32", dim); }
+F32Codec::F32Codec(int dim) : dim_(dim) {
+  check_dim("f32", dim);
+}
 
 void F32Codec::encode(const float* x, size_t n, uint8_t* codes) const {
   check_finite("f32", x, n, dim_, INFINITY);
@@ -51,7 +53,9 @@ void F32Codec::decode(const uint8_t* codes, size_t n, float* x) const {
   }
 }
 
-F16Codec::F16Codec(int dim) : dim_(dim) { check_dim("f16", dim); }
+F16Codec::F16Codec(int dim) : dim_(dim) {
+  check_dim("f16", dim);
+}
 
 void F16Codec::encode(const float* x, size_t n, uint8_t* codes) const {
   check_finite("f16", x, n, dim_, 65520.0f);

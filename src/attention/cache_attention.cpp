@@ -1,0 +1,280 @@
+// Fused decode attention over the paged cache: split-K over the context (tasks of whole pages per
+// KV head, run on OpenMP threads), an online softmax per task, and a merge of the partial (m, l,
+// acc) states. Keys and values are read in their stored form: fp32/fp16 rows directly, PolarQuant
+// pages through lookup tables in the rotated domain, any other codec one decoded page at a time.
+#include <polarquant/error.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "attention/attention_internal.h"
+#include "cache/kv_cache_impl.h"
+
+namespace polarquant {
+namespace {
+
+enum class Stored { kF32, kF16, kPolar, kOther };
+
+Stored stored_kind(const PageFormat& format) {
+  if (dynamic_cast<const PolarPageFormat*>(&format)) return Stored::kPolar;
+  if (format.codec().group_size() == 1 && format.codec().name() == "f32") return Stored::kF32;
+  if (format.codec().group_size() == 1 && format.codec().name() == "f16") return Stored::kF16;
+  return Stored::kOther;
+}
+
+constexpr size_t kRowTile = 64;  // full-precision rows scored per softmax step
+
+// A contiguous run of positions of one KV head, all in one storage run (sink, pages or tail).
+struct Task {
+  int kv_head = 0;
+  bool coded = false;
+  size_t begin = 0, end = 0;  // positions
+};
+
+struct State {
+  std::vector<float> m, l, acc, lanes;
+};
+
+struct Context {
+  const KernelSet& kernels;
+  const KvCache::Impl& cache;
+  const SequenceLayer& sl;
+  int g = 1, dim = 0;
+  Stored key_kind, value_kind;
+  const std::vector<float>* q_plain;           // n_q_heads x dim, scaled
+  const std::vector<PolarTables>* key_tables;  // per KV head (PolarQuant keys)
+  const PolarTables* value_tables;             // PolarQuant values
+};
+
+// Scores of rows [begin, begin + n) of one storage run into scores (g x kRowTile-strided).
+void run_rows(const Context& c, const Task& task, State& st, const float* k_rows,
+              const float* v_rows, size_t n_rows, std::vector<float>& scores) {
+  const size_t stride = c.cache.row_floats;
+  const float* q = c.q_plain->data() + static_cast<size_t>(task.kv_head) * c.g * c.dim;
+  for (size_t t0 = 0; t0 < n_rows; t0 += kRowTile) {
+    const size_t n = std::min(kRowTile, n_rows - t0);
+    c.kernels.score_f32(q, c.g, c.dim, k_rows + t0 * stride, stride, n, scores.data(), kRowTile);
+    for (int h = 0; h < c.g; ++h) {
+      const float alpha = c.kernels.softmax(&scores[h * kRowTile], n, &st.m[h], &st.l[h]);
+      if (alpha != 1.0f) {
+        for (int j = 0; j < c.dim; ++j) st.acc[h * c.dim + j] *= alpha;
+      }
+    }
+    c.kernels.value_f32(scores.data(), kRowTile, c.g, c.dim, v_rows + t0 * stride, stride, n,
+                        st.acc.data());
+  }
+}
+
+void run_pages(const Context& c, const Task& task, State& st, std::vector<float>& scores,
+               std::vector<float>& decoded) {
+  const KvCache::Impl& m = c.cache;
+  const size_t page_tokens = static_cast<size_t>(m.options.page_tokens);
+  const size_t sink = c.sl.sink.size();
+  const int h = task.kv_head;
+  const size_t group = static_cast<size_t>(m.group);
+  const float* q = c.q_plain->data() + static_cast<size_t>(h) * c.g * c.dim;
+  for (size_t pos = task.begin; pos < task.end;) {
+    const size_t coded = pos - sink;
+    const size_t page = coded / page_tokens;
+    const size_t slot = coded % page_tokens;
+    const size_t n = std::min(task.end - pos, page_tokens - slot);
+    const uint8_t* kreg = c.sl.k_pages[page].get() + h * m.key_format->head_bytes();
+    const uint8_t* vreg = c.sl.v_pages[page].get() + h * m.value_format->head_bytes();
+    switch (c.key_kind) {
+      case Stored::kF32:
+        c.kernels.score_f32(q, c.g, c.dim, reinterpret_cast<const float*>(kreg) + slot * c.dim,
+                            c.dim, n, scores.data(), page_tokens);
+        break;
+      case Stored::kF16:
+        c.kernels.score_f16(q, c.g, c.dim, reinterpret_cast<const uint16_t*>(kreg) + slot * c.dim,
+                            c.dim, n, scores.data(), page_tokens);
+        break;
+      case Stored::kPolar:
+        c.kernels.score_polar((*c.key_tables)[h], kreg, slot, n, c.g, scores.data(), page_tokens);
+        break;
+      case Stored::kOther: {
+        const size_t first = slot / group * group;
+        const size_t count = round_up(slot + n, group) - first;
+        decoded.resize(count * c.dim);
+        m.key_format->load(c.sl.k_pages[page].get(), h, first, count, decoded.data());
+        c.kernels.score_f32(q, c.g, c.dim, decoded.data() + (slot - first) * c.dim, c.dim, n,
+                            scores.data(), page_tokens);
+        break;
+      }
+    }
+    for (int i = 0; i < c.g; ++i) {
+      const float alpha = c.kernels.softmax(&scores[i * page_tokens], n, &st.m[i], &st.l[i]);
+      if (alpha == 1.0f) continue;
+      if (c.value_kind == Stored::kPolar) {
+        float* lanes = &st.lanes[static_cast<size_t>(i) * c.dim * 16];
+        for (size_t j = 0; j < static_cast<size_t>(c.dim) * 16; ++j) lanes[j] *= alpha;
+      } else {
+        for (int j = 0; j < c.dim; ++j) st.acc[i * c.dim + j] *= alpha;
+      }
+    }
+    switch (c.value_kind) {
+      case Stored::kF32:
+        c.kernels.value_f32(scores.data(), page_tokens, c.g, c.dim,
+                            reinterpret_cast<const float*>(vreg) + slot * c.dim, c.dim, n,
+                            st.acc.data());
+        break;
+      case Stored::kF16:
+        c.kernels.value_f16(scores.data(), page_tokens, c.g, c.dim,
+                            reinterpret_cast<const uint16_t*>(vreg) + slot * c.dim, c.dim, n,
+                            st.acc.data());
+        break;
+      case Stored::kPolar:
+        c.kernels.value_polar(*c.value_tables, vreg, slot, n, c.g, scores.data(), page_tokens,
+                              st.lanes.data());
+        break;
+      case Stored::kOther: {
+        const size_t first = slot / group * group;
+        const size_t count = round_up(slot + n, group) - first;
+        decoded.resize(count * c.dim);
+        m.value_format->load(c.sl.v_pages[page].get(), h, first, count, decoded.data());
+        c.kernels.value_f32(scores.data(), page_tokens, c.g, c.dim,
+                            decoded.data() + (slot - first) * c.dim, c.dim, n, st.acc.data());
+        break;
+      }
+    }
+    pos += n;
+  }
+  if (c.value_kind == Stored::kPolar) {
+    // Lanes -> one rotated accumulator per head -> back to the original domain (S^T once).
+    std::vector<float> rotated(c.dim);
+    for (int i = 0; i < c.g; ++i) {
+      const float* lanes = &st.lanes[static_cast<size_t>(i) * c.dim * 16];
+      for (int j = 0; j < c.dim; ++j) {
+        float s = 0.0f;
+        for (int lane = 0; lane < 16; ++lane) s += lanes[j * 16 + lane];
+        rotated[j] = s;
+      }
+      const auto& polar = static_cast<const PolarPageFormat&>(*m.value_format).polar();
+      polar.rotation().inverse(rotated.data(), &st.acc[i * c.dim], 1);
+    }
+  }
+}
+
+void run_task(const Context& c, const Task& task, State& st) {
+  const size_t dim = static_cast<size_t>(c.dim);
+  st.m.assign(c.g, -std::numeric_limits<float>::infinity());
+  st.l.assign(c.g, 0.0f);
+  st.acc.assign(c.g * dim, 0.0f);
+  const size_t page_tokens = static_cast<size_t>(c.cache.options.page_tokens);
+  std::vector<float> scores(c.g * std::max(kRowTile, page_tokens));
+  if (!task.coded) {
+    const size_t sink = c.sl.sink.size();
+    const size_t off = static_cast<size_t>(task.kv_head) * dim;
+    const bool in_sink = task.begin < sink;
+    const size_t first = in_sink ? task.begin : task.begin - sink - c.sl.coded;
+    const TokenRows& rows = in_sink ? c.sl.sink : c.sl.tail;
+    run_rows(c, task, st, rows.k(first) + off, rows.v(first) + off, task.end - task.begin, scores);
+    return;
+  }
+  if (c.value_kind == Stored::kPolar) st.lanes.assign(c.g * dim * 16, 0.0f);
+  std::vector<float> decoded;
+  run_pages(c, task, st, scores, decoded);
+}
+
+}  // namespace
+
+void cache_attention_with(const KernelSet& kernels, const KvCache& cache, SequenceId seq, int layer,
+                          const float* q, size_t n_queries, int n_q_heads, float* out,
+                          const AttentionOptions& options) {
+  const KvCache::Impl& m = cache.impl();
+  const SequenceLayer& sl = m.layer(seq, layer, "cache_attention");
+  const int n_kv = m.options.n_kv_heads;
+  const int dim = m.options.head_dim;
+  const float scale =
+      check_attention_args("cache_attention", q, n_queries, n_q_heads, n_kv, dim, options);
+  if (n_queries == 0) return;
+  if (n_queries > sl.length) {
+    throw_invalid("cache_attention: " + std::to_string(n_queries) +
+                  " queries but the sequence holds only " + std::to_string(sl.length) +
+                  " tokens at layer " + std::to_string(layer) + "; append the tokens first");
+  }
+  const int threads = resolve_threads(options);
+  const int g = n_q_heads / n_kv;
+  const size_t page_tokens = static_cast<size_t>(m.options.page_tokens);
+  const size_t sink = sl.sink.size();
+
+  Context c{
+      kernels, m,       sl,     g, dim, stored_kind(*m.key_format), stored_kind(*m.value_format),
+      nullptr, nullptr, nullptr};
+  std::vector<float> q_plain(static_cast<size_t>(n_q_heads) * dim);
+  std::vector<PolarTables> key_tables(c.key_kind == Stored::kPolar ? n_kv : 0);
+  PolarTables value_tables;
+  if (c.value_kind == Stored::kPolar) {
+    build_polar_tables(static_cast<const PolarPageFormat&>(*m.value_format), nullptr, 0,
+                       value_tables);
+  }
+  c.q_plain = &q_plain;
+  c.key_tables = &key_tables;
+  c.value_tables = &value_tables;
+  std::vector<float> q_rot(q_plain.size());
+
+  for (size_t qi = 0; qi < n_queries; ++qi) {
+    const size_t limit = sl.length - n_queries + qi + 1;
+    const float* qq = q + qi * q_plain.size();
+    for (size_t i = 0; i < q_plain.size(); ++i) q_plain[i] = qq[i] * scale;
+    if (c.key_kind == Stored::kPolar) {
+      const auto& format = static_cast<const PolarPageFormat&>(*m.key_format);
+      format.polar().rotation().forward(q_plain.data(), q_rot.data(), n_q_heads);
+      for (int h = 0; h < n_kv; ++h) {
+        build_polar_tables(format, q_rot.data() + static_cast<size_t>(h) * g * dim, g,
+                           key_tables[h]);
+      }
+    }
+    // Split the runs into tasks: the page run into about 2 * threads / n_kv pieces of whole pages.
+    const size_t sink_end = std::min(sink, limit);
+    const size_t coded_end = std::min(sink + sl.coded, limit);
+    std::vector<Task> tasks;
+    for (int h = 0; h < n_kv; ++h) {
+      if (sink_end > 0) tasks.push_back({h, false, 0, sink_end});
+      if (coded_end > sink) {
+        const size_t pages = (coded_end - sink + page_tokens - 1) / page_tokens;
+        const size_t pieces = std::clamp<size_t>((2 * threads + n_kv - 1) / n_kv, 1, pages);
+        for (size_t p = 0; p < pieces; ++p) {
+          const size_t b = sink + pages * p / pieces * page_tokens;
+          const size_t e = std::min(coded_end, sink + pages * (p + 1) / pieces * page_tokens);
+          if (e > b) tasks.push_back({h, true, b, e});
+        }
+      }
+      if (limit > sink + sl.coded) tasks.push_back({h, false, sink + sl.coded, limit});
+    }
+    std::vector<State> states(tasks.size());
+    const int n_tasks = static_cast<int>(tasks.size());
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && n_tasks > 1)
+    for (int i = 0; i < n_tasks; ++i) run_task(c, tasks[i], states[i]);
+
+    // Merge the partial states of each KV head's tasks (tasks are grouped by head, in order).
+    float* o = out + qi * q_plain.size();
+    for (int h = 0; h < n_kv; ++h) {
+      for (int i = 0; i < g; ++i) {
+        float mx = -std::numeric_limits<float>::infinity();
+        for (size_t t = 0; t < tasks.size(); ++t) {
+          if (tasks[t].kv_head == h) mx = std::max(mx, states[t].m[i]);
+        }
+        float* oh = o + (static_cast<size_t>(h) * g + i) * dim;
+        std::fill(oh, oh + dim, 0.0f);
+        float l = 0.0f;
+        for (size_t t = 0; t < tasks.size(); ++t) {
+          if (tasks[t].kv_head != h) continue;
+          const float w = std::exp(states[t].m[i] - mx);
+          l += w * states[t].l[i];
+          const float* acc = &states[t].acc[static_cast<size_t>(i) * dim];
+          for (int j = 0; j < dim; ++j) oh[j] += w * acc[j];
+        }
+        for (int j = 0; j < dim; ++j) oh[j] /= l;
+      }
+    }
+  }
+}
+
+}  // namespace polarquant

@@ -1,0 +1,69 @@
+// The inner loops of decode attention, one set per instruction-set level. Every set does exactly
+// the same arithmetic up to float rounding (order of additions, fused multiply-adds, exp
+// polynomial): the scalar set is the reference the tests hold the SIMD sets to
+// (tests/attention_kernels_test.cpp).
+//
+// Shapes: g query heads share one KV head; q is g x dim (already scaled, and rotated for PolarQuant
+// keys); scores are g rows of stride s_stride; acc is g x dim.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cache/page_format.h"
+
+namespace polarquant {
+
+// Per-call tables for one PolarQuant page format (keys or values).
+struct PolarTables {
+  const PolarPageLayout* layout = nullptr;
+  RadiusPrecision radius = RadiusPrecision::kFp16;
+  int dim = 0, levels = 0;
+  int bits[16] = {};
+  // cos/sin of the centroids of level l at [l-1], padded with zeros to table_size(bits) entries.
+  std::vector<float> cos[16], sin[16];
+  // Scores only: per query head, dim/2 level-1 tables of table_size(bits[0]) entries:
+  // a1[(h * dim/2 + n) * size + c] = q'[2n] cos(t_c) + q'[2n+1] sin(t_c).
+  std::vector<float> a1;
+  static int table_size(int bits) { return bits <= 4 ? 16 : (bits == 5 ? 32 : 1 << bits); }
+};
+
+// Builds the cos/sin tables of the codec (and, when q_rotated is given, the level-1 score tables of
+// g query heads).
+void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, int g,
+                        PolarTables& tables);
+
+struct KernelSet {
+  std::string name;
+  // scores[h][t] = q[h] . row_t for t < n, rows at stride `stride` floats/halves.
+  void (*score_f32)(const float* q, int g, int dim, const float* rows, size_t stride, size_t n,
+                    float* scores, size_t s_stride);
+  void (*score_f16)(const float* q, int g, int dim, const uint16_t* rows, size_t stride, size_t n,
+                    float* scores, size_t s_stride);
+  // acc[h] += sum_t p[h][t] row_t.
+  void (*value_f32)(const float* p, size_t p_stride, int g, int dim, const float* rows,
+                    size_t stride, size_t n, float* acc);
+  void (*value_f16)(const float* p, size_t p_stride, int g, int dim, const uint16_t* rows,
+                    size_t stride, size_t n, float* acc);
+  // PolarQuant page region, slots [slot, slot + n), slot a multiple of 16, n <= page - slot.
+  void (*score_polar)(const PolarTables& t, const uint8_t* region, size_t slot, size_t n, int g,
+                      float* scores, size_t s_stride);
+  // acc_lanes is g x dim x 16: lane i accumulates the slots congruent to i mod 16 (rotated domain).
+  void (*value_polar)(const PolarTables& t, const uint8_t* region, size_t slot, size_t n, int g,
+                      const float* p, size_t p_stride, float* acc_lanes);
+  // Online softmax step for one head: s[0..n) scores in, probabilities exp(s - m_new) out;
+  // m and l updated; returns the factor exp(m_old - m_new) the accumulator must be scaled by.
+  float (*softmax)(float* s, size_t n, float* m, float* l);
+};
+
+const KernelSet& scalar_kernels();
+// nullptr when this build or CPU lacks AVX-512 (F, BW, DQ, VL, VBMI).
+const KernelSet* avx512_kernels();
+// The fastest set this CPU runs (chosen once).
+const KernelSet& best_kernels();
+// Every set this CPU runs, scalar first (for the equivalence tests and the benchmark).
+std::vector<const KernelSet*> available_kernels();
+
+}  // namespace polarquant

@@ -1,0 +1,140 @@
+// The scalar kernel set: plain loops over the same data layouts as the SIMD sets, and the reference
+// the SIMD sets are tested against.
+#include <polarquant/half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "attention/kernels.h"
+#include "attention/polar_page_access.h"
+
+namespace polarquant {
+namespace {
+
+void score_f32(const float* q, int g, int dim, const float* rows, size_t stride, size_t n,
+               float* scores, size_t s_stride) {
+  for (size_t t = 0; t < n; ++t) {
+    const float* row = rows + t * stride;
+    for (int h = 0; h < g; ++h) {
+      float s = 0.0f;
+      for (int j = 0; j < dim; ++j) s += q[h * dim + j] * row[j];
+      scores[h * s_stride + t] = s;
+    }
+  }
+}
+
+void score_f16(const float* q, int g, int dim, const uint16_t* rows, size_t stride, size_t n,
+               float* scores, size_t s_stride) {
+  std::vector<float> row(dim);
+  for (size_t t = 0; t < n; ++t) {
+    for (int j = 0; j < dim; ++j) row[j] = half_to_float(rows[t * stride + j]);
+    score_f32(q, g, dim, row.data(), 0, 1, scores + t, s_stride);
+  }
+}
+
+void value_f32(const float* p, size_t p_stride, int g, int dim, const float* rows, size_t stride,
+               size_t n, float* acc) {
+  for (size_t t = 0; t < n; ++t) {
+    const float* row = rows + t * stride;
+    for (int h = 0; h < g; ++h) {
+      const float w = p[h * p_stride + t];
+      for (int j = 0; j < dim; ++j) acc[h * dim + j] += w * row[j];
+    }
+  }
+}
+
+void value_f16(const float* p, size_t p_stride, int g, int dim, const uint16_t* rows, size_t stride,
+               size_t n, float* acc) {
+  std::vector<float> row(dim);
+  for (size_t t = 0; t < n; ++t) {
+    for (int j = 0; j < dim; ++j) row[j] = half_to_float(rows[t * stride + j]);
+    value_f32(p + t, p_stride, g, dim, row.data(), 0, 1, acc);
+  }
+}
+
+// Top-down decode of one block of one token from level `levels` down to level `stop` (stop = 2
+// leaves the level-1 pair radii, stop = 1 the rotated coordinates). vals needs 2^levels floats.
+void decode_block(const PolarTables& tb, const uint8_t* region, size_t s, int b, int stop,
+                  float* vals) {
+  const PolarPageLayout& layout = *tb.layout;
+  vals[0] = polar_radius(layout, tb.radius, region, b, s);
+  int count = 1;
+  for (int level = tb.levels; level >= stop; --level, count *= 2) {
+    for (int k = count - 1; k >= 0; --k) {  // backwards: children overwrite parents in place
+      const int node = b * count + k;
+      const unsigned c = polar_code(layout, region, level, node, s, tb.bits[level - 1]);
+      const float r = vals[k];
+      vals[2 * k] = r * tb.cos[level - 1][c];
+      vals[2 * k + 1] = r * tb.sin[level - 1][c];
+    }
+  }
+}
+
+void score_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                 float* scores, size_t s_stride) {
+  const int block = 1 << tb.levels;
+  const int blocks = tb.dim / block;
+  const int pairs_per_block = block / 2;
+  const int size1 = PolarTables::table_size(tb.bits[0]);
+  std::vector<float> f(block);
+  for (size_t t = 0; t < n; ++t) {
+    const size_t s = slot + t;
+    for (int h = 0; h < g; ++h) scores[h * s_stride + t] = 0.0f;
+    for (int b = 0; b < blocks; ++b) {
+      decode_block(tb, region, s, b, 2, f.data());
+      for (int k = 0; k < pairs_per_block; ++k) {
+        const int pair = b * pairs_per_block + k;
+        const unsigned c = polar_code(*tb.layout, region, 1, pair, s, tb.bits[0]);
+        for (int h = 0; h < g; ++h) {
+          const float* a1 = &tb.a1[(static_cast<size_t>(h) * (tb.dim / 2) + pair) * size1];
+          scores[h * s_stride + t] += f[k] * a1[c];
+        }
+      }
+    }
+  }
+}
+
+void value_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                 const float* p, size_t p_stride, float* acc_lanes) {
+  const int block = 1 << tb.levels;
+  const int blocks = tb.dim / block;
+  std::vector<float> y(block);
+  for (size_t t = 0; t < n; ++t) {
+    const size_t s = slot + t;
+    const size_t lane = s % 16;
+    for (int b = 0; b < blocks; ++b) {
+      decode_block(tb, region, s, b, 1, y.data());
+      for (int h = 0; h < g; ++h) {
+        const float w = p[h * p_stride + t];
+        float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + b * block) * 16 + lane;
+        for (int j = 0; j < block; ++j) acc[j * 16] += w * y[j];
+      }
+    }
+  }
+}
+
+float softmax(float* s, size_t n, float* m, float* l) {
+  float m_new = *m;
+  for (size_t t = 0; t < n; ++t) m_new = std::max(m_new, s[t]);
+  const float alpha = *m == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(*m - m_new);
+  float sum = 0.0f;
+  for (size_t t = 0; t < n; ++t) {
+    s[t] = std::exp(s[t] - m_new);
+    sum += s[t];
+  }
+  *m = m_new;
+  *l = *l * alpha + sum;
+  return alpha;
+}
+
+}  // namespace
+
+const KernelSet& scalar_kernels() {
+  static const KernelSet set{"scalar",  score_f32,   score_f16,   value_f32,
+                             value_f16, score_polar, value_polar, softmax};
+  return set;
+}
+
+}  // namespace polarquant

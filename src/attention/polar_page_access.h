@@ -1,0 +1,37 @@
+// Scalar access to single fields of a PolarQuant page region (layout: docs/cache.md), shared by the
+// scalar kernels and the table builder.
+#pragma once
+
+#include <polarquant/half.h>
+#include <polarquant/polar_codec.h>
+
+#include <cstring>
+
+#include "cache/page_format.h"
+
+namespace polarquant {
+
+inline float polar_radius(const PolarPageLayout& layout, RadiusPrecision precision,
+                          const uint8_t* region, int block, size_t slot) {
+  const uint8_t* p = region + layout.radii_offset +
+                     (static_cast<size_t>(block) * layout.page_tokens + slot) * layout.radius_bytes;
+  if (precision == RadiusPrecision::kFp32) {
+    float r;
+    std::memcpy(&r, p, 4);
+    return r;
+  }
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  return precision == RadiusPrecision::kFp16 ? half_to_float(bits) : bf16_to_float(bits);
+}
+
+inline unsigned polar_code(const PolarPageLayout& layout, const uint8_t* region, int level,
+                           int node, size_t slot, int bits) {
+  const uint8_t* field = layout.level_field(region, level, node);
+  const size_t bit = slot * static_cast<size_t>(bits);
+  unsigned wide = field[bit / 8];
+  if (bit % 8 + bits > 8) wide |= static_cast<unsigned>(field[bit / 8 + 1]) << 8;
+  return (wide >> (bit % 8)) & ((1u << bits) - 1u);
+}
+
+}  // namespace polarquant

@@ -1,0 +1,42 @@
+#include <cmath>
+
+#include "attention/kernels.h"
+
+namespace polarquant {
+
+void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, int g,
+                        PolarTables& tables) {
+  const PolarCodec& codec = format.polar();
+  const PolarConfig& config = codec.config();
+  tables.layout = &format.layout();
+  tables.radius = config.radius;
+  tables.dim = config.dim;
+  tables.levels = config.levels;
+  for (int l = 0; l < config.levels; ++l) {
+    const int bits = config.bits[l];
+    tables.bits[l] = bits;
+    const Codebook& book = codec.codebooks()[l];
+    const int size = PolarTables::table_size(bits);
+    tables.cos[l].assign(size, 0.0f);
+    tables.sin[l].assign(size, 0.0f);
+    for (int c = 0; c < book.size(); ++c) {
+      tables.cos[l][c] = book.cosines()[c];
+      tables.sin[l][c] = book.sines()[c];
+    }
+  }
+  if (q_rotated == nullptr) return;
+  const int pairs = config.dim / 2;
+  const int size1 = PolarTables::table_size(config.bits[0]);
+  tables.a1.assign(static_cast<size_t>(g) * pairs * size1, 0.0f);
+  for (int h = 0; h < g; ++h) {
+    const float* q = q_rotated + static_cast<size_t>(h) * config.dim;
+    for (int n = 0; n < pairs; ++n) {
+      float* row = &tables.a1[(static_cast<size_t>(h) * pairs + n) * size1];
+      for (int c = 0; c < (1 << config.bits[0]); ++c) {
+        row[c] = q[2 * n] * tables.cos[0][c] + q[2 * n + 1] * tables.sin[0][c];
+      }
+    }
+  }
+}
+
+}  // namespace polarquant

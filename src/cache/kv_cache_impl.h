@@ -1,0 +1,84 @@
+// KvCache internals, shared by the cache (src/cache) and the attention kernels (src/attention).
+//
+// Per sequence and layer, positions are split into three runs:
+//   [0, sink)              full precision (the first sink_tokens tokens),
+//   [sink, sink + coded)   quantized, in pages of page_tokens slots (slot i of page p holds
+//                          position sink + p * page_tokens + i),
+//   [sink + coded, length) full precision: the recent window, a partial codec group, and (with
+//                          quantize_generated = false) the generated tokens.
+// Tokens move from the third run to the second as soon as they may be quantized, so both boundaries
+// only grow and the stored codes depend only on the token values and the sequence length.
+#pragma once
+
+#include <polarquant/kv_cache.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "cache/page_format.h"
+
+namespace polarquant {
+
+struct AlignedDeleter {
+  void operator()(uint8_t* p) const;
+};
+using PageBuffer = std::unique_ptr<uint8_t[], AlignedDeleter>;
+PageBuffer allocate_page(size_t bytes);  // zero-filled, kPageAlignment-aligned
+
+// Full-precision K and V rows (token-major, n_kv_heads x head_dim floats per token) with a movable
+// start, so dropping the oldest rows is O(1). Capacity grows in steps of `step` tokens and is exact
+// (no hidden growth factor), which keeps the memory accounting exact.
+class TokenRows {
+ public:
+  void init(size_t row_floats, size_t step) {
+    row_floats_ = row_floats;
+    step_ = step;
+  }
+  size_t size() const { return count_; }
+  size_t capacity() const { return capacity_; }
+  size_t bytes() const { return 2 * capacity_ * row_floats_ * sizeof(float); }
+  const float* k(size_t i) const { return k_.get() + (begin_ + i) * row_floats_; }
+  const float* v(size_t i) const { return v_.get() + (begin_ + i) * row_floats_; }
+  void push(const float* k, const float* v, size_t n);
+  void drop_front(size_t n);
+  void clear();
+
+ private:
+  size_t row_floats_ = 0, step_ = 1;
+  size_t begin_ = 0, count_ = 0, capacity_ = 0;
+  std::unique_ptr<float[]> k_, v_;
+};
+
+struct SequenceLayer {
+  size_t length = 0;
+  size_t prompt =
+      0;  // tokens of the first append (quantize_generated = false quantizes only those)
+  bool started = false;
+  TokenRows sink;    // positions [0, sink.size())
+  size_t coded = 0;  // quantized positions
+  std::vector<PageBuffer> k_pages, v_pages;
+  TokenRows tail;  // positions [sink + coded, length)
+};
+
+struct KvCache::Impl {
+  KvCacheOptions options;
+  std::unique_ptr<Codec> key_codec, value_codec;
+  std::unique_ptr<PageFormat> key_format, value_format;
+  int group = 1;  // tokens quantized together: the lcm of the two codecs' group sizes
+  size_t row_floats = 0;
+  SequenceId next_id = 0;
+  std::map<SequenceId, std::vector<SequenceLayer>> sequences;
+
+  size_t key_page_bytes() const { return key_format->head_bytes() * options.n_kv_heads; }
+  size_t value_page_bytes() const { return value_format->head_bytes() * options.n_kv_heads; }
+  // Throws State for an unknown or freed sequence and InvalidArgument for a layer out of range.
+  const SequenceLayer& layer(SequenceId seq, int layer, const char* caller) const;
+  SequenceLayer& layer(SequenceId seq, int layer, const char* caller);
+  // Positions [sink, limit) that may be quantized now, in whole groups.
+  size_t codable(const SequenceLayer& sl) const;
+};
+
+}  // namespace polarquant

@@ -1,0 +1,318 @@
+// The AVX-512 kernel set (F, BW, DQ, VL, VBMI). Only this file is compiled for AVX-512 (through the
+// target pragma below, after every standard header, so no inline library code is built for it); the
+// set is used only when the CPU reports all five features. Tokens sit in SIMD lanes for the
+// PolarQuant kernels (16 tokens of one code field per load), coordinates for the row kernels.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "attention/kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define POLARQUANT_HAVE_AVX512 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,f16c,fma")
+// GCC 12's AVX-512 headers trip its own (un)initialized-use warnings through _mm*_undefined_*().
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+namespace polarquant {
+namespace {
+
+inline __mmask16 tail_mask(size_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+struct F32Rows {
+  static __m512 load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+};
+struct F16Rows {
+  static __m512 load(const uint16_t* p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+  }
+};
+
+// scores[h][t] = q[h] . row_t; 4 tokens x up to 4 heads of accumulators per pass, rows read once
+// per pass and converted once per pass.
+template <typename Loader, typename T>
+void score_rows(const float* q, int g, int dim, const T* rows, size_t stride, size_t n,
+                float* scores, size_t s_stride) {
+  for (size_t t0 = 0; t0 < n; t0 += 4) {
+    const int nt = static_cast<int>(n - t0 < 4 ? n - t0 : 4);
+    const T* r[4];
+    for (int i = 0; i < 4; ++i) r[i] = rows + (t0 + (i < nt ? i : 0)) * stride;
+    for (int h0 = 0; h0 < g; h0 += 4) {
+      const int gh = g - h0 < 4 ? g - h0 : 4;
+      __m512 acc[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) acc[a][b] = _mm512_setzero_ps();
+      for (int j = 0; j < dim; j += 16) {
+        const __mmask16 m = tail_mask(static_cast<size_t>(dim - j));
+        __m512 x[4];
+        for (int i = 0; i < 4; ++i) x[i] = Loader::load(r[i] + j, m);
+        for (int hh = 0; hh < 4; ++hh) {
+          if (hh >= gh) break;
+          const __m512 qv = _mm512_maskz_loadu_ps(m, q + (h0 + hh) * dim + j);
+          for (int i = 0; i < 4; ++i) acc[hh][i] = _mm512_fmadd_ps(qv, x[i], acc[hh][i]);
+        }
+      }
+      for (int hh = 0; hh < gh; ++hh)
+        for (int i = 0; i < nt; ++i)
+          scores[(h0 + hh) * s_stride + t0 + i] = _mm512_reduce_add_ps(acc[hh][i]);
+    }
+  }
+}
+
+// acc[h] += sum_t p[h][t] row_t; 4 tokens per pass so each accumulator is loaded and stored once
+// per 4 tokens, and each row chunk converted once for all heads.
+template <typename Loader, typename T>
+void value_rows(const float* p, size_t p_stride, int g, int dim, const T* rows, size_t stride,
+                size_t n, float* acc) {
+  for (size_t t0 = 0; t0 < n; t0 += 4) {
+    const int nt = static_cast<int>(n - t0 < 4 ? n - t0 : 4);
+    const T* r[4];
+    for (int i = 0; i < 4; ++i) r[i] = rows + (t0 + (i < nt ? i : 0)) * stride;
+    for (int j = 0; j < dim; j += 16) {
+      const __mmask16 m = tail_mask(static_cast<size_t>(dim - j));
+      __m512 x[4];
+      for (int i = 0; i < 4; ++i) {
+        x[i] = i < nt ? Loader::load(r[i] + j, m) : _mm512_setzero_ps();
+      }
+      for (int h = 0; h < g; ++h) {
+        const float* ph = p + h * p_stride + t0;
+        __m512 a = _mm512_maskz_loadu_ps(m, acc + h * dim + j);
+        for (int i = 0; i < nt; ++i) a = _mm512_fmadd_ps(_mm512_set1_ps(ph[i]), x[i], a);
+        _mm512_mask_storeu_ps(acc + h * dim + j, m, a);
+      }
+    }
+  }
+}
+
+void score_f32(const float* q, int g, int dim, const float* rows, size_t stride, size_t n,
+               float* scores, size_t s_stride) {
+  score_rows<F32Rows>(q, g, dim, rows, stride, n, scores, s_stride);
+}
+void score_f16(const float* q, int g, int dim, const uint16_t* rows, size_t stride, size_t n,
+               float* scores, size_t s_stride) {
+  score_rows<F16Rows>(q, g, dim, rows, stride, n, scores, s_stride);
+}
+void value_f32(const float* p, size_t p_stride, int g, int dim, const float* rows, size_t stride,
+               size_t n, float* acc) {
+  value_rows<F32Rows>(p, p_stride, g, dim, rows, stride, n, acc);
+}
+void value_f16(const float* p, size_t p_stride, int g, int dim, const uint16_t* rows, size_t stride,
+               size_t n, float* acc) {
+  value_rows<F16Rows>(p, p_stride, g, dim, rows, stride, n, acc);
+}
+
+// exp(x) for x <= 0 (scores minus their running maximum): Cody-Waite reduction to r in
+// [-ln2/2, ln2/2], a degree-6 polynomial, and scalef for the 2^n (which also flushes very negative
+// x to 0 without overflow).
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+float softmax(float* s, size_t n, float* m, float* l) {
+  __m512 mx = _mm512_set1_ps(*m);
+  for (size_t t = 0; t < n; t += 16) {
+    mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail_mask(n - t), s + t));
+  }
+  const float m_new = _mm512_reduce_max_ps(mx);
+  const float alpha = *m == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(*m - m_new);
+  const __m512 mv = _mm512_set1_ps(m_new);
+  __m512 sum = _mm512_setzero_ps();
+  for (size_t t = 0; t < n; t += 16) {
+    const __mmask16 k = tail_mask(n - t);
+    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + t), mv));
+    _mm512_mask_storeu_ps(s + t, k, e);
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+  }
+  *m = m_new;
+  *l = *l * alpha + _mm512_reduce_add_ps(sum);
+  return alpha;
+}
+
+// ---- PolarQuant pages ------------------------------------------------------------------------
+
+// The codes of 16 consecutive slots (first a multiple of 16) of one field, one per 32-bit lane.
+// Slots 0-7 of the group are the first 8*b bits, slots 8-15 start b bytes later; vpmultishiftqb
+// pulls each b-bit code into its own byte.
+inline __m512i unpack_codes(const uint8_t* field, size_t first, int bits, __m128i shifts,
+                            __m512i mask) {
+  const uint8_t* p = field + first / 8 * bits;
+  uint64_t lo, hi;
+  std::memcpy(&lo, p, 8);
+  std::memcpy(&hi, p + bits, 8);
+  const __m128i bytes = _mm_multishift_epi64_epi8(
+      shifts, _mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo)));
+  return _mm512_and_si512(_mm512_cvtepu8_epi32(bytes), mask);
+}
+
+inline __m128i multishift_control(int bits) {
+  uint64_t c = 0;
+  for (int i = 0; i < 8; ++i) c |= static_cast<uint64_t>(i * bits) << (8 * i);
+  return _mm_set1_epi64x(static_cast<long long>(c));
+}
+
+inline __m512 lookup(const float* table, int bits, __m512i idx) {
+  if (bits <= 4) return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(table));
+  if (bits == 5) {
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(table), idx, _mm512_loadu_ps(table + 16));
+  }
+  return _mm512_i32gather_ps(idx, table, 4);
+}
+
+inline __m512 load_radii(const PolarTables& tb, const uint8_t* region, int block, size_t first) {
+  const PolarPageLayout& layout = *tb.layout;
+  const uint8_t* p =
+      region + layout.radii_offset +
+      (static_cast<size_t>(block) * layout.page_tokens + first) * layout.radius_bytes;
+  switch (tb.radius) {
+    case RadiusPrecision::kFp16:
+      return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    case RadiusPrecision::kBf16:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+    case RadiusPrecision::kFp32:
+      break;
+  }
+  return _mm512_loadu_ps(p);
+}
+
+constexpr int kMaxLevels = 8;  // blocks of up to 256 coordinates stay in registers / stack
+constexpr int kHeadGroup = 8;  // query heads scored per pass over the codes
+
+struct Unpacker {
+  __m128i shifts[16];
+  __m512i masks[16];
+  explicit Unpacker(const PolarTables& tb) {
+    for (int l = 0; l < tb.levels; ++l) {
+      shifts[l] = multishift_control(tb.bits[l]);
+      masks[l] = _mm512_set1_epi32((1 << tb.bits[l]) - 1);
+    }
+  }
+  __m512i codes(const PolarTables& tb, const uint8_t* region, int level, int node,
+                size_t first) const {
+    return unpack_codes(tb.layout->level_field(region, level, node), first, tb.bits[level - 1],
+                        shifts[level - 1], masks[level - 1]);
+  }
+};
+
+// Top-down decode of one block for 16 slots, from level `levels` down to level `stop`.
+inline void decode_block(const PolarTables& tb, const Unpacker& u, const uint8_t* region, int b,
+                         size_t first, int stop, __m512* vals) {
+  vals[0] = load_radii(tb, region, b, first);
+  int count = 1;
+  for (int level = tb.levels; level >= stop; --level, count *= 2) {
+    const float* ct = tb.cos[level - 1].data();
+    const float* st = tb.sin[level - 1].data();
+    const int bits = tb.bits[level - 1];
+    for (int k = count - 1; k >= 0; --k) {
+      const __m512i c = u.codes(tb, region, level, b * count + k, first);
+      const __m512 r = vals[k];
+      vals[2 * k] = _mm512_mul_ps(r, lookup(ct, bits, c));
+      vals[2 * k + 1] = _mm512_mul_ps(r, lookup(st, bits, c));
+    }
+  }
+}
+
+void score_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                 float* scores, size_t s_stride) {
+  if (tb.levels > kMaxLevels) {
+    scalar_kernels().score_polar(tb, region, slot, n, g, scores, s_stride);
+    return;
+  }
+  const Unpacker u(tb);
+  const int block = 1 << tb.levels;
+  const int blocks = tb.dim / block;
+  const int half = block / 2;
+  const int size1 = PolarTables::table_size(tb.bits[0]);
+  const size_t pairs = static_cast<size_t>(tb.dim / 2);
+  alignas(64) __m512 f[1 << (kMaxLevels - 1)];
+  for (size_t first = slot; first < slot + n; first += 16) {
+    const __mmask16 keep = tail_mask(slot + n - first);
+    for (int h0 = 0; h0 < g; h0 += kHeadGroup) {
+      const int gh = g - h0 < kHeadGroup ? g - h0 : kHeadGroup;
+      __m512 acc[kHeadGroup];
+      for (int i = 0; i < kHeadGroup; ++i) acc[i] = _mm512_setzero_ps();
+      for (int b = 0; b < blocks; ++b) {
+        decode_block(tb, u, region, b, first, 2, f);
+        for (int k = 0; k < half; ++k) {
+          const int pair = b * half + k;
+          const __m512i c = u.codes(tb, region, 1, pair, first);
+          for (int i = 0; i < gh; ++i) {
+            const float* a1 = &tb.a1[((h0 + i) * pairs + pair) * size1];
+            acc[i] = _mm512_fmadd_ps(f[k], lookup(a1, tb.bits[0], c), acc[i]);
+          }
+        }
+      }
+      for (int i = 0; i < gh; ++i) {
+        _mm512_mask_storeu_ps(scores + (h0 + i) * s_stride + (first - slot), keep, acc[i]);
+      }
+    }
+  }
+}
+
+void value_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                 const float* p, size_t p_stride, float* acc_lanes) {
+  if (tb.levels > kMaxLevels) {
+    scalar_kernels().value_polar(tb, region, slot, n, g, p, p_stride, acc_lanes);
+    return;
+  }
+  const Unpacker u(tb);
+  const int block = 1 << tb.levels;
+  const int blocks = tb.dim / block;
+  alignas(64) __m512 y[1 << kMaxLevels];
+  for (size_t first = slot; first < slot + n; first += 16) {
+    const __mmask16 keep = tail_mask(slot + n - first);
+    for (int b = 0; b < blocks; ++b) {
+      decode_block(tb, u, region, b, first, 1, y);
+      for (int h = 0; h < g; ++h) {
+        const __m512 w = _mm512_maskz_loadu_ps(keep, p + h * p_stride + (first - slot));
+        float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + b * block) * 16;
+        for (int j = 0; j < block; ++j) {
+          _mm512_storeu_ps(acc + j * 16, _mm512_fmadd_ps(w, y[j], _mm512_loadu_ps(acc + j * 16)));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const KernelSet* avx512_kernels() {
+  static const KernelSet set{"avx512",  score_f32,   score_f16,   value_f32,
+                             value_f16, score_polar, value_polar, softmax};
+  static const bool supported =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512vbmi");
+  return supported ? &set : nullptr;
+}
+
+}  // namespace polarquant
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#else
+namespace polarquant {
+const KernelSet* avx512_kernels() {
+  return nullptr;
+}
+}  // namespace polarquant
+#endif

@@ -1,0 +1,49 @@
+// Shared helpers of the cache and attention tests: seeded data and a cache filled with it.
+#pragma once
+
+#include <polarquant/kv_cache.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace polarquant::testing {
+
+// n standard-normal floats times `scale`, from a fixed seed (tests only run on one standard
+// library, so std::normal_distribution is reproducible enough here).
+inline std::vector<float> gaussian(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = scale * dist(rng);
+  return x;
+}
+
+// Keys and values of n_tokens tokens for one layer (n_tokens x n_kv_heads x head_dim each). Keys
+// get a per-channel offset and a few large channels, as real keys have.
+struct TokenData {
+  std::vector<float> k, v;
+};
+inline TokenData token_data(size_t n_tokens, int n_kv_heads, int head_dim, uint64_t seed) {
+  TokenData d;
+  const size_t row = static_cast<size_t>(n_kv_heads) * head_dim;
+  d.k = gaussian(n_tokens * row, seed);
+  d.v = gaussian(n_tokens * row, seed + 1);
+  for (size_t t = 0; t < n_tokens; ++t) {
+    for (size_t j = 0; j < row; ++j) {
+      const size_t c = j % head_dim;
+      d.k[t * row + j] += 0.5f * std::sin(static_cast<float>(c));
+      if (c % 29 == 3) d.k[t * row + j] *= 4.0f;
+    }
+  }
+  return d;
+}
+
+inline float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0.0f;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return a.size() == b.size() ? m : INFINITY;
+}
+
+}  // namespace polarquant::testing
