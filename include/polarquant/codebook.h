@@ -46,12 +46,12 @@ class Codebook {
   std::vector<float> centroids_, cos_, sin_, boundaries_;
 };
 
-// Lloyd-Max codebook for the level's analytic density. Deterministic; level 1 gives the uniform grid
-// (k + 1/2) 2pi / 2^bits.
+// Lloyd-Max codebook for the level's analytic density. Deterministic; level 1 gives the uniform
+// grid (k + 1/2) 2pi / 2^bits.
 Codebook analytic_codebook(int level, int bits);
 
-// k-means++ seeding (seeded, deterministic) followed by Lloyd iterations on the samples; circular at
-// level 1. Non-finite or out-of-range samples are refused with InvalidArgument. Needs at least
+// k-means++ seeding (seeded, deterministic) followed by Lloyd iterations on the samples; circular
+// at level 1. Non-finite or out-of-range samples are refused with InvalidArgument. Needs at least
 // 2^bits samples.
 Codebook train_codebook(int level, int bits, const float* samples, size_t n, uint64_t seed = 0,
                         int max_iterations = 100);

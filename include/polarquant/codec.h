@@ -1,11 +1,11 @@
 // The interface every KV-cache codec implements (PolarQuant, the fp16/bf16 references, and the peer
-// methods), in the spirit of faiss's Quantizer: encode a batch of vectors to bytes, decode back, and
-// say exactly how many bits each coordinate costs.
+// methods), in the spirit of faiss's Quantizer: encode a batch of vectors to bytes, decode back,
+// and say exactly how many bits each coordinate costs.
 //
 // A codec encodes "groups" of group_size() consecutive vectors (tokens) at a time. Most codecs code
 // each vector on its own (group_size() == 1); a codec that shares statistics across tokens (KIVI's
-// per-channel keys) sets a larger group, and the cache keeps a partial group in full precision until
-// it fills.
+// per-channel keys) sets a larger group, and the cache keeps a partial group in full precision
+// until it fills.
 #pragma once
 
 #include <cstddef>
@@ -45,8 +45,8 @@ class Codec {
 // Seed used when a command does not give one.
 inline constexpr uint64_t kDefaultSeed = 0x5eed'9017'a2c0'0001ull;
 
-// Creates a codec by its short name for vectors of dimension dim. Throws InvalidArgument listing the
-// known names when the name is unknown, or explaining why dim does not suit the codec.
+// Creates a codec by its short name for vectors of dimension dim. Throws InvalidArgument listing
+// the known names when the name is unknown, or explaining why dim does not suit the codec.
 std::unique_ptr<Codec> make_codec(std::string_view name, int dim, uint64_t seed = kDefaultSeed);
 // Every name make_codec accepts, in display order.
 std::vector<std::string> codec_names();

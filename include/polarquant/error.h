@@ -1,6 +1,6 @@
 // Errors crossing the library boundary. Every failure the library reports is a polarquant::Error
-// carrying a message a user can act on (what was wrong, where, what was expected); the library never
-// aborts on bad input.
+// carrying a message a user can act on (what was wrong, where, what was expected); the library
+// never aborts on bad input.
 #pragma once
 
 #include <stdexcept>
@@ -31,7 +31,9 @@ class Error : public std::runtime_error {
 [[noreturn]] inline void throw_format(const std::string& message) {
   throw Error(ErrorKind::kFormat, message);
 }
-[[noreturn]] inline void throw_io(const std::string& message) { throw Error(ErrorKind::kIo, message); }
+[[noreturn]] inline void throw_io(const std::string& message) {
+  throw Error(ErrorKind::kIo, message);
+}
 [[noreturn]] inline void throw_state(const std::string& message) {
   throw Error(ErrorKind::kState, message);
 }

@@ -1,6 +1,6 @@
 // IEEE binary16 (fp16) and bfloat16 conversions, bit-exact and portable: round to nearest even,
-// infinities and NaN preserved, fp16 subnormals handled. No compiler extension types are used, so the
-// stored bytes are the same on every machine.
+// infinities and NaN preserved, fp16 subnormals handled. No compiler extension types are used, so
+// the stored bytes are the same on every machine.
 #pragma once
 
 #include <cstdint>
@@ -66,8 +66,12 @@ inline uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>((x + rounding) >> 16);
 }
 
-inline float bf16_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
+inline float bf16_to_float(uint16_t b) {
+  return bits_float(static_cast<uint32_t>(b) << 16);
+}
 
-inline float round_to_half(float f) { return half_to_float(float_to_half(f)); }
+inline float round_to_half(float f) {
+  return half_to_float(float_to_half(f));
+}
 
 }  // namespace polarquant

@@ -18,7 +18,9 @@ namespace polarquant {
 enum class RadiusPrecision { kFp16, kBf16, kFp32 };
 std::string_view radius_precision_name(RadiusPrecision p);
 RadiusPrecision parse_radius_precision(std::string_view name);  // "fp16", "bf16", "fp32"
-inline int radius_bytes(RadiusPrecision p) { return p == RadiusPrecision::kFp32 ? 4 : 2; }
+inline int radius_bytes(RadiusPrecision p) {
+  return p == RadiusPrecision::kFp32 ? 4 : 2;
+}
 
 struct PolarConfig {
   int dim = 128;
@@ -60,8 +62,8 @@ class PolarCodec final : public Codec {
   const Rotation& rotation() const { return rotation_; }
   const std::vector<Codebook>& codebooks() const { return codebooks_; }
 
-  // Quantizes already-rotated vectors y (n x dim) to per-level code indices (n x num_angles, level 1
-  // first as in polar_forward) and radii rounded to the radius precision (n x num_radii). The
+  // Quantizes already-rotated vectors y (n x dim) to per-level code indices (n x num_angles, level
+  // 1 first as in polar_forward) and radii rounded to the radius precision (n x num_radii). The
   // building block of encode and of the cache's page encoder.
   void quantize_rotated(const float* y, size_t n, uint8_t* indices, float* radii) const;
   // Reconstructs rotated vectors from indices and radii (inverse of quantize_rotated).

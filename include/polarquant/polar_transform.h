@@ -13,10 +13,10 @@ namespace polarquant {
 struct PolarShape {
   int dim = 0;
   int levels = 0;
-  int block() const { return 1 << levels; }           // coordinates per radius
-  int num_radii() const { return dim >> levels; }     // d / 2^L
+  int block() const { return 1 << levels; }        // coordinates per radius
+  int num_radii() const { return dim >> levels; }  // d / 2^L
   int num_angles() const { return dim - num_radii(); }
-  int angles_at(int level) const { return dim >> level; }  // level in 1..L
+  int angles_at(int level) const { return dim >> level; }                // level in 1..L
   int offset_of(int level) const { return dim - (dim >> (level - 1)); }  // first angle of level
 };
 

@@ -1,7 +1,7 @@
 // Seeded random rotations used as PolarQuant's preconditioner (and by the peer codecs that rotate).
-// The same (kind, dim, seed) gives the same rotation, bit for bit, on every machine and compiler: the
-// generator, the Gaussian sampler and the QR factorisation are written out here with a fixed order of
-// operations and no std:: distributions.
+// The same (kind, dim, seed) gives the same rotation, bit for bit, on every machine and compiler:
+// the generator, the Gaussian sampler and the QR factorisation are written out here with a fixed
+// order of operations and no std:: distributions.
 #pragma once
 
 #include <cstddef>
@@ -47,8 +47,9 @@ class Rotation {
   RotationKind kind_ = RotationKind::kNone;
   int dim_ = 0;
   uint64_t seed_ = 0;
-  std::vector<float> matrix_;  // kDense: S, row-major
-  std::vector<float> signs_;   // kHadamard: diagonal D, S = H D / sqrt(d)
+  std::vector<float> matrix_;      // kDense: S, row-major
+  std::vector<float> transposed_;  // kDense: S^T, row-major (the forward pass streams its rows)
+  std::vector<float> signs_;       // kHadamard: diagonal D, S = H D / sqrt(d)
 };
 
 // In-place orthonormal fast Walsh-Hadamard transform of one vector of power-of-two length n

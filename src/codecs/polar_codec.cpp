@@ -1,0 +1,287 @@
+#include <polarquant/error.h>
+#include <polarquant/half.h>
+#include <polarquant/polar_codec.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/bitpack.h"
+#include "core/bytes.h"
+
+namespace polarquant {
+
+std::string_view radius_precision_name(RadiusPrecision p) {
+  switch (p) {
+    case RadiusPrecision::kFp16:
+      return "fp16";
+    case RadiusPrecision::kBf16:
+      return "bf16";
+    case RadiusPrecision::kFp32:
+      return "fp32";
+  }
+  return "unknown";
+}
+
+RadiusPrecision parse_radius_precision(std::string_view name) {
+  if (name == "fp16") return RadiusPrecision::kFp16;
+  if (name == "bf16") return RadiusPrecision::kBf16;
+  if (name == "fp32") return RadiusPrecision::kFp32;
+  throw_invalid("unknown radius precision '" + std::string(name) +
+                "'; expected fp16, bf16 or fp32");
+}
+
+namespace {
+
+float round_radius(float r, RadiusPrecision p) {
+  switch (p) {
+    case RadiusPrecision::kFp16:
+      return half_to_float(float_to_half(r));
+    case RadiusPrecision::kBf16:
+      return bf16_to_float(float_to_bf16(r));
+    case RadiusPrecision::kFp32:
+      return r;
+  }
+  return r;
+}
+
+void store_radius(uint8_t* out, float r, RadiusPrecision p) {
+  uint32_t bits = 0;
+  switch (p) {
+    case RadiusPrecision::kFp16:
+      bits = float_to_half(r);
+      break;
+    case RadiusPrecision::kBf16:
+      bits = float_to_bf16(r);
+      break;
+    case RadiusPrecision::kFp32:
+      bits = float_bits(r);
+      break;
+  }
+  for (int i = 0; i < radius_bytes(p); ++i) out[i] = static_cast<uint8_t>(bits >> (8 * i));
+}
+
+float load_radius(const uint8_t* in, RadiusPrecision p) {
+  uint32_t bits = 0;
+  for (int i = 0; i < radius_bytes(p); ++i) bits |= static_cast<uint32_t>(in[i]) << (8 * i);
+  switch (p) {
+    case RadiusPrecision::kFp16:
+      return half_to_float(static_cast<uint16_t>(bits));
+    case RadiusPrecision::kBf16:
+      return bf16_to_float(static_cast<uint16_t>(bits));
+    case RadiusPrecision::kFp32:
+      return bits_float(bits);
+  }
+  return 0.0f;
+}
+
+// Largest L <= wanted such that dim is divisible by 2^L (at least 1).
+int fit_levels(int dim, int wanted) {
+  int levels = 1;
+  while (levels < wanted && dim % (1 << (levels + 1)) == 0) ++levels;
+  return levels;
+}
+
+}  // namespace
+
+void PolarConfig::validate() const {
+  if (dim < 2 || dim > 65536)
+    throw_invalid("dim must be in [2, 65536], got " + std::to_string(dim));
+  make_polar_shape(dim, levels);  // checks levels and divisibility with a message
+  if (static_cast<int>(bits.size()) != levels) {
+    throw_invalid("bits must have one entry per level: levels = " + std::to_string(levels) +
+                  " but " + std::to_string(bits.size()) + " bit widths were given");
+  }
+  for (size_t i = 0; i < bits.size(); ++i) {
+    if (bits[i] < 1 || bits[i] > 8) {
+      throw_invalid("bits[" + std::to_string(i) + "] (level " + std::to_string(i + 1) +
+                    ") = " + std::to_string(bits[i]) + " is outside [1, 8]");
+    }
+  }
+  if (!codebooks.empty()) {
+    if (static_cast<int>(codebooks.size()) != levels) {
+      throw_invalid("codebooks must have one entry per level (" + std::to_string(levels) +
+                    "), got " + std::to_string(codebooks.size()));
+    }
+    for (size_t i = 0; i < codebooks.size(); ++i) {
+      if (codebooks[i].level() != static_cast<int>(i) + 1 || codebooks[i].bits() != bits[i]) {
+        throw_invalid("codebooks[" + std::to_string(i) + "] is for level " +
+                      std::to_string(codebooks[i].level()) + " with " +
+                      std::to_string(codebooks[i].bits()) + " bits; expected level " +
+                      std::to_string(i + 1) + " with " + std::to_string(bits[i]) + " bits");
+      }
+    }
+  }
+  if (rotation == RotationKind::kHadamard && (dim & (dim - 1)) != 0) {
+    throw_invalid("the Hadamard rotation needs a power-of-two dim, got " + std::to_string(dim) +
+                  "; use rotation 'dense'");
+  }
+}
+
+size_t PolarConfig::payload_bits() const {
+  size_t total = static_cast<size_t>(dim >> levels) * 8 * radius_bytes(radius);
+  for (int l = 1; l <= levels; ++l) total += static_cast<size_t>(dim >> l) * bits[l - 1];
+  return total;
+}
+
+std::vector<std::string> polar_preset_names() {
+  return {"paper", "polar37", "polar39", "polar41"};
+}
+
+PolarConfig polar_preset(std::string_view name, int dim) {
+  PolarConfig c;
+  c.dim = dim;
+  c.name = std::string(name);
+  std::vector<int> bits;
+  if (name == "paper") {
+    bits = {4, 2, 2, 2};
+  } else if (name == "polar37") {
+    bits = {4, 3, 3, 3, 3, 3};
+  } else if (name == "polar39") {
+    bits = {4, 3, 3, 3, 3};
+  } else if (name == "polar41") {
+    bits = {4, 4, 4, 4, 4, 4, 4};
+  } else {
+    std::string known;
+    for (const auto& n : polar_preset_names()) known += (known.empty() ? "" : ", ") + n;
+    throw_invalid("unknown PolarQuant preset '" + std::string(name) + "'; known presets: " + known);
+  }
+  if (dim < 2 || dim % 2 != 0) {
+    throw_invalid("preset '" + std::string(name) + "' needs an even dim >= 2, got " +
+                  std::to_string(dim));
+  }
+  // A dim that cannot hold the preset's block size uses as many levels as divide it.
+  c.levels = fit_levels(dim, static_cast<int>(bits.size()));
+  bits.resize(static_cast<size_t>(c.levels));
+  c.bits = bits;
+  c.validate();
+  return c;
+}
+
+PolarCodec::PolarCodec(PolarConfig config) : config_(std::move(config)) {
+  config_.validate();
+  shape_ = make_polar_shape(config_.dim, config_.levels);
+  rotation_ = Rotation(config_.rotation, config_.dim, config_.seed);
+  if (config_.codebooks.empty()) {
+    for (int l = 1; l <= config_.levels; ++l)
+      codebooks_.push_back(analytic_codebook(l, config_.bits[l - 1]));
+  } else {
+    codebooks_ = config_.codebooks;
+  }
+  code_bytes_ = (config_.payload_bits() + 7) / 8;
+}
+
+void PolarCodec::quantize_rotated(const float* y, size_t n, uint8_t* indices, float* radii) const {
+  const size_t na = static_cast<size_t>(shape_.num_angles());
+  const size_t nr = static_cast<size_t>(shape_.num_radii());
+  std::vector<float> angles(na);
+  for (size_t v = 0; v < n; ++v) {
+    float* rad = radii + v * nr;
+    polar_forward(shape_, y + v * config_.dim, angles.data(), rad, 1);
+    uint8_t* idx = indices + v * na;
+    for (int l = 1; l <= shape_.levels; ++l) {
+      const Codebook& cb = codebooks_[l - 1];
+      const int off = shape_.offset_of(l);
+      for (int j = 0; j < shape_.angles_at(l); ++j) {
+        idx[off + j] = static_cast<uint8_t>(cb.quantize(angles[off + j]));
+      }
+    }
+    for (size_t j = 0; j < nr; ++j) rad[j] = round_radius(rad[j], config_.radius);
+  }
+}
+
+void PolarCodec::dequantize_rotated(const uint8_t* indices, const float* radii, size_t n,
+                                    float* y) const {
+  const int d = config_.dim;
+  const size_t na = static_cast<size_t>(shape_.num_angles());
+  const size_t nr = static_cast<size_t>(shape_.num_radii());
+  for (size_t v = 0; v < n; ++v) {
+    const uint8_t* idx = indices + v * na;
+    float* out = y + v * d;
+    for (size_t j = 0; j < nr; ++j) out[j] = radii[v * nr + j];
+    for (int l = shape_.levels; l >= 1; --l) {
+      const Codebook& cb = codebooks_[l - 1];
+      const uint8_t* code = idx + shape_.offset_of(l);
+      for (int j = (d >> l) - 1; j >= 0; --j) {  // in place, as in polar_inverse
+        const float rho = out[j];
+        out[2 * j] = rho * cb.cosines()[code[j]];
+        out[2 * j + 1] = rho * cb.sines()[code[j]];
+      }
+    }
+  }
+}
+
+void PolarCodec::encode(const float* x, size_t n, uint8_t* codes) const {
+  const size_t d = static_cast<size_t>(config_.dim);
+  for (size_t v = 0; v < n; ++v) {
+    for (size_t k = 0; k < d; ++k) {
+      if (!std::isfinite(x[v * d + k])) {
+        throw_invalid("cannot encode vector " + std::to_string(v) + ": coordinate " +
+                      std::to_string(k) + " is " + std::to_string(x[v * d + k]) +
+                      " (NaN and infinity are not representable)");
+      }
+    }
+  }
+  const size_t na = static_cast<size_t>(shape_.num_angles());
+  const size_t nr = static_cast<size_t>(shape_.num_radii());
+  const int rb = radius_bytes(config_.radius);
+  // Validate every vector before writing any output, so that a failure leaves codes untouched.
+  std::vector<float> y(n * d), radii(n * nr);
+  std::vector<uint8_t> idx(n * na);
+  rotation_.forward(x, y.data(), n);
+  quantize_rotated(y.data(), n, idx.data(), radii.data());
+  for (size_t v = 0; v < n; ++v) {
+    for (size_t j = 0; j < nr; ++j) {
+      if (!std::isfinite(radii[v * nr + j])) {
+        throw_invalid("cannot encode vector " + std::to_string(v) + ": the norm of block " +
+                      std::to_string(j) + " overflows the " +
+                      std::string(radius_precision_name(config_.radius)) + " radius");
+      }
+    }
+  }
+  for (size_t v = 0; v < n; ++v) {
+    uint8_t* out = codes + v * code_bytes_;
+    for (size_t j = 0; j < nr; ++j) store_radius(out + j * rb, radii[v * nr + j], config_.radius);
+    BitWriter bw(out + nr * rb);
+    for (int l = 1; l <= shape_.levels; ++l) {
+      const int off = shape_.offset_of(l);
+      for (int j = 0; j < shape_.angles_at(l); ++j)
+        bw.put(idx[v * na + off + j], config_.bits[l - 1]);
+    }
+    bw.flush();
+  }
+}
+
+void PolarCodec::decode(const uint8_t* codes, size_t n, float* x) const {
+  const size_t d = static_cast<size_t>(config_.dim);
+  const size_t na = static_cast<size_t>(shape_.num_angles());
+  const size_t nr = static_cast<size_t>(shape_.num_radii());
+  const int rb = radius_bytes(config_.radius);
+  std::vector<float> radii(n * nr);
+  std::vector<uint8_t> idx(n * na);
+  for (size_t v = 0; v < n; ++v) {
+    const uint8_t* in = codes + v * code_bytes_;
+    for (size_t j = 0; j < nr; ++j) {
+      const float r = load_radius(in + j * rb, config_.radius);
+      if (!std::isfinite(r) || r < 0.0f) {
+        throw_format("corrupt PolarQuant code: vector " + std::to_string(v) + " block " +
+                     std::to_string(j) + " has radius " + std::to_string(r) +
+                     " (a stored radius is finite and non-negative)");
+      }
+      radii[v * nr + j] = r;
+    }
+    BitReader br(in + nr * rb);
+    for (int l = 1; l <= shape_.levels; ++l) {
+      const int off = shape_.offset_of(l);
+      for (int j = 0; j < shape_.angles_at(l); ++j) {
+        idx[v * na + off + j] = static_cast<uint8_t>(br.get(config_.bits[l - 1]));
+      }
+    }
+  }
+  std::vector<float> y(n * d);
+  dequantize_rotated(idx.data(), radii.data(), n, y.data());
+  rotation_.inverse(y.data(), x, n);
+}
+
+}  // namespace polarquant
