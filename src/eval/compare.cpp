@@ -1,10 +1,12 @@
 // The comparison runner: codes every head with each codec pair and measures it (compare.h).
 #include "eval/compare.h"
 
+#include <polarquant/attention.h>
 #include <polarquant/codec.h>
 #include <polarquant/codec_pair.h>
 #include <polarquant/error.h>
 #include <polarquant/half.h>
+#include <polarquant/kv_cache.h>
 
 #include <algorithm>
 #include <chrono>
@@ -54,6 +56,31 @@ double rate(double min_seconds, Work&& work) {
     elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   } while (elapsed < min_seconds);
   return static_cast<double>(calls) / elapsed;
+}
+
+// Cached tokens per second of cache_attention (one thread, one query over the whole first head):
+// the cache's fused kernel where the codec has one, its decode-then-attend path otherwise.
+double cache_attention_rate(const CompareData& data, const CodecPair& pair,
+                            const CompareOptions& opt) {
+  const CompareHead& head = data.heads.front();
+  const size_t n = head.tokens(data.dim);
+  KvCacheOptions cache_options;
+  cache_options.n_layers = 1;
+  cache_options.n_kv_heads = 1;
+  cache_options.head_dim = data.dim;
+  cache_options.key_codec = pair.key;
+  cache_options.value_codec = pair.value;
+  cache_options.seed = opt.seed;
+  cache_options.recent_tokens = static_cast<int>(opt.recent_tokens);
+  KvCache cache(cache_options);
+  const SequenceId seq = cache.add_sequence();
+  cache.append(seq, 0, head.k.data(), head.v.data(), n);
+  AttentionOptions attention;
+  attention.n_threads = 1;
+  std::vector<float> out(static_cast<size_t>(data.dim));
+  return static_cast<double>(n) * rate(opt.min_seconds, [&] {
+           cache_attention(cache, seq, 0, head.q.data(), 1, 1, out.data(), attention);
+         });
 }
 
 CompareRow measure(const CompareData& data, const std::string& name, const CompareOptions& opt) {
@@ -145,6 +172,7 @@ CompareRow measure(const CompareData& data, const std::string& name, const Compa
                                           scale, p.data(), out.data());
                                  });
   }
+  row.cache_attention_tokens_per_s = cache_attention_rate(data, pair, opt);
   return row;
 }
 

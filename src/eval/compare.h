@@ -63,6 +63,9 @@ struct CompareRow {
   double softmax_kl = 0;              // mean KL(p || p_hat) of attention weights, nats
   double encode_vectors_per_s = 0;    // key + value vectors encoded per second, one thread
   double attention_tokens_per_s = 0;  // cached tokens per second, decode-then-attend, one query
+  // Cached tokens per second of cache_attention over a KvCache holding the first head, one query,
+  // one thread: the fused kernel where the codec has one.
+  double cache_attention_tokens_per_s = 0;
 };
 
 // Pair names compared by default: every pair name except the exact f32 reference.
