@@ -1,0 +1,139 @@
+#include "model/transformer.h"
+
+#include <polarquant/error.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace polarquant::model {
+
+void rms_norm(const float* x, const float* weight, int n, float eps, float* out) {
+  double ss = 0.0;
+  for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float scale = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
+  for (int i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+// Rotates adjacent pairs (2i, 2i+1) of each head: llama2.c's convention, and ggml's "normal" RoPE
+// that GGUF llama files are converted for (their Q/K rows are permuted from HF's half-split
+// layout).
+void rope_rotate(float* x, int head_dim, int n_heads, size_t position, const float* inv_freq) {
+  for (int i = 0; i < head_dim / 2; ++i) {
+    const double angle = static_cast<double>(position) * inv_freq[i];
+    const float c = static_cast<float>(std::cos(angle));
+    const float s = static_cast<float>(std::sin(angle));
+    for (int h = 0; h < n_heads; ++h) {
+      float* p = x + h * head_dim + 2 * i;
+      const float a = p[0], b = p[1];
+      p[0] = a * c - b * s;
+      p[1] = a * s + b * c;
+    }
+  }
+}
+
+Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
+    : model_(model), options_(options) {
+  const LlamaConfig& c = model.config();
+  KvCacheOptions kv;
+  kv.n_layers = c.n_layers;
+  kv.n_kv_heads = c.n_kv_heads;
+  kv.head_dim = c.head_dim;
+  kv.key_codec = options.key_codec;
+  kv.value_codec = options.value_codec;
+  kv.seed = options.codec_seed;
+  kv.sink_tokens = options.sink_tokens;
+  kv.recent_tokens = options.recent_tokens;
+  cache_ = std::make_unique<KvCache>(kv);
+  attention_.n_threads = options.n_threads;
+  attention_.use_fused = options.use_fused;
+  if (options_.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
+  inv_freq_.resize(static_cast<size_t>(c.head_dim / 2));
+  for (int i = 0; i < c.head_dim / 2; ++i) {
+    inv_freq_[i] =
+        static_cast<float>(std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim));
+  }
+}
+
+void Transformer::apply_rope(float* x, size_t n, int n_heads, size_t first_position) const {
+  const int hd = config().head_dim;
+  for (size_t t = 0; t < n; ++t)
+    rope_rotate(x + t * n_heads * hd, hd, n_heads, first_position + t, inv_freq_.data());
+}
+
+void Transformer::forward(SequenceId seq, const int* tokens, size_t n, std::vector<float>& logits,
+                          bool all_logits) {
+  const LlamaConfig& c = config();
+  if (n == 0) throw_invalid("forward needs at least one token");
+  for (size_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
+      throw_invalid("token " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                    " is outside the vocabulary of " + std::to_string(c.vocab_size));
+    }
+  }
+  const size_t pos = position(seq);
+  if (pos + n > static_cast<size_t>(c.context_length)) {
+    throw_invalid("sequence of " + std::to_string(pos + n) +
+                  " tokens exceeds the model's context of " + std::to_string(c.context_length));
+  }
+  const size_t vocab = static_cast<size_t>(c.vocab_size);
+  logits.resize(all_logits ? n * vocab : vocab);
+  for (size_t start = 0; start < n; start += static_cast<size_t>(options_.prefill_chunk)) {
+    const size_t m = std::min(n - start, static_cast<size_t>(options_.prefill_chunk));
+    const bool last_chunk = start + m == n;
+    if (all_logits) {
+      forward_chunk(seq, tokens + start, m, logits.data() + start * vocab, true);
+    } else {
+      forward_chunk(seq, tokens + start, m, last_chunk ? logits.data() : nullptr, false);
+    }
+  }
+}
+
+void Transformer::forward_chunk(SequenceId seq, const int* tokens, size_t n, float* logits,
+                                bool all_logits) {
+  const LlamaConfig& c = config();
+  const size_t dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), hid = c.hidden_dim;
+  const int threads = options_.n_threads;
+  const size_t pos = position(seq);
+  std::vector<float> x(n * dim), xn(n * dim), q(n * qd), k(n * kvd), v(n * kvd), att(n * qd),
+      proj(n * dim);
+  std::vector<float> gate(n * hid), up(n * hid);
+  for (size_t t = 0; t < n; ++t)
+    dequantize_rows(model_.token_embedding(), tokens[t], 1, x.data() + t * dim);
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& w = model_.layers()[l];
+    for (size_t t = 0; t < n; ++t)
+      rms_norm(x.data() + t * dim, w.attn_norm.data(), c.dim, c.rms_eps, xn.data() + t * dim);
+    matmul(w.wq, xn.data(), n, q.data(), threads);
+    matmul(w.wk, xn.data(), n, k.data(), threads);
+    matmul(w.wv, xn.data(), n, v.data(), threads);
+    apply_rope(q.data(), n, c.n_heads, pos);
+    apply_rope(k.data(), n, c.n_kv_heads, pos);
+    if (observer_) observer_(l, q.data(), k.data(), v.data(), n);
+    cache_->append(seq, l, k.data(), v.data(), n);
+    cache_attention(*cache_, seq, l, q.data(), n, c.n_heads, att.data(), attention_);
+    matmul(w.wo, att.data(), n, proj.data(), threads);
+    for (size_t i = 0; i < n * dim; ++i) x[i] += proj[i];
+
+    for (size_t t = 0; t < n; ++t)
+      rms_norm(x.data() + t * dim, w.ffn_norm.data(), c.dim, c.rms_eps, xn.data() + t * dim);
+    matmul(w.w_gate, xn.data(), n, gate.data(), threads);
+    matmul(w.w_up, xn.data(), n, up.data(), threads);
+    for (size_t i = 0; i < n * hid; ++i) {
+      const float g = gate[i];
+      gate[i] = g / (1.0f + std::exp(-g)) * up[i];  // SwiGLU: silu(gate) * up
+    }
+    matmul(w.w_down, gate.data(), n, proj.data(), threads);
+    for (size_t i = 0; i < n * dim; ++i) x[i] += proj[i];
+  }
+  if (logits == nullptr) return;
+  const size_t first = all_logits ? 0 : n - 1;
+  const size_t rows = n - first;
+  for (size_t t = first; t < n; ++t) {
+    rms_norm(x.data() + t * dim, model_.final_norm().data(), c.dim, c.rms_eps,
+             xn.data() + (t - first) * dim);
+  }
+  matmul(model_.output(), xn.data(), rows, logits, threads);
+}
+
+}  // namespace polarquant::model

@@ -1,0 +1,187 @@
+// `polarquant generate`: text generation with any K/V codec, streamed to stdout, ending with what
+// the cache saved (bytes vs fp16) and how the output compares with an fp16-cache run.
+#include <polarquant/error.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "command.h"
+#include "model/generation.h"
+#include "model/sampler.h"
+#include "model_options.h"
+
+namespace polarquant::cli {
+namespace {
+
+constexpr const char* kDefaultChatPrompt =
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.";
+
+struct GenerateArgs {
+  ModelFlags model;
+  std::string prompt;
+  bool prompt_given = false;
+  int n = 128;
+  float temperature = 0.0f;
+  float top_p = 0.95f;
+  uint64_t seed = 42;
+  bool raw = false;
+  bool compare = true;
+};
+
+struct Comparison {
+  size_t match_prefix = 0;  // generated tokens identical to the fp16-cache run's
+  size_t f16_generated = 0;
+  double kld_mean =
+      0.0;  // KL(fp16 || codec) of the next-token distributions, on the codec's tokens
+  double top1_agreement = 0.0;
+};
+
+// Runs the fp16-cache model twice: freely (same sampler) to find where its tokens first differ, and
+// teacher-forced on the codec run's tokens to compare each next-token distribution.
+Comparison compare_with_f16(const model::LlamaModel& m, const model::Tokenizer& tok,
+                            const model::RuntimeOptions& base, const model::GenerationOptions& gen,
+                            const model::GenerationResult& run) {
+  Comparison c;
+  model::RuntimeOptions f16 = base;
+  f16.key_codec = f16.value_codec = "f16";
+  {
+    model::Transformer tf(m, f16);
+    const auto ref = model::generate(tf, tf.add_sequence(), tok, run.prompt, gen);
+    c.f16_generated = ref.generated.size();
+    while (c.match_prefix < run.generated.size() && c.match_prefix < ref.generated.size() &&
+           run.generated[c.match_prefix] == ref.generated[c.match_prefix]) {
+      ++c.match_prefix;
+    }
+  }
+  if (run.generated.empty()) return c;
+  model::Transformer tf(m, f16);
+  const SequenceId seq = tf.add_sequence();
+  std::vector<int> tokens = run.prompt;
+  tokens.insert(tokens.end(), run.generated.begin(), run.generated.end() - 1);
+  std::vector<float> logits;
+  tf.forward(seq, tokens.data(), tokens.size(), logits, true);
+  const size_t vocab = static_cast<size_t>(m.config().vocab_size);
+  std::vector<double> lp(vocab), lq(vocab);
+  size_t agree = 0;
+  for (size_t i = 0; i < run.generated.size(); ++i) {
+    const float* ref = logits.data() + (run.prompt.size() - 1 + i) * vocab;
+    const float* got = run.logits.data() + i * vocab;
+    model::log_softmax(ref, vocab, lp.data());
+    model::log_softmax(got, vocab, lq.data());
+    double kl = 0.0;
+    for (size_t j = 0; j < vocab; ++j) kl += std::exp(lp[j]) * (lp[j] - lq[j]);
+    c.kld_mean += kl;
+    agree += model::argmax(ref, vocab) == model::argmax(got, vocab);
+  }
+  c.kld_mean /= static_cast<double>(run.generated.size());
+  c.top1_agreement = static_cast<double>(agree) / static_cast<double>(run.generated.size());
+  return c;
+}
+
+void run(GenerateArgs& a, CLI::App* cmd) {
+  take_llama_style_flags(cmd, a.model);
+  LoadedModel lm = load_model(a.model);
+  const model::Tokenizer& tok = *lm.tokenizer;
+  std::string text = a.prompt;
+  const bool chat = lm.tokenizer->has_chat_template() && !a.raw;
+  if (!a.prompt_given && chat) text = kDefaultChatPrompt;
+  if (chat) text = model::chatml_prompt(text);
+  std::vector<int> prompt = tok.encode(text, tok.wants_bos(), chat);
+  if (prompt.empty()) prompt.push_back(tok.bos());  // llama2.c: generation starts from BOS
+
+  model::RuntimeOptions rt;
+  rt.key_codec = a.model.key_codec;
+  rt.value_codec = a.model.value_codec;
+  rt.n_threads = a.model.threads;
+  model::GenerationOptions gen;
+  gen.max_new_tokens = a.n;
+  gen.sampler = {a.temperature, a.top_p, a.seed};
+  gen.keep_logits = a.compare;
+
+  model::Transformer tf(*lm.model, rt);
+  const SequenceId seq = tf.add_sequence();
+  if (!a.model.json) {
+    std::fputs(
+        chat ? (a.prompt_given ? a.prompt : std::string(kDefaultChatPrompt)).c_str() : text.c_str(),
+        stdout);
+    std::fputs(chat ? "\n\n" : "", stdout);
+    std::fflush(stdout);
+  }
+  std::string out;
+  const auto result =
+      model::generate(tf, seq, tok, prompt, gen, [&](int, const std::string& piece) {
+        out += piece;
+        if (!a.model.json) {
+          std::fputs(piece.c_str(), stdout);
+          std::fflush(stdout);
+        }
+      });
+  const KvMemoryStats mem = tf.cache().memory();
+  const bool same_as_f16 = rt.key_codec == "f16" && rt.value_codec == "f16";
+  Comparison cmp;
+  const bool compared = a.compare && !same_as_f16;
+  if (compared) cmp = compare_with_f16(*lm.model, tok, rt, gen, result);
+  const double prefill_tps = result.prompt.size() / std::max(result.prefill_seconds, 1e-9);
+  const double decode_tps = result.generated.size() / std::max(result.decode_seconds, 1e-9);
+  const double ratio =
+      mem.total_bytes > 0 ? static_cast<double>(mem.fp16_bytes) / mem.total_bytes : 0.0;
+  if (a.model.json) {
+    nlohmann::json j = {{"model", a.model.model},
+                        {"key_codec", rt.key_codec},
+                        {"value_codec", rt.value_codec},
+                        {"prompt_tokens", result.prompt.size()},
+                        {"generated_tokens", result.generated.size()},
+                        {"stopped_at_end", result.stopped_at_end},
+                        {"text", out},
+                        {"kv_bytes", mem.total_bytes},
+                        {"kv_fp16_bytes", mem.fp16_bytes},
+                        {"compression_vs_fp16", ratio},
+                        {"prefill_tokens_per_s", prefill_tps},
+                        {"decode_tokens_per_s", decode_tps}};
+    if (compared) {
+      j["f16_match_prefix"] = cmp.match_prefix;
+      j["f16_generated_tokens"] = cmp.f16_generated;
+      j["kld_mean"] = cmp.kld_mean;
+      j["top1_agreement"] = cmp.top1_agreement;
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("\n\n-- %zu prompt tokens, %zu generated%s; prefill %.1f tok/s, decode %.1f tok/s\n",
+              result.prompt.size(), result.generated.size(),
+              result.stopped_at_end ? " (stopped at end token)" : "", prefill_tps, decode_tps);
+  std::printf("-- KV cache (K %s, V %s): %zu bytes vs %zu bytes fp16 (%.2fx smaller)\n",
+              rt.key_codec.c_str(), rt.value_codec.c_str(), mem.total_bytes, mem.fp16_bytes, ratio);
+  if (compared) {
+    std::printf(
+        "-- vs an fp16-cache run: first %zu of %zu generated tokens identical%s; on these tokens "
+        "mean KL "
+        "%.3e, top-1 agreement %.1f%%\n",
+        cmp.match_prefix, result.generated.size(),
+        cmp.match_prefix == result.generated.size() && cmp.f16_generated == result.generated.size()
+            ? " (all)"
+            : "",
+        cmp.kld_mean, 100.0 * cmp.top1_agreement);
+  }
+}
+
+const CommandRegistration registration("generate", [](CLI::App& app) {
+  auto args = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = app.add_subcommand("generate", "generate text with a quantized KV cache");
+  add_model_flags(cmd, args->model, "paper");
+  cmd->add_option("-p,--prompt", args->prompt,
+                  "prompt (chat models: the user message; default: a short story request)")
+      ->each([args](const std::string&) { args->prompt_given = true; });
+  cmd->add_option("-n,--n-predict", args->n, "tokens to generate")->capture_default_str();
+  cmd->add_option("--temperature,--temp", args->temperature, "0: greedy")->capture_default_str();
+  cmd->add_option("--top-p", args->top_p, "nucleus sampling threshold")->capture_default_str();
+  cmd->add_option("--seed,-s", args->seed, "sampling seed")->capture_default_str();
+  cmd->add_flag("--raw", args->raw, "do not wrap the prompt in the model's chat format");
+  cmd->add_flag("!--no-compare", args->compare, "skip the comparison with an fp16-cache run");
+  cmd->callback([args, cmd] { run(*args, cmd); });
+});
+
+}  // namespace
+}  // namespace polarquant::cli

@@ -1,0 +1,113 @@
+// Flags and helpers shared by the model commands (generate, perplexity, niah, dump-kv): the model
+// and tokenizer paths, the K/V codecs (-ctk/-ctv, named like llama.cpp's), threads, and a progress
+// indicator on stderr for long runs.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <unistd.h>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "model/generation.h"
+#include "model/llama_model.h"
+#include "model/tokenizer.h"
+
+namespace polarquant::cli {
+
+struct ModelFlags {
+  std::string model = model::default_model_path();
+  std::string tokenizer;
+  std::string key_codec;
+  std::string value_codec;
+  int threads = 0;
+  bool json = false;
+};
+
+// default_codec: what -ctk/-ctv default to for this command.
+inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& default_codec) {
+  f.key_codec = default_codec;
+  f.value_codec = default_codec;
+  cmd->add_option(
+         "--model,-m", f.model,
+         "model file: GGUF or llama2.c checkpoint (default: scripts/fetch_model.sh's cache)")
+      ->capture_default_str();
+  cmd->add_option("--tokenizer", f.tokenizer, "tokenizer file (llama2.c checkpoints only)");
+  cmd->add_option("--ctk,--cache-type-k", f.key_codec,
+                  "key codec, also -ctk as in llama.cpp (names as `polarquant compare` lists)")
+      ->capture_default_str();
+  cmd->add_option("--ctv,--cache-type-v", f.value_codec, "value codec, also -ctv")
+      ->capture_default_str();
+  // CLI11 cannot declare multi-letter single-dash options: llama.cpp's -ctk/-ctv reach the command
+  // as extras and take_llama_style_flags() reads them.
+  cmd->allow_extras();
+  cmd->add_option("--threads,-t", f.threads, "threads (0: all)")->capture_default_str();
+  cmd->add_flag("--json", f.json, "print one JSON object instead of text");
+}
+
+// Reads -ctk X / -ctv X (or -ctk=X) from the arguments CLI11 left over; anything else left over is
+// an error, as it would be without allow_extras().
+inline void take_llama_style_flags(CLI::App* cmd, ModelFlags& f) {
+  const std::vector<std::string> rest = cmd->remaining();
+  for (size_t i = 0; i < rest.size(); ++i) {
+    const std::string& a = rest[i];
+    std::string* target = nullptr;
+    std::string value;
+    for (const auto& [name, field] :
+         {std::pair<std::string, std::string*>{"-ctk", &f.key_codec}, {"-ctv", &f.value_codec}}) {
+      if (a == name) {
+        if (i + 1 >= rest.size()) throw CLI::ArgumentMismatch(name + " needs a codec name");
+        target = field;
+        value = rest[++i];
+      } else if (a.rfind(name + "=", 0) == 0) {
+        target = field;
+        value = a.substr(name.size() + 1);
+      }
+    }
+    if (target == nullptr) throw CLI::ExtrasError({a});
+    *target = value;
+  }
+}
+
+struct LoadedModel {
+  std::unique_ptr<model::LlamaModel> model;
+  std::unique_ptr<model::Tokenizer> tokenizer;
+};
+
+inline LoadedModel load_model(const ModelFlags& f) {
+  LoadedModel m;
+  m.model = std::make_unique<model::LlamaModel>(model::LlamaModel::load(f.model));
+  m.tokenizer = model::load_tokenizer(*m.model, f.tokenizer);
+  return m;
+}
+
+// Progress on stderr: a rewritten line on a terminal, a line per 10% otherwise; silent when
+// disabled (--json users still see it: it goes to stderr).
+class Progress {
+ public:
+  Progress(std::string label, size_t total)
+      : label_(std::move(label)), total_(total), tty_(isatty(2) != 0) {}
+  void update(size_t done) {
+    if (total_ == 0) return;
+    const int pct = static_cast<int>(100 * done / total_);
+    if (!tty_ && pct / 10 == last_ / 10 && done != total_) return;
+    if (tty_ && pct == last_ && done != total_) return;
+    last_ = pct;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    std::fprintf(stderr, "%s%s: %zu/%zu (%d%%) %.1fs%s", tty_ ? "\r" : "", label_.c_str(), done,
+                 total_, pct, s, tty_ ? "" : "\n");
+    if (tty_ && done == total_) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  std::string label_;
+  size_t total_;
+  bool tty_;
+  int last_ = -1;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace polarquant::cli
