@@ -232,3 +232,56 @@ TEST(PolarCodec, ContainerRoundTripAndCorruption) {
 
 }  // namespace
 }  // namespace polarquant
+
+namespace polarquant {
+namespace {
+
+TEST(PolarCodec, FastQuantizeAgreesWithTheReference) {
+  for (const char* preset : {"paper", "polar37", "polar41", "custom"}) {
+    PolarConfig config = polar_preset(std::string(preset) == "custom" ? "paper" : preset, 128);
+    if (std::string(preset) == "custom") {  // a trained, non-uniform level-1 codebook
+      std::vector<float> angles;
+      for (int i = 0; i < 4000; ++i) angles.push_back(std::fmod(0.37f * i * i, 6.2831f));
+      config.codebooks = {train_codebook(1, 4, angles.data(), angles.size(), 5),
+                          analytic_codebook(2, 2), analytic_codebook(3, 2),
+                          analytic_codebook(4, 2)};
+    }
+    const PolarCodec codec(config);
+    const size_t n = 2000;
+    const auto y = gaussian_data(n, 128, 77);
+    const size_t na = codec.shape().num_angles(), nr = codec.shape().num_radii();
+    std::vector<uint8_t> fast(n * na), ref(n * na);
+    std::vector<float> rf(n * nr), rr(n * nr);
+    codec.quantize_rotated(y.data(), n, fast.data(), rf.data());
+    codec.quantize_rotated_reference(y.data(), n, ref.data(), rr.data());
+    EXPECT_EQ(rf, rr) << preset;
+    // Special pairs: zeros, signed zeros, the axes (angles 0, pi/2, pi, 3pi/2). These sit exactly
+    // on decision boundaries of the uniform level-1 codebook, so either neighbour is a nearest
+    // centroid; the two paths must pick one of the equally near ones.
+    std::vector<float> special(128, 0.0f);
+    const float pairs[][2] = {{0, 0}, {-0.0f, 0}, {0, -0.0f},  {1, 0},
+                              {0, 1}, {-1, 0},    {-1, -0.0f}, {0, -1}};
+    for (int p = 0; p < 8; ++p) {
+      special[2 * p] = pairs[p][0];
+      special[2 * p + 1] = pairs[p][1];
+    }
+    std::vector<uint8_t> sf(na), sr(na);
+    std::vector<float> rad_f(nr), rad_r(nr);
+    codec.quantize_rotated(special.data(), 1, sf.data(), rad_f.data());
+    codec.quantize_rotated_reference(special.data(), 1, sr.data(), rad_r.data());
+    const auto& c1 = codec.codebooks()[0].centroids();
+    for (int p = 0; p < 8; ++p) {
+      const double angle = std::atan2(double(pairs[p][1]), double(pairs[p][0]));
+      auto dist = [&](double c) {
+        const double x = std::fabs(std::remainder(angle - c, 2 * 3.14159265358979323846));
+        return x;
+      };
+      if (pairs[p][0] != 0 || pairs[p][1] != 0) {  // a zero pair has no angle: any code is exact
+        EXPECT_NEAR(dist(c1[sf[p]]), dist(c1[sr[p]]), 1e-5) << preset << " pair " << p;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace polarquant

@@ -147,3 +147,30 @@ TEST(Random, GaussianMoments) {
 
 }  // namespace
 }  // namespace polarquant
+
+#include "core/rotation_simd.h"
+
+namespace polarquant {
+namespace {
+
+// Every compiled SIMD target against the scalar twin, on dimensions that hit the vector tails.
+TEST(RotationSimd, EveryTargetMatchesTheScalarTwin) {
+  for (int dim : {1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 96, 128, 256}) {
+    const auto rows = testing::gaussian_vectors(dim, dim, 1);
+    const auto in = testing::gaussian_vectors(1, dim, 2);
+    std::vector<float> ref(dim), out(dim, 0.0f);
+    combine_rows_scalar(rows.data(), in.data(), ref.data(), dim);
+    std::vector<std::pair<std::string, std::vector<float>>> results;
+    combine_rows_all_targets(rows.data(), in.data(), out.data(), dim, &results);
+    ASSERT_FALSE(results.empty());
+    for (const auto& [target, r] : results) {
+      for (int k = 0; k < dim; ++k) {
+        // Fused multiply-adds and a different summation order: a few ulp of sqrt(dim) terms.
+        EXPECT_NEAR(r[k], ref[k], 1e-5 * std::sqrt(double(dim)) * 4) << target << " dim " << dim;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace polarquant

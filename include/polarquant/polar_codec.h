@@ -65,7 +65,13 @@ class PolarCodec final : public Codec {
   // Quantizes already-rotated vectors y (n x dim) to per-level code indices (n x num_angles, level
   // 1 first as in polar_forward) and radii rounded to the radius precision (n x num_radii). The
   // building block of encode and of the cache's page encoder.
+  // No atan2: an angle is compared with each decision boundary t through the sign of
+  // b cos(t) - a sin(t) (level 1 first folds the lower half-plane onto the upper one), so a code
+  // can differ from quantize_rotated_reference only for an angle within float rounding of a
+  // boundary.
   void quantize_rotated(const float* y, size_t n, uint8_t* indices, float* radii) const;
+  // The plain twin: polar_forward, then Codebook::quantize on every angle.
+  void quantize_rotated_reference(const float* y, size_t n, uint8_t* indices, float* radii) const;
   // Reconstructs rotated vectors from indices and radii (inverse of quantize_rotated).
   void dequantize_rotated(const uint8_t* indices, const float* radii, size_t n, float* y) const;
 
@@ -85,6 +91,10 @@ class PolarCodec final : public Codec {
   PolarShape shape_;
   Rotation rotation_;
   std::vector<Codebook> codebooks_;
+  // Per level (index level - 1): cos and sin of the decision boundaries; at level 1 those in
+  // [pi, 2pi) are stored minus pi, after the first level1_upper_ boundaries that lie in [0, pi).
+  std::vector<std::vector<float>> boundary_cos_, boundary_sin_;
+  int level1_upper_ = 0;
   size_t code_bytes_ = 0;
 };
 

@@ -170,9 +170,71 @@ PolarCodec::PolarCodec(PolarConfig config) : config_(std::move(config)) {
     codebooks_ = config_.codebooks;
   }
   code_bytes_ = (config_.payload_bits() + 7) / 8;
+  boundary_cos_.resize(codebooks_.size());
+  boundary_sin_.resize(codebooks_.size());
+  constexpr double kPi = 3.14159265358979323846;
+  for (size_t l = 0; l < codebooks_.size(); ++l) {
+    for (float t : codebooks_[l].boundaries()) {
+      double angle = t;
+      if (l == 0 && angle >= kPi) {
+        angle -= kPi;  // compared in the folded half-plane
+      } else if (l == 0) {
+        ++level1_upper_;
+      }
+      boundary_cos_[l].push_back(static_cast<float>(std::cos(angle)));
+      boundary_sin_[l].push_back(static_cast<float>(std::sin(angle)));
+    }
+  }
 }
 
 void PolarCodec::quantize_rotated(const float* y, size_t n, uint8_t* indices, float* radii) const {
+  const int d = config_.dim;
+  const size_t na = static_cast<size_t>(shape_.num_angles());
+  const size_t nr = static_cast<size_t>(shape_.num_radii());
+  const Codebook& first = codebooks_[0];
+  std::vector<float> r(static_cast<size_t>(d / 2));
+  for (size_t v = 0; v < n; ++v) {
+    const float* in = y + v * d;
+    uint8_t* idx = indices + v * na;
+    const float* c1 = boundary_cos_[0].data();
+    const float* s1 = boundary_sin_[0].data();
+    const int nb1 = static_cast<int>(boundary_cos_[0].size());
+    const int k1 = first.size();
+    const float cos_first = first.cosines()[0], sin_first = first.sines()[0];
+    const float cos_last = first.cosines()[k1 - 1], sin_last = first.sines()[k1 - 1];
+    for (int j = 0; j < d / 2; ++j) {  // level 1: the full circle
+      const float a = in[2 * j], b = in[2 * j + 1];
+      // Angle in [0, pi) (upper) or [pi, 2pi) (lower, folded by negating the pair).
+      const bool upper = b > 0.0f || (b == 0.0f && a >= 0.0f);
+      const float fa = upper ? a : -a, fb = upper ? b : -b;
+      const int lo = upper ? 0 : level1_upper_, hi = upper ? level1_upper_ : nb1;
+      int q = lo;  // every boundary in [0, pi) lies below an angle of the lower half
+      for (int i = lo; i < hi; ++i) q += (fb * c1[i] - fa * s1[i] > 0.0f) ? 1 : 0;
+      if (q == 0 || q == k1 - 1) {  // the nearest may lie across 0 = 2pi: compare cosines
+        q = a * cos_first + b * sin_first >= a * cos_last + b * sin_last ? 0 : k1 - 1;
+      }
+      idx[j] = static_cast<uint8_t>(q);
+      r[j] = std::sqrt(a * a + b * b);
+    }
+    for (int l = 2; l <= shape_.levels; ++l) {  // quarter circle: angle > t  <=>  b cos t > a sin t
+      const float* bc = boundary_cos_[l - 1].data();
+      const float* bs = boundary_sin_[l - 1].data();
+      const int nb = static_cast<int>(boundary_cos_[l - 1].size());
+      uint8_t* out = idx + shape_.offset_of(l);
+      for (int j = 0; j < (d >> l); ++j) {
+        const float a = r[2 * j], b = r[2 * j + 1];
+        int q = 0;
+        for (int i = 0; i < nb; ++i) q += (b * bc[i] - a * bs[i] > 0.0f) ? 1 : 0;
+        out[j] = static_cast<uint8_t>(q);
+        r[j] = std::sqrt(a * a + b * b);
+      }
+    }
+    for (size_t j = 0; j < nr; ++j) radii[v * nr + j] = round_radius(r[j], config_.radius);
+  }
+}
+
+void PolarCodec::quantize_rotated_reference(const float* y, size_t n, uint8_t* indices,
+                                            float* radii) const {
   const size_t na = static_cast<size_t>(shape_.num_angles());
   const size_t nr = static_cast<size_t>(shape_.num_radii());
   std::vector<float> angles(na);

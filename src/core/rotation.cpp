@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/random.h"
+#include "core/rotation_simd.h"
 
 namespace polarquant {
 
@@ -62,13 +63,19 @@ std::vector<double> haar_orthogonal(int dim, uint64_t seed) {
   return m;
 }
 
-// out = sum_j in[j] * rows[j, :]: an axpy per row, which vectorises without reassociating sums.
-void combine_rows(const float* rows, const float* in, float* out, int dim) {
+// out = sum_j in[j] * rows[j, :] in input order; the SIMD twin is in rotation_simd.cpp.
+void apply_rows(const float* rows, const float* in, float* out, int dim) {
   thread_local std::vector<float> copy;
   if (in == out) {  // in place: keep the input while out is overwritten
     copy.assign(in, in + dim);
     in = copy.data();
   }
+  combine_rows_simd(rows, in, out, dim);
+}
+
+}  // namespace
+
+void combine_rows_scalar(const float* rows, const float* in, float* out, int dim) {
   for (int k = 0; k < dim; ++k) out[k] = 0.0f;
   for (int j = 0; j < dim; ++j) {
     const float c = in[j];
@@ -76,8 +83,6 @@ void combine_rows(const float* rows, const float* in, float* out, int dim) {
     for (int k = 0; k < dim; ++k) out[k] += c * r[k];
   }
 }
-
-}  // namespace
 
 Rotation::Rotation(RotationKind kind, int dim, uint64_t seed)
     : kind_(kind), dim_(dim), seed_(seed) {
@@ -131,7 +136,7 @@ void Rotation::forward(const float* x, float* y, size_t n) const {
         if (in != out) std::memmove(out, in, sizeof(float) * d);
         break;
       case RotationKind::kDense:  // y = S x = sum_j x_j S[:, j] = sum_j x_j S^T[j, :]
-        combine_rows(transposed_.data(), in, out, dim_);
+        apply_rows(transposed_.data(), in, out, dim_);
         break;
       case RotationKind::kHadamard:
         for (size_t k = 0; k < d; ++k) out[k] = in[k] * signs_[k];
@@ -151,7 +156,7 @@ void Rotation::inverse(const float* y, float* x, size_t n) const {
         if (in != out) std::memmove(out, in, sizeof(float) * d);
         break;
       case RotationKind::kDense:  // x = S^T y = sum_i y_i S[i, :]
-        combine_rows(matrix_.data(), in, out, dim_);
+        apply_rows(matrix_.data(), in, out, dim_);
         break;
       case RotationKind::kHadamard:
         if (in != out) std::memmove(out, in, sizeof(float) * d);
