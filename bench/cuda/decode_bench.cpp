@@ -1,0 +1,199 @@
+// GPU benchmark of the PolarQuant kernels (run by bench/cuda/run.sh, which puts PyTorch SDPA on
+// fp16 K/V beside it): decode attention at the Llama-3.1-8B shape (32 query heads, 8 KV heads,
+// head_dim 128, `paper` preset, 32-token pages) for batch 1/8/32 and context 4k..128k, and the
+// encode throughput of a 16k-token prefill. Prints one JSON object per line.
+//
+// Timing: CUDA events around each call, median of the repetitions; the pages are replicated
+// into enough copies (>= 256 MiB in all, over 4x the 60 MB L2) and the calls cycle through them,
+// so every call reads its K and V from HBM.
+#include <polarquant/cuda.h>
+#include <polarquant/polar_codec.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace polarquant;
+
+void ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+
+// Roughly Gaussian values (sum of four uniforms), fast enough for 10^8 numbers.
+std::vector<float> noise(size_t n, uint64_t seed) {
+  std::vector<float> v(n);
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (auto& x : v) {
+    float sum = 0.0f;
+    for (int k = 0; k < 4; ++k) {
+      s ^= s << 13;
+      s ^= s >> 7;
+      s ^= s << 17;
+      sum += static_cast<float>(s >> 40) * (1.0f / 16777216.0f);
+    }
+    x = (sum - 2.0f) * 1.7320508f;
+  }
+  return v;
+}
+
+float median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+template <class F>
+std::vector<float> time_calls(int reps, F&& call) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < 3; ++i) call(i);
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(a);
+    call(i);
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float t = 0.0f;
+    cudaEventElapsedTime(&t, a, b);
+    ms.push_back(t);
+  }
+  ok(cudaGetLastError(), "timed calls");
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string why;
+  if (!cuda::device_available(&why)) {
+    std::fprintf(stderr, "no CUDA device: %s\n", why.c_str());
+    return 2;
+  }
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  const int n_kv = 8, n_q = 32, dim = 128, T = 32;
+  const PolarCodec codec(polar_preset("paper", dim));
+  cuda::CudaPolarCodec gpu(codec, T, n_kv);
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  std::printf("{\"kind\":\"device\",\"name\":\"%s\",\"sms\":%d,\"driver_api\":%d,\"runtime\":%d}\n",
+              prop.name, prop.multiProcessorCount, driver, runtime);
+
+  const std::vector<int> contexts = quick ? std::vector<int>{4096, 131072}
+                                          : std::vector<int>{4096, 16384, 65536, 131072};
+  const std::vector<int> batches = {1, 8, 32};
+  const int max_ctx = contexts.back();
+  const size_t row = static_cast<size_t>(n_kv) * dim;
+  const size_t shift = 4096;  // V reads the same noise 4096 tokens further on
+  const std::vector<float> host = noise((max_ctx + shift) * row, 1);
+  float* x = nullptr;
+  ok(cudaMalloc(&x, host.size() * sizeof(float)), "malloc x");
+  ok(cudaMemcpy(x, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice), "copy x");
+
+  // Encode throughput: a 16k-token prompt's K (8 heads) into fresh pages, with and without the
+  // rotation (S folded into the projection weights skips it).
+  {
+    const int n = 16384, pages = n / T;
+    uint8_t* pool = nullptr;
+    int32_t* table = nullptr;
+    ok(cudaMalloc(&pool, pages * gpu.page_bytes()), "malloc pool");
+    ok(cudaMalloc(&table, pages * sizeof(int32_t)), "malloc table");
+    std::vector<int32_t> ids(pages);
+    for (int i = 0; i < pages; ++i) ids[i] = i;
+    cudaMemcpy(table, ids.data(), pages * sizeof(int32_t), cudaMemcpyHostToDevice);
+    for (bool rotated : {false, true}) {
+      const auto ms = time_calls(20, [&](int) {
+        cuda::encode_prefill(gpu, {pool, table}, 0, n, x, rotated, nullptr);
+      });
+      const double vectors = static_cast<double>(n) * n_kv;
+      std::printf("{\"kind\":\"encode\",\"tokens\":%d,\"kv_heads\":%d,\"rotated_input\":%s,"
+                  "\"ms\":%.5f,\"vectors_per_s\":%.4g}\n",
+                  n, n_kv, rotated ? "true" : "false", median(ms), vectors / (median(ms) * 1e-3));
+    }
+    cudaFree(pool);
+    cudaFree(table);
+  }
+
+  for (int ctx : contexts) {
+    for (int batch : batches) {
+      const size_t pages = static_cast<size_t>(ctx) / T;
+      const size_t set_bytes = 2 * batch * pages * gpu.page_bytes();
+      const int copies = static_cast<int>(std::max<size_t>(1, (256u << 20) / set_bytes + 1));
+      const size_t total_pages = copies * batch * pages;
+      uint8_t *kp = nullptr, *vp = nullptr;
+      int32_t *tables = nullptr, *lengths = nullptr;
+      float *q = nullptr, *out = nullptr;
+      ok(cudaMalloc(&kp, total_pages * gpu.page_bytes()), "malloc k pages");
+      ok(cudaMalloc(&vp, total_pages * gpu.page_bytes()), "malloc v pages");
+      cudaMemset(kp, 0, total_pages * gpu.page_bytes());
+      cudaMemset(vp, 0, total_pages * gpu.page_bytes());
+      std::vector<int32_t> ids(total_pages);
+      for (size_t i = 0; i < total_pages; ++i) ids[i] = static_cast<int32_t>(i);
+      ok(cudaMalloc(&tables, total_pages * sizeof(int32_t)), "malloc tables");
+      cudaMemcpy(tables, ids.data(), total_pages * sizeof(int32_t), cudaMemcpyHostToDevice);
+      for (int b = 0; b < batch; ++b) {
+        const int32_t* t = tables + b * pages;
+        cuda::encode_prefill(gpu, {kp, t}, 0, ctx, x, false, nullptr);
+        cuda::encode_prefill(gpu, {vp, t}, 0, ctx, x + shift * row, false, nullptr);
+      }
+      const size_t one = batch * pages * gpu.page_bytes();
+      for (int c = 1; c < copies; ++c) {
+        cudaMemcpy(kp + c * one, kp, one, cudaMemcpyDeviceToDevice);
+        cudaMemcpy(vp + c * one, vp, one, cudaMemcpyDeviceToDevice);
+      }
+      std::vector<int32_t> lens(batch, ctx);
+      ok(cudaMalloc(&lengths, batch * sizeof(int32_t)), "malloc lengths");
+      cudaMemcpy(lengths, lens.data(), batch * sizeof(int32_t), cudaMemcpyHostToDevice);
+      ok(cudaMalloc(&q, batch * n_q * dim * sizeof(float)), "malloc q");
+      ok(cudaMalloc(&out, batch * n_q * dim * sizeof(float)), "malloc out");
+      cudaMemcpy(q, x, batch * n_q * dim * sizeof(float), cudaMemcpyDeviceToDevice);
+      cuda::DecodeBatch db;
+      db.k_pool = kp;
+      db.v_pool = vp;
+      db.max_pages = static_cast<int>(pages);
+      db.lengths = lengths;
+      db.batch = batch;
+      db.max_length = ctx;
+      db.n_q_heads = n_q;
+      db.page_tables = tables;
+      const size_t ws_bytes = cuda::decode_workspace_bytes(gpu, db);
+      void* ws = nullptr;
+      ok(cudaMalloc(&ws, ws_bytes), "malloc workspace");
+      const auto ms = time_calls(quick ? 10 : 40, [&](int i) {
+        db.page_tables = tables + static_cast<size_t>(i % copies) * batch * pages;
+        cuda::decode_attention(gpu, db, q, out, ws, ws_bytes, nullptr);
+      });
+      ok(cudaDeviceSynchronize(), "decode");
+      const double bytes = static_cast<double>(set_bytes);
+      const double payload = 2.0 * batch * ctx * n_kv * (codec.config().payload_bits() / 8.0);
+      std::printf("{\"kind\":\"decode\",\"batch\":%d,\"context\":%d,\"ms\":%.5f,\"page_bytes\":%.0f,"
+                  "\"payload_bytes\":%.0f,\"gbps_pages\":%.1f,\"copies\":%d}\n",
+                  batch, ctx, median(ms), bytes, payload, bytes / (median(ms) * 1e6), copies);
+      std::fflush(stdout);
+      cudaFree(kp);
+      cudaFree(vp);
+      cudaFree(tables);
+      cudaFree(lengths);
+      cudaFree(q);
+      cudaFree(out);
+      cudaFree(ws);
+    }
+  }
+  cudaFree(x);
+  return 0;
+}

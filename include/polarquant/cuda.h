@@ -1,0 +1,107 @@
+// CUDA kernels for PolarQuant pages: encode (rotate + polar + quantize + pack), dequantize, and
+// split-KV decode attention over paged K and V. Plain C++: no CUDA header is needed to use it.
+//
+// The device pages use the CPU cache's page layout byte for byte (PolarPageLayout, docs/cache.md):
+// a page holds n_kv_heads head regions of head_bytes() each, so pages copied between host and
+// device need no conversion and the CPU cache is the reference. Design and measurements:
+// docs/cuda.md.
+//
+// Conventions (flashinfer/CUTLASS style): every pointer named "device" points to GPU memory the
+// caller owns; calls only enqueue work on `stream` (no allocation, no synchronisation), so they
+// can be captured in a CUDA graph; bad arguments and CUDA launch failures throw polarquant::Error.
+// Only the CudaPolarCodec constructor allocates (its constant tables).
+#pragma once
+
+#include <polarquant/polar_codec.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+struct CUstream_st;  // cudaStream_t is CUstream_st*
+
+namespace polarquant::cuda {
+
+using Stream = CUstream_st*;  // nullptr: the default stream
+
+// True when the CUDA runtime sees a device; otherwise false with the reason in *why.
+bool device_available(std::string* why = nullptr);
+
+struct DeviceCodec;  // the kernels' view of the codec (src/cuda/device_codec.h)
+
+// A PolarCodec's constants on the device (rotation matrix, cos/sin tables, decision boundaries)
+// plus the page geometry. Supported: levels 4..8, dim 64, 128 or 256, page_tokens a multiple of
+// 32 (one warp lane per token slot), n_kv_heads >= 1. Throws Error(kUnsupported) otherwise and
+// Error(kState) when no device is available.
+class CudaPolarCodec {
+ public:
+  CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_kv_heads);
+  ~CudaPolarCodec();
+  CudaPolarCodec(const CudaPolarCodec&) = delete;
+  CudaPolarCodec& operator=(const CudaPolarCodec&) = delete;
+
+  int dim() const;
+  int page_tokens() const;
+  int n_kv_heads() const;
+  size_t head_bytes() const;  // equals PolarPageFormat::head_bytes() for the same codec and T
+  size_t page_bytes() const { return head_bytes() * static_cast<size_t>(n_kv_heads()); }
+  const DeviceCodec& device() const { return *device_; }
+  int multiprocessors() const { return multiprocessors_; }
+
+ private:
+  std::unique_ptr<DeviceCodec> device_;
+  void* constants_ = nullptr;  // one cudaMalloc holding every table
+  int multiprocessors_ = 0;
+};
+
+// One sequence's pages: page i of the sequence (positions [i*T, (i+1)*T)) is page
+// page_table[i] of the pool, at pool + page_table[i] * page_bytes().
+struct SequencePages {
+  uint8_t* pool = nullptr;              // device
+  const int32_t* page_table = nullptr;  // device
+};
+
+// Encodes positions [first, first + n) of one sequence. x (device): n x n_kv_heads x dim floats,
+// token-major, finite (not checked: the caller validates, as the CPU cache does). With
+// rotated_input, x already holds S x (S folded into the K/V projection), and the rotation is
+// skipped. The target slots must be zero (fresh pages), as in the CPU cache.
+void encode_prefill(const CudaPolarCodec& codec, const SequencePages& pages, size_t first,
+                    size_t n, const float* x, bool rotated_input, Stream stream);
+
+// Appends one token to each of `batch` sequences: sequence b's page table is row b of
+// page_tables (device, batch x max_pages) and its token goes to position positions[b] (device).
+// x (device): batch x n_kv_heads x dim.
+void encode_append(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* page_tables,
+                   int max_pages, const int32_t* positions, int batch, const float* x,
+                   bool rotated_input, Stream stream);
+
+// Reconstructs positions [first, first + n) of one sequence into out (device, n x n_kv_heads x
+// dim): in the original domain (like PolarPageFormat::load) or, with rotated_output, as S x.
+void dequantize(const CudaPolarCodec& codec, const SequencePages& pages, size_t first, size_t n,
+                float* out, bool rotated_output, Stream stream);
+
+// Decode attention of one query token per sequence over paged PolarQuant K and V (one layer).
+struct DecodeBatch {
+  const uint8_t* k_pool = nullptr;      // device
+  const uint8_t* v_pool = nullptr;      // device
+  const int32_t* page_tables = nullptr; // device, batch x max_pages (K and V share page ids)
+  int max_pages = 0;                    // row stride of page_tables
+  const int32_t* lengths = nullptr;     // device, tokens per sequence (0 gives a zero output)
+  int batch = 0;
+  int max_length = 0;                   // host-side bound on lengths: sizes the split grid
+  int n_q_heads = 0;                    // a multiple of n_kv_heads, at most 16 per KV head
+  float scale = 0.0f;                   // 0: 1/sqrt(dim)
+};
+
+// Bytes of workspace decode_attention needs for this shape (256-byte aligned pieces).
+size_t decode_workspace_bytes(const CudaPolarCodec& codec, const DecodeBatch& batch);
+
+// q (device): batch x n_q_heads x dim floats; out (device): the same shape. Query head h uses
+// KV head h / (n_q_heads / n_kv_heads). Runs three kernels: rotate q once, split-KV attention
+// in the rotated domain (scores and P.V on tensor cores over fp16 tiles decoded in shared
+// memory), and a merge of the partial softmax states that applies S^T once per output.
+void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, const float* q,
+                      float* out, void* workspace, size_t workspace_bytes, Stream stream);
+
+}  // namespace polarquant::cuda

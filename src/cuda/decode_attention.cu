@@ -1,0 +1,422 @@
+// Split-KV decode attention over paged PolarQuant K and V.
+//
+// Kernel 1 rotates and scales each query once: q' = S q * scale * log2(e), in fp16.
+// Kernel 2: block (split, kv head, sequence) with 4 warps; each warp takes whole pages of the
+// split and keeps its own online-softmax state for the g query heads of the KV head (rows of a
+// 16-row MMA tile). Per page: 16-byte coalesced copy of the K and V head regions into shared
+// memory; per 32-slot tile, one lane per token decodes its K row (rotated domain, fp16) into a
+// shared tile, the scores Q'K^T run on tensor cores, the softmax stays in registers, then V is
+// decoded into the same tile and P.V runs on tensor cores. Scores never leave registers.
+// Kernel 3 merges the warps' partial (m, l, acc) states and applies S^T once per output.
+#include <polarquant/cuda.h>
+#include <polarquant/error.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+
+#include "cuda/device_common.cuh"
+#include "cuda/dispatch.h"
+#include "cuda/mma.cuh"
+#include "cuda/paper_decode.cuh"
+
+namespace polarquant::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kRows = 16;  // MMA rows: query heads of one KV head, zero-padded
+constexpr int kTile = 32;  // tokens decoded at once (one per lane)
+
+struct AttnParams {
+  DeviceCodec c;
+  const uint8_t* k_pool;
+  const uint8_t* v_pool;
+  const int32_t* tables;
+  int max_pages;
+  const int32_t* lengths;
+  int n_q_heads;
+  int g;  // query heads per KV head
+  int splits;
+  int pages_per_split;
+  const __half* q_rot;  // batch x n_q_heads x dim
+  float2* part_ml;      // parts x g: (m, l)
+  float* part_acc;      // parts x g x dim
+};
+
+__host__ __device__ inline size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+struct SmemPlan {
+  size_t tables = 0, q = 0, warp = 0, total = 0;
+};
+
+// Per block: the generic cos/sin tables, the fast path's tables, the query tile; per warp: two
+// buffers of (K region, V region) for the copy of the next page in flight, and the fp16 tile.
+__host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
+  SmemPlan s;
+  s.tables = align_up(2 * c.table_entries * sizeof(float), 16) + align_up(sizeof(PaperTables), 16);
+  s.q = static_cast<size_t>(kRows) * (dim + 8) * sizeof(__half);
+  s.warp = 4 * static_cast<size_t>(c.head_bytes) + kTile * (dim + 8) * sizeof(__half);
+  s.total = s.tables + s.q + kWarps * s.warp;
+  return s;
+}
+
+__global__ void rotate_query_kernel(const float* q, const float* rotation_t, int dim,
+                                    float q_scale, __half* q_rot) {
+  extern __shared__ float x[];
+  const size_t row = blockIdx.x;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) x[i] = q[row * dim + i];
+  __syncthreads();
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    float y = 0.0f;
+    for (int j = 0; j < dim; ++j) y += x[j] * rotation_t[j * dim + i];
+    q_rot[row * dim + i] = __float2half_rn(y * q_scale);
+  }
+}
+
+// Decodes the K or V rows of slots [tile0, tile0 + 32) of a head region (shared memory) into an
+// fp16 tile of 32 rows of D (+8 padding) halves; lane = token.
+template <int D, bool kPaper>
+__device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t* region,
+                                            const float* cos_s, const float* sin_s,
+                                            const PaperTables& paper, int slot, __half* tile,
+                                            int lane) {
+  uint4* row = reinterpret_cast<uint4*>(tile + lane * (D + 8));
+  if constexpr (kPaper) {
+    decode_row_paper<D>(region, paper, slot, row);
+  } else {
+#pragma unroll 1
+    for (int u = 0; u < D / 16; ++u) {
+      float v[16];
+      decode_unit<0, 0, 0, 0>(c, region, cos_s, sin_s, slot, u, v);
+      row[2 * u] = make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]),
+                              pack_half2(v[4], v[5]), pack_half2(v[6], v[7]));
+      row[2 * u + 1] = make_uint4(pack_half2(v[8], v[9]), pack_half2(v[10], v[11]),
+                                  pack_half2(v[12], v[13]), pack_half2(v[14], v[15]));
+    }
+  }
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_address(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_one() {
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+}
+
+// Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair.
+__device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, int pg,
+                                          uint8_t* raw, int lane) {
+  const DeviceCodec& c = p.c;
+  const size_t page_id = static_cast<size_t>(p.tables[static_cast<size_t>(b) * p.max_pages + pg]);
+  const size_t off = page_id * c.page_bytes + static_cast<size_t>(h) * c.head_bytes;
+  const int chunks = c.head_bytes / 16;
+  for (int i = lane; i < chunks; i += 32) {
+    cp_async16(raw + 16 * i, p.k_pool + off + 16 * i);
+    cp_async16(raw + c.head_bytes + 16 * i, p.v_pool + off + 16 * i);
+  }
+}
+
+template <int D, bool kPaper>
+__global__ void __launch_bounds__(kThreads, 3) attention_kernel(AttnParams p) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  const DeviceCodec& c = p.c;
+  const SmemPlan plan = smem_plan(c, D);
+  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int gq = lane / 4, tq = lane % 4;
+  constexpr int kStride = D + 8;
+
+  float* cos_s = reinterpret_cast<float*>(smem);
+  float* sin_s = cos_s + c.table_entries;
+  PaperTables* paper = reinterpret_cast<PaperTables*>(smem + align_up(2 * c.table_entries * sizeof(float), 16));
+  __half* qs = reinterpret_cast<__half*>(smem + plan.tables);
+  uint8_t* wbase = smem + plan.tables + plan.q + warp * plan.warp;
+  uint8_t* raw[2] = {wbase, wbase + 2 * c.head_bytes};
+  __half* tile = reinterpret_cast<__half*>(wbase + 4 * c.head_bytes);
+
+  const int len = p.lengths[b];
+  const int n_pages = (len + c.page_tokens - 1) / c.page_tokens;
+  const int page_begin = split * p.pages_per_split;
+  const int page_end = min(n_pages, page_begin + p.pages_per_split);
+  // The first page's copy overlaps the table and query set-up.
+  if (page_begin + warp < page_end) fetch_page(p, b, h, page_begin + warp, raw[0], lane);
+  cp_async_commit();
+
+  for (int i = threadIdx.x; i < c.table_entries; i += kThreads) {
+    cos_s[i] = c.cos_table[i];
+    sin_s[i] = c.sin_table[i];
+  }
+  if constexpr (kPaper) load_paper_tables(c, paper, threadIdx.x, kThreads);
+  const __half* qb = p.q_rot + (static_cast<size_t>(b) * p.n_q_heads + h * p.g) * D;
+  for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
+    const int r = i / D, col = i % D;
+    qs[r * kStride + col] = r < p.g ? qb[r * D + col] : __float2half_rn(0.0f);
+  }
+  __syncthreads();
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+  int cur = 0;
+  for (int pg = page_begin + warp; pg < page_end; pg += kWarps, cur ^= 1) {
+    if (pg + kWarps < page_end) fetch_page(p, b, h, pg + kWarps, raw[cur ^ 1], lane);
+    cp_async_commit();
+    cp_async_wait_one();  // this page's copies (all but the newest group) have landed
+    __syncwarp();
+    const uint8_t* raw_k = raw[cur];
+    const uint8_t* raw_v = raw[cur] + c.head_bytes;
+    const int valid = min(c.page_tokens, len - pg * c.page_tokens);
+    for (int tile0 = 0; tile0 < valid; tile0 += kTile) {
+      const int valid_t = min(kTile, valid - tile0);
+      decode_tile<D, kPaper>(c, raw_k, cos_s, sin_s, *paper, tile0 + lane, tile, lane);
+      __syncwarp();
+      // Scores: S (16 rows x 32 tokens) = Q' K^T, four n-tiles of 8 tokens.
+      float s[4][4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      const int mi = lane / 8, ri = lane % 8;
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t a[4];
+        ldmatrix_x4(a, qs + ((mi & 1) * 8 + ri) * kStride + ks * 16 + (mi >> 1) * 8);
+#pragma unroll
+        for (int j = 0; j < 4; j += 2) {
+          uint32_t kb[4];
+          ldmatrix_x4(kb, tile + (8 * (j + (mi >> 1)) + ri) * kStride + ks * 16 + (mi & 1) * 8);
+          mma_16816(s[j], a, kb[0], kb[1]);
+          mma_16816(s[j + 1], a, kb[2], kb[3]);
+        }
+      }
+
+      // Online softmax (log2 domain) on rows gq and gq + 8; a quad shares a row.
+      float alpha[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int token = 8 * j + 2 * tq + e;
+            float& v = s[j][2 * r + e];
+            if (token >= valid_t) v = -INFINITY;
+            mx = fmaxf(mx, v);
+          }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[r], mx);
+        alpha[r] = exp2f(m[r] - m_new);
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& v = s[j][2 * r + e];
+            v = exp2f(v - m_new);
+            sum += v;
+          }
+        }
+        l[r] = l[r] * alpha[r] + sum;
+        m[r] = m_new;
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[n][0] *= alpha[0];
+        o[n][1] *= alpha[0];
+        o[n][2] *= alpha[1];
+        o[n][3] *= alpha[1];
+      }
+
+      __syncwarp();  // every lane has read the K tile
+      decode_tile<D, kPaper>(c, raw_v, cos_s, sin_s, *paper, tile0 + lane, tile, lane);
+      __syncwarp();
+
+      // O (16 x D) += P (16 x 32) V (32 x D): two k-steps of 16 tokens.
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        const uint32_t a[4] = {pack_half2(s[2 * kk][0], s[2 * kk][1]),
+                               pack_half2(s[2 * kk][2], s[2 * kk][3]),
+                               pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int n = 0; n < D / 8; n += 2) {
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, tile + (16 * kk + 8 * (mi & 1) + ri) * kStride + 8 * (n + (mi >> 1)));
+          mma_16816(o[n], a, vb[0], vb[1]);
+          mma_16816(o[n + 1], a, vb[2], vb[3]);
+        }
+      }
+      __syncwarp();  // the tile is rewritten by the next K decode
+    }
+  }
+
+  // This warp's partial state, rows < g only.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  const size_t part =
+      ((static_cast<size_t>(b) * c.n_kv_heads + h) * p.splits + split) * kWarps + warp;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = gq + 8 * r;
+    if (row >= p.g) continue;
+    if (tq == 0) p.part_ml[part * p.g + row] = make_float2(m[r], l[r]);
+    float* acc = p.part_acc + (part * p.g + row) * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<float2*>(acc + 8 * n + 2 * tq) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
+    }
+  }
+}
+
+// Block (query head, sequence), one thread per coordinate: merge the partial states, normalise,
+// and return to the original domain: out = S^T y.
+__global__ void merge_kernel(int dim, int n_kv_heads, int n_q_heads, int g, int parts_per_head,
+                             const float2* part_ml, const float* part_acc, const float* rotation,
+                             float* out) {
+  extern __shared__ float y[];
+  const int qh = blockIdx.x, b = blockIdx.y;
+  const int h = qh / g, row = qh % g;
+  const size_t first = (static_cast<size_t>(b) * n_kv_heads + h) * parts_per_head;
+  float m_max = -INFINITY;
+  for (int i = 0; i < parts_per_head; ++i) m_max = fmaxf(m_max, part_ml[(first + i) * g + row].x);
+  for (int col = threadIdx.x; col < dim; col += blockDim.x) {
+    float total = 0.0f, acc = 0.0f;
+    if (m_max != -INFINITY) {
+      for (int i = 0; i < parts_per_head; ++i) {
+        const float2 ml = part_ml[(first + i) * g + row];
+        if (ml.x == -INFINITY) continue;
+        const float w = exp2f(ml.x - m_max);
+        total += ml.y * w;
+        acc += part_acc[((first + i) * g + row) * dim + col] * w;
+      }
+    }
+    y[col] = total > 0.0f ? acc / total : 0.0f;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    float x = 0.0f;
+    for (int j = 0; j < dim; ++j) x += rotation[j * dim + i] * y[j];
+    out[(static_cast<size_t>(b) * n_q_heads + qh) * dim + i] = x;
+  }
+}
+
+struct Geometry {
+  int splits = 1, pages_per_split = 1;
+  size_t q_bytes = 0, ml_bytes = 0, acc_bytes = 0;
+};
+
+// Enough splits that every multiprocessor gets several blocks even at batch 1 (~8 blocks per
+// SM over the grid), but at least one page per warp.
+Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
+  const DeviceCodec& c = codec.device();
+  Geometry geo;
+  const int pages_max = std::max(1, (batch.max_length + c.page_tokens - 1) / c.page_tokens);
+  const long heads = static_cast<long>(batch.batch) * c.n_kv_heads;
+  const long target = 8L * std::max(1, codec.multiprocessors());
+  const int want = static_cast<int>(std::max(1L, (target + heads - 1) / heads));
+  geo.pages_per_split = std::max((pages_max + want - 1) / want, std::min(kWarps, pages_max));
+  geo.splits = (pages_max + geo.pages_per_split - 1) / geo.pages_per_split;
+  const int g = batch.n_q_heads / c.n_kv_heads;
+  const size_t parts = static_cast<size_t>(heads) * geo.splits * kWarps;
+  geo.q_bytes = align_up(static_cast<size_t>(batch.batch) * batch.n_q_heads * c.dim * 2, 256);
+  geo.ml_bytes = align_up(parts * g * sizeof(float2), 256);
+  geo.acc_bytes = align_up(parts * g * c.dim * sizeof(float), 256);
+  return geo;
+}
+
+void check_batch(const CudaPolarCodec& codec, const DecodeBatch& batch) {
+  const int n_kv = codec.n_kv_heads();
+  const auto fail = [&](const std::string& what) {
+    throw_invalid("decode_attention: " + what + " (batch " + std::to_string(batch.batch) +
+                  ", n_q_heads " + std::to_string(batch.n_q_heads) + ", n_kv_heads " +
+                  std::to_string(n_kv) + ", max_length " + std::to_string(batch.max_length) +
+                  ", max_pages " + std::to_string(batch.max_pages) + ")");
+  };
+  if (batch.batch < 1) fail("batch must be >= 1");
+  if (batch.n_q_heads < n_kv || batch.n_q_heads % n_kv != 0) {
+    fail("n_q_heads must be a positive multiple of n_kv_heads");
+  }
+  if (batch.n_q_heads / n_kv > kRows) {
+    throw Error(ErrorKind::kUnsupported, "decode_attention: " +
+                                             std::to_string(batch.n_q_heads / n_kv) +
+                                             " query heads per KV head; at most 16 are supported");
+  }
+  if (batch.max_length < 0) fail("max_length must be >= 0");
+  if (static_cast<long>(batch.max_pages) * codec.page_tokens() < batch.max_length) {
+    fail("max_pages * page_tokens must cover max_length");
+  }
+  if (!batch.k_pool || !batch.v_pool || !batch.page_tables || !batch.lengths) {
+    fail("k_pool, v_pool, page_tables and lengths must be device pointers");
+  }
+}
+
+}  // namespace
+
+size_t decode_workspace_bytes(const CudaPolarCodec& codec, const DecodeBatch& batch) {
+  check_batch(codec, batch);
+  const Geometry geo = geometry(codec, batch);
+  return geo.q_bytes + geo.ml_bytes + geo.acc_bytes;
+}
+
+void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, const float* q,
+                      float* out, void* workspace, size_t workspace_bytes, Stream stream) {
+  check_batch(codec, batch);
+  if (!q || !out) throw_invalid("decode_attention: q and out must be device pointers");
+  const Geometry geo = geometry(codec, batch);
+  const size_t need = geo.q_bytes + geo.ml_bytes + geo.acc_bytes;
+  if (workspace == nullptr || workspace_bytes < need) {
+    throw_invalid("decode_attention: workspace of " + std::to_string(workspace_bytes) +
+                  " bytes; this shape needs " + std::to_string(need) +
+                  " (decode_workspace_bytes)");
+  }
+  const DeviceCodec& c = codec.device();
+  const float scale = batch.scale > 0.0f ? batch.scale : 1.0f / std::sqrt(static_cast<float>(c.dim));
+  uint8_t* ws = static_cast<uint8_t*>(workspace);
+  AttnParams p{c,
+               batch.k_pool,
+               batch.v_pool,
+               batch.page_tables,
+               batch.max_pages,
+               batch.lengths,
+               batch.n_q_heads,
+               batch.n_q_heads / c.n_kv_heads,
+               geo.splits,
+               geo.pages_per_split,
+               reinterpret_cast<const __half*>(ws),
+               reinterpret_cast<float2*>(ws + geo.q_bytes),
+               reinterpret_cast<float*>(ws + geo.q_bytes + geo.ml_bytes)};
+
+  rotate_query_kernel<<<batch.batch * batch.n_q_heads, c.dim, c.dim * sizeof(float), stream>>>(
+      q, c.rotation_t, c.dim, scale * 1.4426950408889634f, reinterpret_cast<__half*>(ws));
+  check_cuda(cudaGetLastError(), "launch(rotate_query)");
+
+  const dim3 grid(geo.splits, c.n_kv_heads, batch.batch);
+  with_dim(c.dim, [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    const SmemPlan plan = smem_plan(c, D);
+    auto kernel = PaperLayout<D>::matches(c) ? attention_kernel<D, true> : attention_kernel<D, false>;
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(plan.total)),
+               "cudaFuncSetAttribute(attention)");
+    kernel<<<grid, kThreads, plan.total, stream>>>(p);
+  });
+  check_cuda(cudaGetLastError(), "launch(attention)");
+
+  merge_kernel<<<dim3(batch.n_q_heads, batch.batch), c.dim, c.dim * sizeof(float), stream>>>(
+      c.dim, c.n_kv_heads, batch.n_q_heads, p.g, geo.splits * kWarps, p.part_ml, p.part_acc,
+      c.rotation, out);
+  check_cuda(cudaGetLastError(), "launch(merge)");
+}
+
+}  // namespace polarquant::cuda

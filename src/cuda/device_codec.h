@@ -1,0 +1,46 @@
+// The kernels' view of a PolarQuant codec and its page geometry: a plain struct passed to every
+// kernel by value (kernel parameter space), pointing at constant tables in device memory.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace polarquant::cuda {
+
+inline constexpr int kMaxLevels = 8;
+
+struct DeviceCodec {
+  int dim = 0;
+  int levels = 0;
+  int page_tokens = 0;
+  int n_kv_heads = 0;
+  int radius_kind = 0;  // 0 fp16, 1 bf16, 2 fp32 (RadiusPrecision order)
+  int radius_bytes = 2;
+  int bits[kMaxLevels] = {};
+  int table_offset[kMaxLevels] = {};    // first entry of level l's tables (2^bits entries each)
+  int table_entries = 0;                // sum of 2^bits over the levels
+  uint32_t level_offset[kMaxLevels] = {};
+  uint32_t field_bytes[kMaxLevels] = {};
+  uint32_t radii_offset = 0;
+  uint32_t head_bytes = 0;
+  uint64_t page_bytes = 0;
+  // Device tables (one allocation owned by CudaPolarCodec).
+  const float* rotation = nullptr;    // S, row-major dim x dim
+  const float* rotation_t = nullptr;  // S^T, row-major
+  const float* cos_table = nullptr;   // table_entries: cos of level l's centroid c at offset + c
+  const float* sin_table = nullptr;
+  const float* boundaries = nullptr;  // table_entries: level l's decision boundaries (2^b - 1)
+  const float* centroids = nullptr;   // table_entries
+  // The CPU encoder's atan2-free quantization (PolarCodec::quantize_rotated): cos and sin of
+  // each level's boundaries, level 1's folded into [0, pi) with the first level1_upper of them
+  // lying in [0, pi).
+  const float* boundary_cos = nullptr;  // table_entries
+  const float* boundary_sin = nullptr;
+  int level1_upper = 0;
+};
+
+// Throws Error(kState) naming `what` when a CUDA call or launch failed (code != 0).
+void check_cuda(int code, const char* what);
+
+}  // namespace polarquant::cuda
