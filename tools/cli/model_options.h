@@ -5,7 +5,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include <polarquant/error.h>
 #include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -71,6 +74,45 @@ inline void take_llama_style_flags(CLI::App* cmd, ModelFlags& f) {
   }
 }
 
+inline std::string read_text_file(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) throw_io("cannot open text file '" + path + "'");
+  std::string text;
+  char buf[1 << 16];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+  std::fclose(f);
+  return text;
+}
+
+// Tokenizes only as much of the text as `needed` tokens take (BPE on a whole novel costs seconds),
+// growing the prefix until enough tokens come out or the text ends.
+inline std::vector<int> tokenize_prefix(const model::Tokenizer& tok, const std::string& text,
+                                        size_t needed) {
+  size_t chars = needed * 6 + 64;
+  while (true) {
+    const bool whole = chars >= text.size();
+    std::vector<int> ids =
+        tok.encode(whole ? std::string_view(text) : std::string_view(text).substr(0, chars),
+                   tok.wants_bos(), false);
+    if (whole || ids.size() > needed) {
+      if (!whole && ids.size() > needed) ids.resize(needed);  // drop the possibly cut last word
+      return ids;
+    }
+    chars *= 2;
+  }
+}
+
+inline std::vector<std::string> split_list(const std::string& list) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    const size_t comma = std::min(list.find(',', start), list.size());
+    if (comma > start) out.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
 struct LoadedModel {
   std::unique_ptr<model::LlamaModel> model;
   std::unique_ptr<model::Tokenizer> tokenizer;
@@ -83,13 +125,13 @@ inline LoadedModel load_model(const ModelFlags& f) {
   return m;
 }
 
-// Progress on stderr: a rewritten line on a terminal, a line per 10% otherwise; silent when
-// disabled (--json users still see it: it goes to stderr).
+// Progress on stderr (so it never mixes with --json output on stdout): a rewritten line on a
+// terminal, a line per 10% otherwise.
 class Progress {
  public:
-  Progress(std::string label, size_t total)
-      : label_(std::move(label)), total_(total), tty_(isatty(2) != 0) {}
-  void update(size_t done) {
+  explicit Progress(std::string label) : label_(std::move(label)), tty_(isatty(2) != 0) {}
+  void update(size_t done, size_t total) {
+    total_ = total;
     if (total_ == 0) return;
     const int pct = static_cast<int>(100 * done / total_);
     if (!tty_ && pct / 10 == last_ / 10 && done != total_) return;
@@ -104,7 +146,7 @@ class Progress {
 
  private:
   std::string label_;
-  size_t total_;
+  size_t total_ = 0;
   bool tty_;
   int last_ = -1;
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
