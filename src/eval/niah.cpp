@@ -1,0 +1,87 @@
+#include "eval/niah.h"
+
+#include "model/generation.h"
+
+#include <polarquant/error.h>
+
+#include <cmath>
+
+namespace polarquant::eval {
+
+std::vector<int> build_niah_prompt(const model::Tokenizer& tok, const std::vector<int>& haystack,
+                                   const NiahConfig& config, int ctx, double depth) {
+  if (!(depth >= 0.0 && depth <= 1.0))
+    throw_invalid("needle depth " + std::to_string(depth) + " is outside [0, 1]");
+  const bool chat = tok.has_chat_template();
+  std::vector<int> head, tail;
+  if (chat) {
+    head = tok.encode(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+        "Face<|im_end|>\n"
+        "<|im_start|>user\n",
+        false, true);
+    tail = tok.encode(
+        "\n\n" + config.question + "<|im_end|>\n<|im_start|>assistant\n" + config.answer_prefix,
+        false, true);
+  } else {
+    if (tok.wants_bos()) head.push_back(tok.bos());
+    tail = tok.encode("\n\n" + config.question + "\n" + config.answer_prefix, false, false);
+  }
+  // The needle is its own sentence: it starts after a space and ends before one.
+  const std::vector<int> needle = tok.encode(" " + config.needle + " ", false, false);
+  const long budget = static_cast<long>(ctx) - config.max_new_tokens -
+                      static_cast<long>(head.size() + tail.size() + needle.size());
+  if (budget <= 0 || static_cast<size_t>(budget) > haystack.size()) {
+    throw_invalid("context " + std::to_string(ctx) + " needs " +
+                  std::to_string(std::max(budget, 1L)) + " haystack tokens; the text gives " +
+                  std::to_string(haystack.size()));
+  }
+  const size_t at = static_cast<size_t>(std::lround(depth * static_cast<double>(budget)));
+  std::vector<int> prompt = head;
+  prompt.insert(prompt.end(), haystack.begin(), haystack.begin() + static_cast<long>(at));
+  prompt.insert(prompt.end(), needle.begin(), needle.end());
+  prompt.insert(prompt.end(), haystack.begin() + static_cast<long>(at), haystack.begin() + budget);
+  prompt.insert(prompt.end(), tail.begin(), tail.end());
+  return prompt;
+}
+
+NiahReport run_niah(const model::LlamaModel& m, const model::Tokenizer& tok,
+                    const std::vector<int>& haystack, const NiahConfig& config) {
+  if (config.max_new_tokens <= 0) throw_invalid("niah max_new_tokens must be positive");
+  NiahReport report;
+  report.recall.assign(config.codecs.size(), 0.0);
+  const size_t total = config.contexts.size() * config.depths.size() * config.codecs.size();
+  size_t done = 0;
+  for (int ctx : config.contexts) {
+    if (ctx > m.config().context_length) {
+      throw_invalid("niah context " + std::to_string(ctx) + " exceeds the model's " +
+                    std::to_string(m.config().context_length));
+    }
+    for (double depth : config.depths) {
+      const std::vector<int> prompt = build_niah_prompt(tok, haystack, config, ctx, depth);
+      for (size_t k = 0; k < config.codecs.size(); ++k) {
+        model::RuntimeOptions rt = config.runtime;
+        rt.key_codec = config.codecs[k].key_codec;
+        rt.value_codec = config.codecs[k].value_codec;
+        model::Transformer tf(m, rt);
+        model::GenerationOptions gen;
+        gen.max_new_tokens = config.max_new_tokens;
+        NiahCell cell;
+        cell.ctx = ctx;
+        cell.depth = depth;
+        cell.codec = config.codecs[k];
+        model::generate(tf, tf.add_sequence(), tok, prompt, gen,
+                        [&](int, const std::string& piece) { cell.output += piece; });
+        cell.recalled = cell.output.find(config.answer) != std::string::npos;
+        report.recall[k] += cell.recalled ? 1.0 : 0.0;
+        report.cells.push_back(std::move(cell));
+        if (config.progress) config.progress(++done, total);
+      }
+    }
+  }
+  const double per_codec = static_cast<double>(config.contexts.size() * config.depths.size());
+  for (double& r : report.recall) r /= per_codec;
+  return report;
+}
+
+}  // namespace polarquant::eval

@@ -1,0 +1,128 @@
+// `polarquant niah`: needle-in-a-haystack recall grid (context length x needle depth) per K/V
+// codec.
+#include <polarquant/error.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "command.h"
+#include "eval/niah.h"
+#include "model_options.h"
+
+namespace polarquant::cli {
+namespace {
+
+struct NiahArgs {
+  ModelFlags model;
+  std::string text;
+  std::string codecs = "f16,paper";
+  std::string contexts = "1024,2048,4096";
+  std::string depths = "0,0.25,0.5,0.75,1";
+  eval::NiahConfig config;
+};
+
+template <typename T>
+std::vector<T> parse_numbers(const std::string& list, const char* flag) {
+  std::vector<T> out;
+  for (const auto& item : split_list(list)) {
+    try {
+      size_t used = 0;
+      const double v = std::stod(item, &used);
+      if (used != item.size()) throw std::invalid_argument(item);
+      out.push_back(static_cast<T>(v));
+    } catch (const std::exception&) {
+      throw_invalid(std::string(flag) + ": '" + item + "' is not a number");
+    }
+  }
+  if (out.empty()) throw_invalid(std::string(flag) + " is empty");
+  return out;
+}
+
+void run(NiahArgs& a, CLI::App* cmd) {
+  take_llama_style_flags(cmd, a.model);
+  LoadedModel lm = load_model(a.model);
+  eval::NiahConfig& cfg = a.config;
+  cfg.contexts = parse_numbers<int>(a.contexts, "--contexts");
+  cfg.depths = parse_numbers<double>(a.depths, "--depths");
+  cfg.codecs.clear();
+  // -ctk/-ctv given explicitly add their pair; --codecs lists codecs used for both K and V.
+  for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back({c, c});
+  if (a.model.key_codec != "paper" || a.model.value_codec != "paper") {
+    cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
+  }
+  cfg.runtime.n_threads = a.model.threads;
+  int max_ctx = 0;
+  for (int c : cfg.contexts) max_ctx = std::max(max_ctx, c);
+  const std::vector<int> haystack =
+      tokenize_prefix(*lm.tokenizer, read_text_file(a.text), static_cast<size_t>(max_ctx));
+  Progress progress("niah");
+  cfg.progress = [&](size_t done, size_t total) { progress.update(done, total); };
+  const eval::NiahReport r = eval::run_niah(*lm.model, *lm.tokenizer, haystack, cfg);
+
+  if (a.model.json) {
+    nlohmann::json cells = nlohmann::json::array();
+    for (const auto& c : r.cells) {
+      cells.push_back({{"ctx", c.ctx},
+                       {"depth", c.depth},
+                       {"codec", c.codec.label()},
+                       {"recalled", c.recalled},
+                       {"output", c.output}});
+    }
+    nlohmann::json recall = nlohmann::json::object();
+    for (size_t k = 0; k < cfg.codecs.size(); ++k) recall[cfg.codecs[k].label()] = r.recall[k];
+    std::printf("%s\n", nlohmann::json({{"model", a.model.model},
+                                        {"text", a.text},
+                                        {"needle", cfg.needle},
+                                        {"recall", recall},
+                                        {"cells", cells}})
+                            .dump(2)
+                            .c_str());
+    return;
+  }
+  std::printf("needle \"%s\" in %s; recalled cells marked +\n", cfg.needle.c_str(), a.text.c_str());
+  for (size_t k = 0; k < cfg.codecs.size(); ++k) {
+    std::printf("\n%s: recall %.1f%%\n%8s", cfg.codecs[k].label().c_str(), 100.0 * r.recall[k],
+                "ctx\\depth");
+    for (double d : cfg.depths) std::printf(" %5.2f", d);
+    for (int ctx : cfg.contexts) {
+      std::printf("\n%8d ", ctx);
+      for (double d : cfg.depths) {
+        for (const auto& c : r.cells) {
+          if (c.ctx == ctx && c.depth == d && c.codec.label() == cfg.codecs[k].label()) {
+            std::printf(" %5s", c.recalled ? "+" : "-");
+          }
+        }
+      }
+    }
+    std::printf("\n");
+  }
+}
+
+const CommandRegistration registration("niah", [](CLI::App& app) {
+  auto args = std::make_shared<NiahArgs>();
+  CLI::App* cmd = app.add_subcommand("niah", "needle-in-a-haystack recall grid per KV codec");
+  add_model_flags(cmd, args->model, "paper");
+  cmd->add_option("--text,-f", args->text, "haystack text file")->required();
+  cmd->add_option("--codecs", args->codecs, "comma-separated codecs, each for K and V")
+      ->capture_default_str();
+  cmd->add_option("--contexts", args->contexts, "comma-separated context lengths (tokens)")
+      ->capture_default_str();
+  cmd->add_option("--depths", args->depths, "comma-separated needle depths in [0, 1]")
+      ->capture_default_str();
+  cmd->add_option("--needle", args->config.needle, "the fact sentence")->capture_default_str();
+  cmd->add_option("--question", args->config.question, "the question asked after the text")
+      ->capture_default_str();
+  cmd->add_option("--answer-prefix", args->config.answer_prefix,
+                  "start of the answer, fed to the model")
+      ->capture_default_str();
+  cmd->add_option("--answer", args->config.answer,
+                  "text whose presence in the output counts as recall")
+      ->capture_default_str();
+  cmd->callback([args, cmd] { run(*args, cmd); });
+});
+
+}  // namespace
+}  // namespace polarquant::cli
