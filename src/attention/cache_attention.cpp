@@ -28,7 +28,11 @@ Stored stored_kind(const PageFormat& format) {
   return Stored::kOther;
 }
 
-constexpr size_t kRowTile = 64;  // full-precision rows scored per softmax step
+constexpr size_t kRowTile = 64;
+
+void prefetch_region(const uint8_t* p, size_t bytes) {
+  for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i);
+}  // full-precision rows scored per softmax step
 
 // A contiguous run of positions of one KV head, all in one storage run (sink, pages or tail).
 struct Task {
@@ -86,6 +90,14 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
     const size_t n = std::min(task.end - pos, page_tokens - slot);
     const uint8_t* kreg = c.sl.k_pages[page].get() + h * m.key_format->head_bytes();
     const uint8_t* vreg = c.sl.v_pages[page].get() + h * m.value_format->head_bytes();
+    // Pages are separate allocations, so the hardware prefetcher loses the stream at each page
+    // boundary: ask for the next page's regions while this one is being read.
+    if (page + 1 < c.sl.k_pages.size() && pos + n < task.end) {
+      prefetch_region(c.sl.k_pages[page + 1].get() + h * m.key_format->head_bytes(),
+                      m.key_format->head_bytes());
+      prefetch_region(c.sl.v_pages[page + 1].get() + h * m.value_format->head_bytes(),
+                      m.value_format->head_bytes());
+    }
     switch (c.key_kind) {
       case Stored::kF32:
         c.kernels.score_f32(q, c.g, c.dim, reinterpret_cast<const float*>(kreg) + slot * c.dim,

@@ -27,6 +27,10 @@ struct PolarTables {
   // Scores only: per query head, dim/2 level-1 tables of table_size(bits[0]) entries:
   // a1[(h * dim/2 + n) * size + c] = q'[2n] cos(t_c) + q'[2n+1] sin(t_c).
   std::vector<float> a1;
+  // SIMD unpacking constants per level (see code_bit): the right shift of each of 16 lanes for
+  // interleaved widths, and the vpmultishiftqb control for the others.
+  int32_t lane_shifts[16][16] = {};
+  uint64_t multishift[16] = {};
   static int table_size(int bits) { return bits <= 4 ? 16 : (bits == 5 ? 32 : 1 << bits); }
 };
 

@@ -27,11 +27,7 @@ inline float polar_radius(const PolarPageLayout& layout, RadiusPrecision precisi
 
 inline unsigned polar_code(const PolarPageLayout& layout, const uint8_t* region, int level,
                            int node, size_t slot, int bits) {
-  const uint8_t* field = layout.level_field(region, level, node);
-  const size_t bit = slot * static_cast<size_t>(bits);
-  unsigned wide = field[bit / 8];
-  if (bit % 8 + bits > 8) wide |= static_cast<unsigned>(field[bit / 8 + 1]) << 8;
-  return (wide >> (bit % 8)) & ((1u << bits) - 1u);
+  return read_code(layout.level_field(region, level, node), slot, bits);
 }
 
 }  // namespace polarquant

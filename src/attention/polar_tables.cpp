@@ -15,13 +15,20 @@ void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, i
   for (int l = 0; l < config.levels; ++l) {
     const int bits = config.bits[l];
     tables.bits[l] = bits;
+    for (int i = 0; i < 16; ++i) {
+      tables.lane_shifts[l][i] = interleaved_codes(bits) ? bits * (i / (2 * bits)) : 0;
+    }
+    tables.multishift[l] = 0;
+    for (int i = 0; i < 8; ++i) tables.multishift[l] |= static_cast<uint64_t>(i * bits) << (8 * i);
     const Codebook& book = codec.codebooks()[l];
     const int size = PolarTables::table_size(bits);
-    tables.cos[l].assign(size, 0.0f);
-    tables.sin[l].assign(size, 0.0f);
-    for (int c = 0; c < book.size(); ++c) {
-      tables.cos[l][c] = book.cosines()[c];
-      tables.sin[l][c] = book.sines()[c];
+    tables.cos[l].resize(size);
+    tables.sin[l].resize(size);
+    // Tables of up to 16 entries repeat the codebook: the SIMD unpacker leaves higher code bits
+    // in each lane and vpermps reads only the low 4.
+    for (int c = 0; c < size; ++c) {
+      tables.cos[l][c] = book.cosines()[c % book.size()];
+      tables.sin[l][c] = book.sines()[c % book.size()];
     }
   }
   if (q_rotated == nullptr) return;
@@ -32,7 +39,7 @@ void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, i
     const float* q = q_rotated + static_cast<size_t>(h) * config.dim;
     for (int n = 0; n < pairs; ++n) {
       float* row = &tables.a1[(static_cast<size_t>(h) * pairs + n) * size1];
-      for (int c = 0; c < (1 << config.bits[0]); ++c) {
+      for (int c = 0; c < size1; ++c) {
         row[c] = q[2 * n] * tables.cos[0][c] + q[2 * n + 1] * tables.sin[0][c];
       }
     }

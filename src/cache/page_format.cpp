@@ -96,20 +96,14 @@ float get_radius(const uint8_t* p, RadiusPrecision precision) {
   return precision == RadiusPrecision::kFp16 ? half_to_float(bits) : bf16_to_float(bits);
 }
 
-// Codes are packed LSB first: token t of a field occupies bits [t*b, (t+1)*b).
+// Codes are placed by code_bit (page_format.h); fresh pages are zero, so OR-ing stores them.
 void put_code(uint8_t* field, size_t t, int bits, unsigned code) {
-  const size_t bit = t * static_cast<size_t>(bits);
+  const size_t bit = code_bit(t, bits);
   const unsigned wide = code << (bit % 8);
   field[bit / 8] = static_cast<uint8_t>(field[bit / 8] | (wide & 0xffu));
-  if (bit % 8 + bits > 8)
+  if (bit % 8 + bits > 8) {
     field[bit / 8 + 1] = static_cast<uint8_t>(field[bit / 8 + 1] | (wide >> 8));
-}
-
-unsigned get_code(const uint8_t* field, size_t t, int bits) {
-  const size_t bit = t * static_cast<size_t>(bits);
-  unsigned wide = field[bit / 8];
-  if (bit % 8 + bits > 8) wide |= static_cast<unsigned>(field[bit / 8 + 1]) << 8;
-  return (wide >> (bit % 8)) & ((1u << bits) - 1u);
+  }
 }
 
 }  // namespace
@@ -165,7 +159,7 @@ void PolarPageFormat::unpack(const uint8_t* region, size_t slot, size_t n, uint8
       uint8_t* codes = &indices[t * num_angles + shape.offset_of(level)];
       for (int node = 0; node < shape.angles_at(level); ++node) {
         codes[node] =
-            static_cast<uint8_t>(get_code(layout_.level_field(region, level, node), s, bits));
+            static_cast<uint8_t>(read_code(layout_.level_field(region, level, node), s, bits));
       }
     }
   }

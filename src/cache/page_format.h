@@ -59,6 +59,27 @@ class GenericPageFormat final : public PageFormat {
   }
 };
 
+// Bit position of slot t's code inside a field of b-bit codes. Fields are cut into groups of 16
+// slots (2b bytes each). For b in {1, 2, 4, 8} the group is lane-interleaved: slot i of a group
+// sits in byte i mod 2b at bit b * (i div 2b), so one broadcast load, one byte-to-lane widening and
+// one variable shift put the 16 codes into 16 SIMD lanes. Other widths are packed LSB first (slot t
+// at bits [t*b, (t+1)*b)) and may straddle a byte boundary.
+inline bool interleaved_codes(int bits) {
+  return bits == 1 || bits == 2 || bits == 4 || bits == 8;
+}
+inline size_t code_bit(size_t t, int bits) {
+  const size_t b = static_cast<size_t>(bits);
+  if (!interleaved_codes(bits)) return t * b;
+  const size_t group = t / 16, i = t % 16;
+  return (group * 2 * b + i % (2 * b)) * 8 + b * (i / (2 * b));
+}
+inline unsigned read_code(const uint8_t* field, size_t t, int bits) {
+  const size_t bit = code_bit(t, bits);
+  unsigned wide = field[bit / 8];
+  if (bit % 8 + bits > 8) wide |= static_cast<unsigned>(field[bit / 8 + 1]) << 8;
+  return (wide >> (bit % 8)) & ((1u << bits) - 1u);
+}
+
 // Offsets of the fields of one head's region in a PolarQuant page of T tokens.
 struct PolarPageLayout {
   int page_tokens = 0;
