@@ -164,6 +164,12 @@ TEST(PeerCodecRegistry, UnsuitableDimsAreRefused) {
   EXPECT_THROW(make_codec("kivi2k", 0), Error);
   EXPECT_THROW(make_codec("turbo3", 1), Error);
   EXPECT_THROW(make_codec("qjl", -4), Error);
+  try {
+    make_codec("kivi2", 128);  // a pair name, not a codec: the message says what to use
+    FAIL() << "make_codec accepted a pair name";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kivi2k"), std::string::npos) << e.what();
+  }
   EXPECT_NO_THROW(make_codec("q8_0", 96));
   EXPECT_NO_THROW(make_codec("kivi4v", 80));  // a short last channel group
 }

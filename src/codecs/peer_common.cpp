@@ -19,6 +19,12 @@ std::unique_ptr<Codec> make_peer_codec(std::string_view name, int dim, uint64_t 
   if (name == "q8_0" || name == "q8_0h" || name == "q4_0" || name == "q4_0h") {
     return make_block_codec(name, dim, seed);
   }
+  if (name == "kivi2" || name == "kivi4") {
+    // A pair name (codec_pair.h) where one codec is wanted: say which role names exist.
+    const std::string n(name);
+    throw_invalid("'" + n + "' names a key/value pair: use '" + n + "k' for keys and '" + n +
+                  "v' for values (KvCacheOptions key_codec / value_codec)");
+  }
   if (name == "kivi2k") return make_kivi_key_codec(2, dim);
   if (name == "kivi4k") return make_kivi_key_codec(4, dim);
   if (name == "kivi2v") return make_kivi_value_codec(2, dim);
