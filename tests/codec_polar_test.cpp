@@ -57,11 +57,11 @@ TEST_P(PolarNmse, GaussianNmseMatchesTheReferenceTable) {
   EXPECT_NEAR(s.nmse, c.expected, 0.03 * c.expected) << c.preset;
 }
 
-INSTANTIATE_TEST_SUITE_P(Presets, PolarNmse,
-                         ::testing::Values(NmseCase{"paper", 4, 3.21e-2},
-                                           NmseCase{"polar39", 5, 1.86e-2},
-                                           NmseCase{"polar37", 6, 1.89e-2},
-                                           NmseCase{"polar41", 7, 1.44e-2}));
+INSTANTIATE_TEST_SUITE_P(
+    Presets, PolarNmse,
+    ::testing::Values(NmseCase{"paper", 4, 3.21e-2}, NmseCase{"polar39", 5, 1.86e-2},
+                      NmseCase{"polar37", 6, 1.89e-2}, NmseCase{"polar41", 7, 1.44e-2}),
+    [](const ::testing::TestParamInfo<NmseCase>& info) { return std::string(info.param.preset); });
 
 TEST(PolarCodec, PreconditioningMakesKeyLikeDataBehaveLikeGaussian) {
   const auto gauss = gaussian_data(2000, 128, 1);
