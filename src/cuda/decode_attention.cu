@@ -26,6 +26,17 @@
 namespace polarquant::cuda {
 namespace {
 
+// Tuning knobs (overridable at compile time for experiments): page buffers per warp (2: the next
+// page's copy overlaps this page's decoding) and the blocks per SM the registers are sized for.
+#ifndef POLARQUANT_CUDA_PAGE_STAGES
+#define POLARQUANT_CUDA_PAGE_STAGES 2
+#endif
+#ifndef POLARQUANT_CUDA_MIN_BLOCKS
+#define POLARQUANT_CUDA_MIN_BLOCKS 3
+#endif
+constexpr int kStages = POLARQUANT_CUDA_PAGE_STAGES;
+constexpr int kMinBlocks = POLARQUANT_CUDA_MIN_BLOCKS;
+static_assert(kStages == 1 || kStages == 2, "one or two page buffers per warp");
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kRows = 16;  // MMA rows: query heads of one KV head, zero-padded
@@ -59,7 +70,7 @@ __host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
   SmemPlan s;
   s.tables = align_up(2 * c.table_entries * sizeof(float), 16) + align_up(sizeof(PaperTables), 16);
   s.q = static_cast<size_t>(kRows) * (dim + 8) * sizeof(__half);
-  s.warp = 4 * static_cast<size_t>(c.head_bytes) + kTile * (dim + 8) * sizeof(__half);
+  s.warp = 2 * kStages * static_cast<size_t>(c.head_bytes) + kTile * (dim + 8) * sizeof(__half);
   s.total = s.tables + s.q + kWarps * s.warp;
   return s;
 }
@@ -107,6 +118,9 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait_one() {
   asm volatile("cp.async.wait_group 1;\n" ::: "memory");
 }
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
 
 // Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair.
 __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, int pg,
@@ -122,7 +136,7 @@ __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, in
 }
 
 template <int D, bool kPaper>
-__global__ void __launch_bounds__(kThreads, 3) attention_kernel(AttnParams p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
   const DeviceCodec& c = p.c;
   const SmemPlan plan = smem_plan(c, D);
@@ -136,15 +150,19 @@ __global__ void __launch_bounds__(kThreads, 3) attention_kernel(AttnParams p) {
   PaperTables* paper = reinterpret_cast<PaperTables*>(smem + align_up(2 * c.table_entries * sizeof(float), 16));
   __half* qs = reinterpret_cast<__half*>(smem + plan.tables);
   uint8_t* wbase = smem + plan.tables + plan.q + warp * plan.warp;
-  uint8_t* raw[2] = {wbase, wbase + 2 * c.head_bytes};
-  __half* tile = reinterpret_cast<__half*>(wbase + 4 * c.head_bytes);
+  // Buffers are addressed as offsets from the shared array (not through a pointer array), so the
+  // compiler keeps shared-memory loads (LDS) instead of generic ones.
+  const uint32_t second = 2 * (kStages - 1) * c.head_bytes;
+  __half* tile = reinterpret_cast<__half*>(wbase + 2 * kStages * c.head_bytes);
 
   const int len = p.lengths[b];
   const int n_pages = (len + c.page_tokens - 1) / c.page_tokens;
   const int page_begin = split * p.pages_per_split;
   const int page_end = min(n_pages, page_begin + p.pages_per_split);
   // The first page's copy overlaps the table and query set-up.
-  if (page_begin + warp < page_end) fetch_page(p, b, h, page_begin + warp, raw[0], lane);
+  if (kStages == 2 && page_begin + warp < page_end) {
+    fetch_page(p, b, h, page_begin + warp, wbase, lane);
+  }
   cp_async_commit();
 
   for (int i = threadIdx.x; i < c.table_entries; i += kThreads) {
@@ -166,12 +184,20 @@ __global__ void __launch_bounds__(kThreads, 3) attention_kernel(AttnParams p) {
 
   int cur = 0;
   for (int pg = page_begin + warp; pg < page_end; pg += kWarps, cur ^= 1) {
-    if (pg + kWarps < page_end) fetch_page(p, b, h, pg + kWarps, raw[cur ^ 1], lane);
+    if constexpr (kStages == 2) {
+      if (pg + kWarps < page_end) fetch_page(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
+    } else {
+      fetch_page(p, b, h, pg, wbase, lane);
+    }
     cp_async_commit();
-    cp_async_wait_one();  // this page's copies (all but the newest group) have landed
+    if constexpr (kStages == 2) {
+      cp_async_wait_one();  // this page's copies (all but the newest group) have landed
+    } else {
+      cp_async_wait_all();
+    }
     __syncwarp();
-    const uint8_t* raw_k = raw[cur];
-    const uint8_t* raw_v = raw[cur] + c.head_bytes;
+    const uint8_t* raw_k = wbase + (cur ? second : 0);
+    const uint8_t* raw_v = raw_k + c.head_bytes;
     const int valid = min(c.page_tokens, len - pg * c.page_tokens);
     for (int tile0 = 0; tile0 < valid; tile0 += kTile) {
       const int valid_t = min(kTile, valid - tile0);
@@ -227,12 +253,15 @@ __global__ void __launch_bounds__(kThreads, 3) attention_kernel(AttnParams p) {
         l[r] = l[r] * alpha[r] + sum;
         m[r] = m_new;
       }
+      // Once the running maxima settle, alpha is 1 for every row: skip the rescale then.
+      if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[n][0] *= alpha[0];
-        o[n][1] *= alpha[0];
-        o[n][2] *= alpha[1];
-        o[n][3] *= alpha[1];
+        for (int n = 0; n < D / 8; ++n) {
+          o[n][0] *= alpha[0];
+          o[n][1] *= alpha[0];
+          o[n][2] *= alpha[1];
+          o[n][3] *= alpha[1];
+        }
       }
 
       __syncwarp();  // every lane has read the K tile
@@ -258,56 +287,115 @@ __global__ void __launch_bounds__(kThreads, 3) attention_kernel(AttnParams p) {
     }
   }
 
-  // This warp's partial state, rows < g only.
+  // Merge the four warps' states in shared memory (each warp stages (m, l) and its rows of O in
+  // its own tile area), then write one partial state per block, rows < g only.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
-  const size_t part =
-      ((static_cast<size_t>(b) * c.n_kv_heads + h) * p.splits + split) * kWarps + warp;
+  __syncwarp();
+  float* stage = reinterpret_cast<float*>(tile);  // g x (m, l), then g x D
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = gq + 8 * r;
     if (row >= p.g) continue;
-    if (tq == 0) p.part_ml[part * p.g + row] = make_float2(m[r], l[r]);
-    float* acc = p.part_acc + (part * p.g + row) * D;
+    if (tq == 0) {
+      stage[2 * row] = m[r];
+      stage[2 * row + 1] = l[r];
+    }
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<float2*>(acc + 8 * n + 2 * tq) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
+      *reinterpret_cast<float2*>(stage + 2 * kRows + row * D + 8 * n + 2 * tq) =
+          make_float2(o[n][2 * r], o[n][2 * r + 1]);
     }
+  }
+  __syncthreads();
+  const size_t part = (static_cast<size_t>(b) * c.n_kv_heads + h) * p.splits + split;
+  for (int i = threadIdx.x; i < p.g * D; i += kThreads) {
+    const int row = i / D, col = i % D;
+    float m_max = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float* st = reinterpret_cast<const float*>(smem + plan.tables + plan.q + w * plan.warp +
+                                                       2 * kStages * c.head_bytes);
+      m_max = fmaxf(m_max, st[2 * row]);
+    }
+    float acc = 0.0f, total = 0.0f;
+    if (m_max != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float* st = reinterpret_cast<const float*>(
+            smem + plan.tables + plan.q + w * plan.warp + 2 * kStages * c.head_bytes);
+        if (st[2 * row] == -INFINITY) continue;
+        const float weight = exp2f(st[2 * row] - m_max);
+        total += st[2 * row + 1] * weight;
+        acc += st[2 * kRows + row * D + col] * weight;
+      }
+    }
+    p.part_acc[(part * p.g + row) * D + col] = acc;
+    if (col == 0) p.part_ml[part * p.g + row] = make_float2(m_max, total);
   }
 }
 
-// Block (query head, sequence), one thread per coordinate: merge the partial states, normalise,
-// and return to the original domain: out = S^T y.
-__global__ void merge_kernel(int dim, int n_kv_heads, int n_q_heads, int g, int parts_per_head,
-                             const float2* part_ml, const float* part_acc, const float* rotation,
-                             float* out) {
-  extern __shared__ float y[];
+constexpr int kMergeWarps = 8;
+
+// Block (query head, sequence): merge the splits' partial states (warp w takes splits w, w + 8,
+// ...; lanes take columns), normalise, and return to the original domain: out = S^T y.
+template <int D>
+__global__ void __launch_bounds__(32 * kMergeWarps)
+    merge_kernel(int n_kv_heads, int n_q_heads, int g, int parts, const float2* part_ml,
+                 const float* part_acc, const float* rotation, float* out) {
+  __shared__ float red[kMergeWarps][D];
+  __shared__ float wl[kMergeWarps], wm[kMergeWarps];
+  __shared__ float y[D];
   const int qh = blockIdx.x, b = blockIdx.y;
   const int h = qh / g, row = qh % g;
-  const size_t first = (static_cast<size_t>(b) * n_kv_heads + h) * parts_per_head;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const size_t first = (static_cast<size_t>(b) * n_kv_heads + h) * parts;
   float m_max = -INFINITY;
-  for (int i = 0; i < parts_per_head; ++i) m_max = fmaxf(m_max, part_ml[(first + i) * g + row].x);
-  for (int col = threadIdx.x; col < dim; col += blockDim.x) {
-    float total = 0.0f, acc = 0.0f;
-    if (m_max != -INFINITY) {
-      for (int i = 0; i < parts_per_head; ++i) {
-        const float2 ml = part_ml[(first + i) * g + row];
-        if (ml.x == -INFINITY) continue;
-        const float w = exp2f(ml.x - m_max);
-        total += ml.y * w;
-        acc += part_acc[((first + i) * g + row) * dim + col] * w;
-      }
+  for (int i = threadIdx.x; i < parts; i += blockDim.x) {
+    m_max = fmaxf(m_max, part_ml[(first + i) * g + row].x);
+  }
+  for (int o = 16; o > 0; o >>= 1) m_max = fmaxf(m_max, __shfl_xor_sync(0xffffffffu, m_max, o));
+  if (lane == 0) wm[warp] = m_max;
+  __syncthreads();
+  m_max = wm[0];
+  for (int w = 1; w < kMergeWarps; ++w) m_max = fmaxf(m_max, wm[w]);
+
+  constexpr int kCols = D / 32;
+  float acc[kCols] = {};
+  float total = 0.0f;
+  if (m_max != -INFINITY) {
+#pragma unroll 4
+    for (int i = warp; i < parts; i += kMergeWarps) {
+      const float2 ml = part_ml[(first + i) * g + row];
+      if (ml.x == -INFINITY) continue;
+      const float weight = exp2f(ml.x - m_max);
+      total += ml.y * weight;
+      const float* a = part_acc + ((first + i) * g + row) * D;
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) acc[k] += a[lane + 32 * k] * weight;
     }
-    y[col] = total > 0.0f ? acc / total : 0.0f;
+  }
+#pragma unroll
+  for (int k = 0; k < kCols; ++k) red[warp][lane + 32 * k] = acc[k];
+  if (lane == 0) wl[warp] = total;
+  __syncthreads();
+  for (int col = threadIdx.x; col < D; col += blockDim.x) {
+    float sum = 0.0f, l = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kMergeWarps; ++w) {
+      sum += red[w][col];
+      l += wl[w];
+    }
+    y[col] = l > 0.0f ? sum / l : 0.0f;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
     float x = 0.0f;
-    for (int j = 0; j < dim; ++j) x += rotation[j * dim + i] * y[j];
-    out[(static_cast<size_t>(b) * n_q_heads + qh) * dim + i] = x;
+    for (int j = 0; j < D; ++j) x += rotation[j * D + i] * y[j];
+    out[(static_cast<size_t>(b) * n_q_heads + qh) * D + i] = x;
   }
 }
 
@@ -316,19 +404,55 @@ struct Geometry {
   size_t q_bytes = 0, ml_bytes = 0, acc_bytes = 0;
 };
 
-// Enough splits that every multiprocessor gets several blocks even at batch 1 (~8 blocks per
-// SM over the grid), but at least one page per warp.
+// The kernel for the codec's shape (the paper fast path when the layout matches), with its
+// shared memory allowance set.
+template <int D>
+auto attention_kernel_for(const DeviceCodec& c) {
+  auto kernel = PaperLayout<D>::matches(c) ? attention_kernel<D, true> : attention_kernel<D, false>;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem_plan(c, D).total)),
+             "cudaFuncSetAttribute(attention)");
+  return kernel;
+}
+
+int resident_blocks_per_sm(const DeviceCodec& c) {
+  int blocks = 0;
+  with_dim(c.dim, [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                   &blocks, attention_kernel_for<D>(c), kThreads, smem_plan(c, D).total),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  });
+  return std::max(1, blocks);
+}
+
+// Splits of the context: enough blocks to fill every SM even at batch 1, at least two pages per
+// warp, and a block count close to a whole number of waves (a last, nearly empty wave of blocks
+// would leave most SMs idle while it runs).
 Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
   const DeviceCodec& c = codec.device();
   Geometry geo;
   const int pages_max = std::max(1, (batch.max_length + c.page_tokens - 1) / c.page_tokens);
   const long heads = static_cast<long>(batch.batch) * c.n_kv_heads;
-  const long target = 8L * std::max(1, codec.multiprocessors());
-  const int want = static_cast<int>(std::max(1L, (target + heads - 1) / heads));
-  geo.pages_per_split = std::max((pages_max + want - 1) / want, std::min(kWarps, pages_max));
-  geo.splits = (pages_max + geo.pages_per_split - 1) / geo.pages_per_split;
+  const long slots = static_cast<long>(resident_blocks_per_sm(c)) * std::max(1, codec.multiprocessors());
+  const int floor_pages = std::min(2 * kWarps, pages_max);
+  double best = -1.0;
+  for (int waves = 1; waves <= 16; ++waves) {
+    const long want = std::max(1L, (slots * waves + heads - 1) / heads);
+    const int pps = std::max(static_cast<int>((pages_max + want - 1) / want), floor_pages);
+    const int splits = (pages_max + pps - 1) / pps;
+    const long blocks = heads * splits;
+    const double efficiency =
+        static_cast<double>(blocks) / (static_cast<double>((blocks + slots - 1) / slots) * slots);
+    if (efficiency > best + 0.01) {
+      best = efficiency;
+      geo.pages_per_split = pps;
+      geo.splits = splits;
+    }
+    if (pps == floor_pages) break;
+  }
   const int g = batch.n_q_heads / c.n_kv_heads;
-  const size_t parts = static_cast<size_t>(heads) * geo.splits * kWarps;
+  const size_t parts = static_cast<size_t>(heads) * geo.splits;
   geo.q_bytes = align_up(static_cast<size_t>(batch.batch) * batch.n_q_heads * c.dim * 2, 256);
   geo.ml_bytes = align_up(parts * g * sizeof(float2), 256);
   geo.acc_bytes = align_up(parts * g * c.dim * sizeof(float), 256);
@@ -404,18 +528,14 @@ void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, con
   const dim3 grid(geo.splits, c.n_kv_heads, batch.batch);
   with_dim(c.dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
-    const SmemPlan plan = smem_plan(c, D);
-    auto kernel = PaperLayout<D>::matches(c) ? attention_kernel<D, true> : attention_kernel<D, false>;
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(plan.total)),
-               "cudaFuncSetAttribute(attention)");
-    kernel<<<grid, kThreads, plan.total, stream>>>(p);
+    attention_kernel_for<D>(c)<<<grid, kThreads, smem_plan(c, D).total, stream>>>(p);
   });
   check_cuda(cudaGetLastError(), "launch(attention)");
 
-  merge_kernel<<<dim3(batch.n_q_heads, batch.batch), c.dim, c.dim * sizeof(float), stream>>>(
-      c.dim, c.n_kv_heads, batch.n_q_heads, p.g, geo.splits * kWarps, p.part_ml, p.part_acc,
-      c.rotation, out);
+  with_dim(c.dim, [&](auto d) {
+    merge_kernel<decltype(d)::value><<<dim3(batch.n_q_heads, batch.batch), 32 * kMergeWarps, 0, stream>>>(
+        c.n_kv_heads, batch.n_q_heads, p.g, geo.splits, p.part_ml, p.part_acc, c.rotation, out);
+  });
   check_cuda(cudaGetLastError(), "launch(merge)");
 }
 

@@ -17,8 +17,9 @@ namespace polarquant::cuda {
 // b * (i div 2b)); other widths are packed LSB first and may straddle a byte.
 __host__ __device__ __forceinline__ int code_bit(int t, int bits) {
   if (bits != 1 && bits != 2 && bits != 4 && bits != 8) return t * bits;
+  const int lg2 = bits == 1 ? 1 : bits == 2 ? 2 : bits == 4 ? 3 : 4;  // log2(2 * bits)
   const int i = t & 15;
-  return ((t >> 4) * 2 * bits + i % (2 * bits)) * 8 + bits * (i / (2 * bits));
+  return ((t >> 4) * 2 * bits + (i & (2 * bits - 1))) * 8 + bits * (i >> lg2);
 }
 
 // Code of token `slot` in a field. B > 0 is the width known at compile time (1, 2, 4 or 8 never

@@ -27,6 +27,13 @@ constexpr size_t encode_smem_bytes() {
   return 3 * kChunk * D * sizeof(float) + kChunk * D;  // X, Y, matrix rows, codes
 }
 
+// The quantizer's constants, copied to shared memory by each block (at most 8 levels x 256).
+struct QuantTables {
+  const float* bcos;
+  const float* bsin;
+  float cos_first, sin_first, cos_last, sin_last;
+};
+
 // Y[t][i] = sum_j X[t][j] * M[j][i] for the 32 rows of a chunk: one fused multiply-add per j,
 // j ascending, as the CPU's SIMD combine_rows (Highway MulAdd) does.
 // M: global, row-major D x D; Ms: shared scratch of 32 x D floats.
@@ -75,27 +82,27 @@ __device__ __forceinline__ bool above(float fa, float fb, float c, float s) {
 // PolarCodec::quantize_rotated's level-1 rule: fold the lower half-plane onto the upper, count
 // the boundaries below the angle, and settle the wrap-around between the first and last code by
 // comparing projections onto their centroids.
-__device__ unsigned quantize_level1(const DeviceCodec& c, float a, float b) {
+__device__ unsigned quantize_level1(const DeviceCodec& c, const QuantTables& t, float a, float b) {
   const int k = 1 << c.bits[0];
   const bool upper = b > 0.0f || (b == 0.0f && a >= 0.0f);
   const float fa = upper ? a : -a, fb = upper ? b : -b;
   const int lo = upper ? 0 : c.level1_upper, hi = upper ? c.level1_upper : k - 1;
   int q = lo;
-  for (int i = lo; i < hi; ++i) q += above(fa, fb, c.boundary_cos[i], c.boundary_sin[i]) ? 1 : 0;
+  for (int i = lo; i < hi; ++i) q += above(fa, fb, t.bcos[i], t.bsin[i]) ? 1 : 0;
   if (q == 0 || q == k - 1) {
-    const float first = __fadd_rn(__fmul_rn(a, c.cos_table[0]), __fmul_rn(b, c.sin_table[0]));
-    const float last =
-        __fadd_rn(__fmul_rn(a, c.cos_table[k - 1]), __fmul_rn(b, c.sin_table[k - 1]));
+    const float first = __fadd_rn(__fmul_rn(a, t.cos_first), __fmul_rn(b, t.sin_first));
+    const float last = __fadd_rn(__fmul_rn(a, t.cos_last), __fmul_rn(b, t.sin_last));
     q = first >= last ? 0 : k - 1;
   }
   return static_cast<unsigned>(q);
 }
 
-__device__ unsigned quantize_upper(const DeviceCodec& c, int level, float a, float b) {
+__device__ unsigned quantize_upper(const DeviceCodec& c, const QuantTables& t, int level, float a,
+                                   float b) {
   const int off = c.table_offset[level - 1];
   const int nb = (1 << c.bits[level - 1]) - 1;
   int q = 0;
-  for (int i = 0; i < nb; ++i) q += above(a, b, c.boundary_cos[off + i], c.boundary_sin[off + i]) ? 1 : 0;
+  for (int i = 0; i < nb; ++i) q += above(a, b, t.bcos[off + i], t.bsin[off + i]) ? 1 : 0;
   return static_cast<unsigned>(q);
 }
 
@@ -148,7 +155,16 @@ __global__ void __launch_bounds__(kThreads)
   float* Y = X + kChunk * D;
   float* Ms = Y + kChunk * D;
   uint8_t* codes = reinterpret_cast<uint8_t*>(Ms + kChunk * D);
+  float* bcos = reinterpret_cast<float*>(codes + kChunk * D);  // after the codes
+  float* bsin = bcos + c.table_entries;
   const ChunkJob job = chunk_job(c, pool, tables, max_pages, positions, first, n, x);
+  for (int i = threadIdx.x; i < c.table_entries; i += kThreads) {
+    bcos[i] = c.boundary_cos[i];
+    bsin[i] = c.boundary_sin[i];
+  }
+  const int k1 = 1 << c.bits[0];
+  const QuantTables quant{bcos, bsin, c.cos_table[0], c.sin_table[0], c.cos_table[k1 - 1],
+                          c.sin_table[k1 - 1]};
 
   for (int i = threadIdx.x; i < kChunk * D; i += kThreads) {
     const int t = i / D;
@@ -156,23 +172,24 @@ __global__ void __launch_bounds__(kThreads)
     X[i] = active ? job.x[(t - job.begin) * job.x_stride + i % D] : 0.0f;
   }
   __syncthreads();
-  if (rotated) {
-    for (int i = threadIdx.x; i < kChunk * D; i += kThreads) Y[i] = X[i];
-  } else {
+  float* src = X;  // the rotated rows
+  float* dst = Y;
+  if (!rotated) {
     rotate_tile<D>(X, c.rotation_t, Ms, Y);
+    __syncthreads();
+    src = Y;
+    dst = X;
   }
-  __syncthreads();
 
-  // Polar transform level by level, radii ping-ponging between Y and X (rows of D floats).
-  float* src = Y;
-  float* dst = X;
+  // Polar transform level by level, radii ping-ponging between the two row buffers.
   for (int level = 1; level <= c.levels; ++level) {
     const int count = D >> level;
     const int code_off = D - (D >> (level - 1));
     for (int i = threadIdx.x; i < kChunk * count; i += kThreads) {
       const int t = i / count, j = i % count;
       const float a = src[t * D + 2 * j], b = src[t * D + 2 * j + 1];
-      const unsigned code = level == 1 ? quantize_level1(c, a, b) : quantize_upper(c, level, a, b);
+      const unsigned code =
+          level == 1 ? quantize_level1(c, quant, a, b) : quantize_upper(c, quant, level, a, b);
       codes[t * D + code_off + j] = static_cast<uint8_t>(code);
       dst[t * D + j] = __fsqrt_rn(__fadd_rn(__fmul_rn(a, a), __fmul_rn(b, b)));
     }
@@ -212,7 +229,12 @@ __global__ void __launch_bounds__(kThreads)
     const int node = rest / b, w = rest % b;
     const int code_off = D - (D >> (level - 1));
     unsigned value = 0;
-    for (int s = job.begin; s < job.end; ++s) {  // chunk-local slots; the chunk starts a group
+    // Slots that can own bits of this word: its 16-slot group when codes are interleaved, the
+    // slots around it when they are packed in order.
+    const bool interleaved = b == 1 || b == 2 || b == 4 || b == 8;
+    const int lo = interleaved ? (32 * w) / (16 * b) * 16 : (32 * w) / b;
+    const int hi = interleaved ? lo + 16 : min(kChunk, (32 * w + 31) / b + 1);
+    for (int s = max(lo, job.begin); s < min(hi, job.end); ++s) {  // chunk-local slots
       const int shift = code_bit(s, b) - 32 * w;
       const unsigned code = codes[s * D + code_off + node];
       if (shift >= 0 && shift < 32) value |= code << shift;
@@ -222,7 +244,9 @@ __global__ void __launch_bounds__(kThreads)
     uint32_t* word = reinterpret_cast<uint32_t*>(
         job.region + c.level_offset[level - 1] + static_cast<uint32_t>(node) * c.field_bytes[level - 1] +
         (job.slot0 * b) / 8) + w;
-    *word |= value;
+    // No other block touches this word; the atomic is a fire-and-forget reduction (RED.OR), so
+    // the thread does not wait for the read of a read-modify-write.
+    atomicOr(word, value);
   }
 }
 
@@ -265,7 +289,7 @@ template <int D>
 void launch_encode(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* tables,
                    int max_pages, const int32_t* positions, size_t first, size_t n, int jobs,
                    const float* x, bool rotated, Stream stream) {
-  constexpr size_t smem = encode_smem_bytes<D>();
+  const size_t smem = encode_smem_bytes<D>() + 2 * codec.device().table_entries * sizeof(float);
   check_cuda(cudaFuncSetAttribute(encode_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem)),
              "cudaFuncSetAttribute(encode)");

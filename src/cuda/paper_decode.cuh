@@ -63,7 +63,7 @@ __device__ __forceinline__ void decode_row_paper(const uint8_t* region, const Pa
   const uint8_t* l2 = region + Lay::kLevel2 + b2;
   const uint8_t* l3 = region + Lay::kLevel3 + b2;
   const uint8_t* l4 = region + Lay::kLevel4 + b2;
-#pragma unroll 1
+#pragma unroll 2  // two independent blocks in flight hide the shared-memory latency
   for (int u = 0; u < D / 16; ++u) {
     const float r = __half2float(radii[u * 32]);
     const float2 f4 = t.upper[8 + ((l4[u * 8] >> s2) & 3)];
