@@ -9,16 +9,14 @@
 #include <polarquant/kv_cache.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
+#include <ctime>
 #include <memory>
 
 #include "eval/distortion.h"
 
 namespace polarquant {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 // Queries per head used for the inner-product error (it costs queries x tokens x dim).
 constexpr size_t kIpQueries = 16;
@@ -44,18 +42,27 @@ size_t reconstruct(const Codec& codec, const float* x, size_t n, size_t recent, 
   return codes.size() + 2 * d * (n - groups * group);
 }
 
-// Runs `work` until at least min_seconds have passed; returns calls per second.
+// CPU time of the calling thread in seconds. Throughput is measured in thread CPU time, not wall
+// time: every timed call runs on this one thread (cache_attention with n_threads = 1, codecs are
+// single-threaded), and CPU time does not count the time other processes on a shared machine take.
+double thread_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// Runs `work` until at least min_seconds of thread CPU time have passed; returns calls per second.
 template <typename Work>
 double rate(double min_seconds, Work&& work) {
   size_t calls = 0;
-  const auto start = Clock::now();
+  const double start = thread_seconds();
   double elapsed = 0.0;
   do {
     work();
     ++calls;
-    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    elapsed = thread_seconds() - start;
   } while (elapsed < min_seconds);
-  return static_cast<double>(calls) / elapsed;
+  return static_cast<double>(calls) / std::max(elapsed, 1e-9);
 }
 
 // Cached tokens per second of cache_attention (one thread, one query over the whole first head):
