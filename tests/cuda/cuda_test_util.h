@@ -76,15 +76,36 @@ inline std::vector<int32_t> shuffled_ids(size_t pages, uint32_t seed) {
   return ids;
 }
 
-// Copies the K (or V) pages of one layer of sequence `seq` into a host image of the pool.
+// The head region of page `page` of a sequence in the CPU cache. The region bytes are what the
+// GPU kernels share with the CPU; how the CPU groups regions into allocations (one allocation per
+// page, or slabs of several pages per head) is the cache's business, so both are handled.
+template <class Impl, class Layer>
+const uint8_t* cpu_region(const Impl& m, const Layer& sl, bool keys, size_t page, int head) {
+  if constexpr (requires { m.key_region(sl, page, head); }) {
+    return keys ? m.key_region(sl, page, head) : m.value_region(sl, page, head);
+  } else {
+    const auto& pages = keys ? sl.k_pages : sl.v_pages;
+    const size_t head_bytes = keys ? m.key_format->head_bytes() : m.value_format->head_bytes();
+    return pages[page].get() + static_cast<size_t>(head) * head_bytes;
+  }
+}
+
+// Copies the K (or V) head regions of one layer of sequence `seq` into a host image of the GPU
+// pool (page ids[i] at ids[i] * page_bytes, its heads one after another).
 inline void export_pages(const KvCache& cache, SequenceId seq, bool keys,
                          const std::vector<int32_t>& ids, std::vector<uint8_t>& pool) {
   const KvCache::Impl& m = cache.impl();
   const SequenceLayer& sl = m.layer(seq, 0, "export_pages");
-  const size_t bytes = keys ? m.key_page_bytes() : m.value_page_bytes();
-  const auto& pages = keys ? sl.k_pages : sl.v_pages;
-  for (size_t i = 0; i < pages.size(); ++i) {
-    std::copy(pages[i].get(), pages[i].get() + bytes, pool.begin() + ids[i] * bytes);
+  const PageFormat& format = keys ? *m.key_format : *m.value_format;
+  const size_t head_bytes = format.head_bytes();
+  const size_t page_bytes = head_bytes * m.options.n_kv_heads;
+  const size_t coded = sl.coded;
+  const size_t pages = (coded + m.options.page_tokens - 1) / m.options.page_tokens;
+  for (size_t i = 0; i < pages; ++i) {
+    for (int h = 0; h < m.options.n_kv_heads; ++h) {
+      const uint8_t* region = cpu_region(m, sl, keys, i, h);
+      std::copy(region, region + head_bytes, pool.begin() + ids[i] * page_bytes + h * head_bytes);
+    }
   }
 }
 
