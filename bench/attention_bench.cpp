@@ -166,9 +166,9 @@ void kernel_stage(benchmark::State& state, Shape shape, std::string codec, Stage
   double best = 1e30;
   for (auto _ : state) {
     const double t0 = omp_get_wtime();
-    for (size_t page = 0; page < sl.k_pages.size(); ++page) {
-      const uint8_t* kr = sl.k_pages[page].get();
-      const uint8_t* vr = sl.v_pages[page].get();
+    for (size_t page = 0; page < sl.pages; ++page) {
+      const uint8_t* kr = m.key_region(sl, page, 0);
+      const uint8_t* vr = m.value_region(sl, page, 0);
       switch (stage) {
         case Stage::kScore:
           if (kp)

@@ -120,7 +120,7 @@ PolarPage make_page(int dim, std::vector<int> bits, RadiusPrecision radius, int 
   p.format = std::make_unique<PolarPageFormat>(*p.codec, page_tokens);
   p.bytes.assign(p.format->head_bytes(), 0);
   const auto x = gaussian(filled * dim, 7);
-  p.format->store(x.data(), filled, 1, p.bytes.data(), 0);
+  p.format->store(x.data(), filled, 1, p.bytes.data(), p.format->head_bytes(), 0);
   return p;
 }
 

@@ -142,11 +142,12 @@ TEST(CacheKv, BulkAndTokenByTokenStoreIdenticalCodes) {
     const SequenceLayer& x = bulk.impl().layer(a, 1, "test");
     const SequenceLayer& y = single.impl().layer(b, 1, "test");
     ASSERT_EQ(x.coded, y.coded);
-    ASSERT_EQ(x.k_pages.size(), y.k_pages.size());
-    for (size_t p = 0; p < x.k_pages.size(); ++p) {
-      EXPECT_EQ(std::memcmp(x.k_pages[p].get(), y.k_pages[p].get(), bulk.impl().key_page_bytes()),
+    ASSERT_EQ(x.k_slabs.size(), y.k_slabs.size());
+    ASSERT_EQ(x.pages, y.pages);
+    for (size_t p = 0; p < x.k_slabs.size(); ++p) {
+      EXPECT_EQ(std::memcmp(x.k_slabs[p].get(), y.k_slabs[p].get(), bulk.impl().key_slab_bytes()),
                 0);
-      EXPECT_EQ(std::memcmp(x.v_pages[p].get(), y.v_pages[p].get(), bulk.impl().value_page_bytes()),
+      EXPECT_EQ(std::memcmp(x.v_slabs[p].get(), y.v_slabs[p].get(), bulk.impl().value_slab_bytes()),
                 0);
     }
     std::vector<float> va, vb;
@@ -178,13 +179,14 @@ TEST(CacheKv, MemoryAccountingIsExact) {
     const size_t coded = len > 20 ? len - 20 : 0;
     const size_t tail = len - sink - coded;
     const size_t pages = (coded + 31) / 32;
+    const size_t slabs = (pages + kSlabPages - 1) / kSlabPages;
     const size_t sink_cap = sink ? 4 : 0;
     // The tail's capacity grows in steps of page_tokens to cover the most rows it ever held:
     // a bulk append holds all non-sink tokens before they move into pages.
     const size_t tail_peak = len - sink;
     const size_t tail_cap = tail_peak ? (tail_peak + 31) / 32 * 32 : 0;
     (void)tail;
-    return pages * (kpage + vpage) + 2 * pages * sizeof(PageBuffer) +
+    return slabs * kSlabPages * (kpage + vpage) + 2 * slabs * sizeof(PageBuffer) +
            2 * (sink_cap + tail_cap) * row * sizeof(float);
   };
   const KvMemoryStats m = cache.memory();

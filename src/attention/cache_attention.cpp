@@ -88,15 +88,13 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
     const size_t page = coded / page_tokens;
     const size_t slot = coded % page_tokens;
     const size_t n = std::min(task.end - pos, page_tokens - slot);
-    const uint8_t* kreg = c.sl.k_pages[page].get() + h * m.key_format->head_bytes();
-    const uint8_t* vreg = c.sl.v_pages[page].get() + h * m.value_format->head_bytes();
-    // Pages are separate allocations, so the hardware prefetcher loses the stream at each page
-    // boundary: ask for the next page's regions while this one is being read.
-    if (page + 1 < c.sl.k_pages.size() && pos + n < task.end) {
-      prefetch_region(c.sl.k_pages[page + 1].get() + h * m.key_format->head_bytes(),
-                      m.key_format->head_bytes());
-      prefetch_region(c.sl.v_pages[page + 1].get() + h * m.value_format->head_bytes(),
-                      m.value_format->head_bytes());
+    const uint8_t* kreg = m.key_region(c.sl, page, h);
+    const uint8_t* vreg = m.value_region(c.sl, page, h);
+    // Ask for the next page's regions while this one is read: measured faster than leaving it to
+    // the hardware prefetcher (docs/cache.md), most of all at slab boundaries.
+    if (page + 1 < c.sl.pages && pos + n < task.end) {
+      prefetch_region(m.key_region(c.sl, page + 1, h), m.key_format->head_bytes());
+      prefetch_region(m.value_region(c.sl, page + 1, h), m.value_format->head_bytes());
     }
     switch (c.key_kind) {
       case Stored::kF32:
@@ -114,7 +112,7 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
         const size_t first = slot / group * group;
         const size_t count = round_up(slot + n, group) - first;
         decoded.resize(count * c.dim);
-        m.key_format->load(c.sl.k_pages[page].get(), h, first, count, decoded.data());
+        m.key_format->load(kreg, first, count, decoded.data());
         c.kernels.score_f32(q, c.g, c.dim, decoded.data() + (slot - first) * c.dim, c.dim, n,
                             scores.data(), page_tokens);
         break;
@@ -149,7 +147,7 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
         const size_t first = slot / group * group;
         const size_t count = round_up(slot + n, group) - first;
         decoded.resize(count * c.dim);
-        m.value_format->load(c.sl.v_pages[page].get(), h, first, count, decoded.data());
+        m.value_format->load(vreg, first, count, decoded.data());
         c.kernels.value_f32(scores.data(), page_tokens, c.g, c.dim,
                             decoded.data() + (slot - first) * c.dim, c.dim, n, st.acc.data());
         break;

@@ -190,12 +190,20 @@ void KvCache::append(SequenceId seq, int layer, const float* k, const float* v, 
   while (sl.coded < target) {
     const size_t slot = sl.coded % page_tokens;
     if (slot == 0) {
-      sl.k_pages.push_back(allocate_page(m.key_page_bytes()));
-      sl.v_pages.push_back(allocate_page(m.value_page_bytes()));
+      if (sl.pages % kSlabPages == 0) {
+        sl.k_slabs.push_back(allocate_page(m.key_slab_bytes()));
+        sl.v_slabs.push_back(allocate_page(m.value_slab_bytes()));
+      }
+      ++sl.pages;
     }
+    const size_t page = sl.pages - 1;
     const size_t n = std::min(target - sl.coded, page_tokens - slot);
-    m.key_format->store(sl.tail.k(0), n, m.options.n_kv_heads, sl.k_pages.back().get(), slot);
-    m.value_format->store(sl.tail.v(0), n, m.options.n_kv_heads, sl.v_pages.back().get(), slot);
+    m.key_format->store(sl.tail.k(0), n, m.options.n_kv_heads,
+                        const_cast<uint8_t*>(m.key_region(sl, page, 0)),
+                        kSlabPages * m.key_format->head_bytes(), slot);
+    m.value_format->store(sl.tail.v(0), n, m.options.n_kv_heads,
+                          const_cast<uint8_t*>(m.value_region(sl, page, 0)),
+                          kSlabPages * m.value_format->head_bytes(), slot);
     sl.tail.drop_front(n);
     sl.coded += n;
   }
@@ -236,8 +244,8 @@ void KvCache::read(SequenceId seq, int layer, size_t begin, size_t end, float* k
       kbuf.resize(n * dim);
       vbuf.resize(n * dim);
       for (int h = 0; h < m.options.n_kv_heads; ++h) {
-        m.key_format->load(sl.k_pages[page].get(), h, first, n, kbuf.data());
-        m.value_format->load(sl.v_pages[page].get(), h, first, n, vbuf.data());
+        m.key_format->load(m.key_region(sl, page, h), first, n, kbuf.data());
+        m.value_format->load(m.value_region(sl, page, h), first, n, vbuf.data());
         for (size_t p = pos; p < stop + sink; ++p) {
           const size_t s = p - sink - page * page_tokens - first;
           std::memcpy(k + (p - begin) * row + h * dim, &kbuf[s * dim], dim * sizeof(float));
@@ -261,9 +269,9 @@ KvMemoryStats KvCache::memory() const {
   for (const auto& [id, layers] : m.sequences) {
     for (int l = 0; l < m.options.n_layers; ++l) {
       const SequenceLayer& sl = layers[l];
-      stats.layer_bytes[l] += sl.k_pages.size() * m.key_page_bytes() +
-                              sl.v_pages.size() * m.value_page_bytes() +
-                              (sl.k_pages.size() + sl.v_pages.size()) * sizeof(PageBuffer) +
+      stats.layer_bytes[l] += sl.k_slabs.size() * m.key_slab_bytes() +
+                              sl.v_slabs.size() * m.value_slab_bytes() +
+                              (sl.k_slabs.size() + sl.v_slabs.size()) * sizeof(PageBuffer) +
                               sl.sink.bytes() + sl.tail.bytes();
       if (l == 0) stats.tokens += sl.length;
       stats.fp16_bytes += sl.length * m.row_floats * 2 * sizeof(uint16_t);

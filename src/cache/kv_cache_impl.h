@@ -6,6 +6,11 @@
 //                          position sink + p * page_tokens + i),
 //   [sink + coded, length) full precision: the recent window, a partial codec group, and (with
 //                          quantize_generated = false) the generated tokens.
+// Pages live in slabs of kSlabPages pages: slab s holds, for each KV head h, the regions of pages
+// s*kSlabPages .. s*kSlabPages + kSlabPages - 1 of that head, one after another, so one head's
+// pages form one contiguous stream of kSlabPages regions (hardware prefetchers follow it; separate
+// page allocations cut the stream at every page).
+//
 // Tokens move from the third run to the second as soon as they may be quantized, so both boundaries
 // only grow and the stored codes depend only on the token values and the sequence length.
 #pragma once
@@ -52,6 +57,8 @@ class TokenRows {
   std::unique_ptr<float[]> k_, v_;
 };
 
+inline constexpr size_t kSlabPages = 8;
+
 struct SequenceLayer {
   size_t length = 0;
   size_t prompt =
@@ -59,7 +66,8 @@ struct SequenceLayer {
   bool started = false;
   TokenRows sink;    // positions [0, sink.size())
   size_t coded = 0;  // quantized positions
-  std::vector<PageBuffer> k_pages, v_pages;
+  size_t pages = 0;  // pages in use (the last may be partly filled)
+  std::vector<PageBuffer> k_slabs, v_slabs;
   TokenRows tail;  // positions [sink + coded, length)
 };
 
@@ -74,6 +82,18 @@ struct KvCache::Impl {
 
   size_t key_page_bytes() const { return key_format->head_bytes() * options.n_kv_heads; }
   size_t value_page_bytes() const { return value_format->head_bytes() * options.n_kv_heads; }
+  size_t key_slab_bytes() const { return key_page_bytes() * kSlabPages; }
+  size_t value_slab_bytes() const { return value_page_bytes() * kSlabPages; }
+  // The head region of one page (regions of one head's pages are kSlabPages-contiguous).
+  const uint8_t* key_region(const SequenceLayer& sl, size_t page, int head) const {
+    return sl.k_slabs[page / kSlabPages].get() +
+           (static_cast<size_t>(head) * kSlabPages + page % kSlabPages) * key_format->head_bytes();
+  }
+  const uint8_t* value_region(const SequenceLayer& sl, size_t page, int head) const {
+    return sl.v_slabs[page / kSlabPages].get() +
+           (static_cast<size_t>(head) * kSlabPages + page % kSlabPages) *
+               value_format->head_bytes();
+  }
   // Throws State for an unknown or freed sequence and InvalidArgument for a layer out of range.
   const SequenceLayer& layer(SequenceId seq, int layer, const char* caller) const;
   SequenceLayer& layer(SequenceId seq, int layer, const char* caller);

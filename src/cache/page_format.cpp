@@ -21,12 +21,12 @@ GenericPageFormat::GenericPageFormat(const Codec& codec, int page_tokens)
 }
 
 void GenericPageFormat::store(const float* x, size_t n, int n_heads, uint8_t* page,
-                              size_t slot) const {
+                              size_t head_stride, size_t slot) const {
   const size_t dim = static_cast<size_t>(codec_.dim());
   const size_t group = static_cast<size_t>(codec_.group_size());
   std::vector<float> rows(group * dim);
   for (int h = 0; h < n_heads; ++h) {
-    uint8_t* region = page + static_cast<size_t>(h) * head_bytes_;
+    uint8_t* region = page + static_cast<size_t>(h) * head_stride;
     for (size_t g = 0; g < n; g += group) {
       for (size_t t = 0; t < group; ++t) {
         std::memcpy(&rows[t * dim], x + ((g + t) * n_heads + h) * dim, dim * sizeof(float));
@@ -36,9 +36,7 @@ void GenericPageFormat::store(const float* x, size_t n, int n_heads, uint8_t* pa
   }
 }
 
-void GenericPageFormat::load(const uint8_t* page, int head, size_t slot, size_t n,
-                             float* out) const {
-  const uint8_t* region = page + static_cast<size_t>(head) * head_bytes_;
+void GenericPageFormat::load(const uint8_t* region, size_t slot, size_t n, float* out) const {
   codec_.decode(region + group_offset(slot), n / codec_.group_size(), out);
 }
 
@@ -109,7 +107,7 @@ void put_code(uint8_t* field, size_t t, int bits, unsigned code) {
 }  // namespace
 
 void PolarPageFormat::store(const float* x, size_t n, int n_heads, uint8_t* page,
-                            size_t slot) const {
+                            size_t head_stride, size_t slot) const {
   const PolarShape& shape = polar_.shape();
   const PolarConfig& config = polar_.config();
   const size_t dim = static_cast<size_t>(shape.dim);
@@ -124,7 +122,7 @@ void PolarPageFormat::store(const float* x, size_t n, int n_heads, uint8_t* page
   for (size_t t = 0; t < n; ++t) {
     for (int h = 0; h < n_heads; ++h) {
       const size_t v = t * n_heads + h;
-      uint8_t* region = page + static_cast<size_t>(h) * head_bytes_;
+      uint8_t* region = page + static_cast<size_t>(h) * head_stride;
       const size_t s = slot + t;
       for (size_t b = 0; b < num_radii; ++b) {
         put_radius(region + layout_.radii_offset + (b * page_tokens_ + s) * layout_.radius_bytes,
@@ -165,11 +163,11 @@ void PolarPageFormat::unpack(const uint8_t* region, size_t slot, size_t n, uint8
   }
 }
 
-void PolarPageFormat::load(const uint8_t* page, int head, size_t slot, size_t n, float* out) const {
+void PolarPageFormat::load(const uint8_t* region, size_t slot, size_t n, float* out) const {
   const PolarShape& shape = polar_.shape();
   std::vector<uint8_t> indices(n * shape.num_angles());
   std::vector<float> radii(n * shape.num_radii());
-  unpack(page + static_cast<size_t>(head) * head_bytes_, slot, n, indices.data(), radii.data());
+  unpack(region, slot, n, indices.data(), radii.data());
   std::vector<float> rotated(n * shape.dim);
   polar_.dequantize_rotated(indices.data(), radii.data(), n, rotated.data());
   polar_.rotation().inverse(rotated.data(), out, n);

@@ -1,6 +1,7 @@
-// How one codec's codes are laid out inside a cache page. A page holds `page_tokens` token slots
-// for every KV head of one layer: head h's region starts at h * head_bytes() and is 64-byte
-// aligned.
+// How one codec's codes are laid out inside a cache page. A page holds `page_tokens` token slots of
+// one KV head (a "head region", head_bytes() long, 64-byte aligned). The cache places the regions
+// of kSlabPages consecutive pages of one head next to each other (see kv_cache_impl.h), so reading
+// one head's context is one long stream.
 //
 // Two layouts (byte-level description and version in docs/cache.md):
 //  - GenericPageFormat: the codec's own groups, one after another (group_size() tokens each). Used
@@ -35,12 +36,14 @@ class PageFormat {
   // Bytes of one head's region (a multiple of kPageAlignment).
   size_t head_bytes() const { return head_bytes_; }
 
-  // Encodes n tokens (x: n x n_heads x dim, token-major) into slots [slot, slot + n) of every head
-  // of the page. slot and n are multiples of the codec's group size; slot + n <= page_tokens.
-  // The slots must be zero (fresh page); x must be finite (checked by the caller).
-  virtual void store(const float* x, size_t n, int n_heads, uint8_t* page, size_t slot) const = 0;
-  // Decodes slots [slot, slot + n) of one head into out (n x dim). slot and n: group multiples.
-  virtual void load(const uint8_t* page, int head, size_t slot, size_t n, float* out) const = 0;
+  // Encodes n tokens (x: n x n_heads x dim, token-major) into slots [slot, slot + n) of the head
+  // regions at page + h * head_stride. slot and n are multiples of the codec's group size; slot + n
+  // <= page_tokens. The slots must be zero (fresh page); x must be finite (checked by the caller).
+  virtual void store(const float* x, size_t n, int n_heads, uint8_t* page, size_t head_stride,
+                     size_t slot) const = 0;
+  // Decodes slots [slot, slot + n) of one head region into out (n x dim). slot and n: group
+  // multiples.
+  virtual void load(const uint8_t* region, size_t slot, size_t n, float* out) const = 0;
 
  protected:
   const Codec& codec_;
@@ -51,8 +54,9 @@ class PageFormat {
 class GenericPageFormat final : public PageFormat {
  public:
   GenericPageFormat(const Codec& codec, int page_tokens);
-  void store(const float* x, size_t n, int n_heads, uint8_t* page, size_t slot) const override;
-  void load(const uint8_t* page, int head, size_t slot, size_t n, float* out) const override;
+  void store(const float* x, size_t n, int n_heads, uint8_t* page, size_t head_stride,
+             size_t slot) const override;
+  void load(const uint8_t* region, size_t slot, size_t n, float* out) const override;
   // Byte offset of the group holding token slot `slot` inside a head region.
   size_t group_offset(size_t slot) const {
     return slot / codec_.group_size() * codec_.group_bytes();
@@ -105,8 +109,9 @@ class PolarPageFormat final : public PageFormat {
  public:
   // page_tokens must be a multiple of 16 (one SIMD lane per token); throws InvalidArgument.
   PolarPageFormat(const PolarCodec& codec, int page_tokens);
-  void store(const float* x, size_t n, int n_heads, uint8_t* page, size_t slot) const override;
-  void load(const uint8_t* page, int head, size_t slot, size_t n, float* out) const override;
+  void store(const float* x, size_t n, int n_heads, uint8_t* page, size_t head_stride,
+             size_t slot) const override;
+  void load(const uint8_t* region, size_t slot, size_t n, float* out) const override;
 
   const PolarCodec& polar() const { return polar_; }
   const PolarPageLayout& layout() const { return layout_; }
