@@ -181,11 +181,8 @@ TEST(CacheKv, MemoryAccountingIsExact) {
     const size_t pages = (coded + 31) / 32;
     const size_t slabs = (pages + kSlabPages - 1) / kSlabPages;
     const size_t sink_cap = sink ? 4 : 0;
-    // The tail's capacity grows in steps of page_tokens to cover the most rows it ever held:
-    // a bulk append holds all non-sink tokens before they move into pages.
-    const size_t tail_peak = len - sink;
-    const size_t tail_cap = tail_peak ? (tail_peak + 31) / 32 * 32 : 0;
-    (void)tail;
+    // The tail's capacity is its rows rounded up to page_tokens (shrunk after each append).
+    const size_t tail_cap = (tail + 31) / 32 * 32;
     return slabs * kSlabPages * (kpage + vpage) + 2 * slabs * sizeof(PageBuffer) +
            2 * (sink_cap + tail_cap) * row * sizeof(float);
   };

@@ -55,6 +55,23 @@ void TokenRows::drop_front(size_t n) {
   if (count_ == 0) begin_ = 0;
 }
 
+void TokenRows::shrink() {
+  const size_t capacity = round_up(count_, step_);
+  if (capacity >= capacity_) return;
+  if (capacity == 0) {
+    clear();
+    return;
+  }
+  auto k_new = std::make_unique<float[]>(capacity * row_floats_);
+  auto v_new = std::make_unique<float[]>(capacity * row_floats_);
+  std::memcpy(k_new.get(), this->k(0), count_ * row_floats_ * sizeof(float));
+  std::memcpy(v_new.get(), this->v(0), count_ * row_floats_ * sizeof(float));
+  k_ = std::move(k_new);
+  v_ = std::move(v_new);
+  capacity_ = capacity;
+  begin_ = 0;
+}
+
 void TokenRows::clear() {
   k_.reset();
   v_.reset();
@@ -207,6 +224,7 @@ void KvCache::append(SequenceId seq, int layer, const float* k, const float* v, 
     sl.tail.drop_front(n);
     sl.coded += n;
   }
+  sl.tail.shrink();
 }
 
 size_t KvCache::length(SequenceId seq, int layer) const {

@@ -49,6 +49,9 @@ class TokenRows {
   const float* v(size_t i) const { return v_.get() + (begin_ + i) * row_floats_; }
   void push(const float* k, const float* v, size_t n);
   void drop_front(size_t n);
+  // Releases capacity beyond the live rows rounded up to `step` (after a bulk append moved most of
+  // its rows into pages, the peak would otherwise stay allocated).
+  void shrink();
   void clear();
 
  private:
