@@ -34,20 +34,22 @@ struct GenerateArgs {
 // Writes the prompt's token ids (PREFIX.json) and the logits of every prompt position from an
 // exact (f32) cache (PREFIX.f32, float32 little-endian, tokens x vocab): what
 // scripts/compare_reference.py compares with an independent implementation.
-void write_prompt_logits(const model::LlamaModel& m, const std::vector<int>& prompt, const model::RuntimeOptions& base,
-                         const std::string& prefix) {
+void write_prompt_logits(const model::LlamaModel& m, const std::vector<int>& prompt,
+                         const model::RuntimeOptions& base, const std::string& prefix) {
   model::RuntimeOptions rt = base;
   rt.key_codec = rt.value_codec = "f32";
   model::Transformer tf(m, rt);
   std::vector<float> logits;
   tf.forward(tf.add_sequence(), prompt.data(), prompt.size(), logits, true);
   std::FILE* f = std::fopen((prefix + ".f32").c_str(), "wb");
-  if (f == nullptr || std::fwrite(logits.data(), sizeof(float), logits.size(), f) != logits.size()) {
+  if (f == nullptr ||
+      std::fwrite(logits.data(), sizeof(float), logits.size(), f) != logits.size()) {
     if (f != nullptr) std::fclose(f);
     throw_io("cannot write '" + prefix + ".f32'");
   }
   std::fclose(f);
-  const nlohmann::json j = {{"tokens", prompt}, {"vocab", m.config().vocab_size}, {"logits", prefix + ".f32"}};
+  const nlohmann::json j = {
+      {"tokens", prompt}, {"vocab", m.config().vocab_size}, {"logits", prefix + ".f32"}};
   f = std::fopen((prefix + ".json").c_str(), "wb");
   const std::string text = j.dump();
   if (f == nullptr || std::fwrite(text.data(), 1, text.size(), f) != text.size()) {
@@ -208,8 +210,9 @@ const CommandRegistration registration("generate", [](CLI::App& app) {
   cmd->add_option("--seed,-s", args->seed, "sampling seed")->capture_default_str();
   cmd->add_flag("--raw", args->raw, "do not wrap the prompt in the model's chat format");
   cmd->add_flag("!--no-compare", args->compare, "skip the comparison with an fp16-cache run");
-  cmd->add_option("--logits-out", args->logits_out,
-                  "also write the prompt's tokens (PREFIX.json) and exact-cache logits (PREFIX.f32)");
+  cmd->add_option(
+      "--logits-out", args->logits_out,
+      "also write the prompt's tokens (PREFIX.json) and exact-cache logits (PREFIX.f32)");
   cmd->callback([args, cmd] { run(*args, cmd); });
 });
 
