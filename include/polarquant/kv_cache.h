@@ -2,8 +2,8 @@
 //
 // Tokens are appended per layer, in bulk (prefill) or one at a time (decode); appending in one call
 // or token by token gives identical stored codes. Keys and values each have their own codec, chosen
-// by name (see make_codec). Optional full-precision windows keep the first `sink_tokens` and the most
-// recent `recent_tokens` of each sequence unquantized. Page layout: docs/FORMAT.md.
+// by name (see make_codec). Optional full-precision windows keep the first `sink_tokens` and the
+// most recent `recent_tokens` of each sequence unquantized. Page layout: docs/FORMAT.md.
 #pragma once
 
 #include <cstddef>
@@ -20,15 +20,21 @@ struct KvCacheOptions {
   int n_layers = 1;
   int n_kv_heads = 1;
   int head_dim = 128;
-  std::string key_codec = "paper";    // any make_codec name, e.g. "f16", "f32", "paper"
+  std::string key_codec = "paper";  // any make_codec name, e.g. "f16", "f32", "paper"
   std::string value_codec = "paper";
-  uint64_t seed = kDefaultSeed;       // rotation seed shared by keys and values of all layers/heads
-  int page_tokens = 32;               // tokens per page
-  int sink_tokens = 0;                // first S tokens of a sequence kept in full precision
-  int recent_tokens = 0;              // most recent R tokens kept in full precision
+  uint64_t seed = kDefaultSeed;  // rotation seed shared by keys and values of all layers/heads
+  int page_tokens = 32;          // tokens per page
+  int sink_tokens = 0;           // first S tokens of a sequence kept in full precision
+  int recent_tokens = 0;         // most recent R tokens kept in full precision
   // false reproduces the paper's setting: tokens appended after the first append of a sequence
   // (i.e. generated tokens) stay in full precision.
   bool quantize_generated = true;
+  // Store keys minus their mean over the first append of each sequence and layer (per KV head). A
+  // score then changes by q.mean, the same for every token of a query, so softmax attention is
+  // unchanged exactly, while the codec sees vectors of smaller norm: real keys carry a large
+  // per-channel offset (SmolLM2: 1.4-4x of their energy), and a codec's error scales with the norm.
+  // read() adds the mean back. Costs n_kv_heads x head_dim floats per sequence and layer.
+  bool center_keys = false;
 };
 
 using SequenceId = int64_t;
@@ -36,8 +42,8 @@ using SequenceId = int64_t;
 struct KvMemoryStats {
   std::vector<size_t> layer_bytes;  // bytes allocated per layer (pages, windows, tables)
   size_t total_bytes = 0;
-  size_t fp16_bytes = 0;            // what an fp16 cache of the same tokens would need
-  size_t tokens = 0;                // tokens stored, summed over sequences (per layer)
+  size_t fp16_bytes = 0;  // what an fp16 cache of the same tokens would need
+  size_t tokens = 0;      // tokens stored, summed over sequences (per layer)
 };
 
 class KvCache {

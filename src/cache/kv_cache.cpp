@@ -190,6 +190,21 @@ void KvCache::append(SequenceId seq, int layer, const float* k, const float* v, 
   if (!sl.started) {
     sl.started = true;
     sl.prompt = n_tokens;
+    if (m.options.center_keys) {
+      sl.key_mean.assign(m.row_floats, 0.0f);
+      std::vector<double> sum(m.row_floats, 0.0);
+      for (size_t t = 0; t < n_tokens; ++t) {
+        for (size_t i = 0; i < m.row_floats; ++i) sum[i] += k[t * m.row_floats + i];
+      }
+      for (size_t i = 0; i < m.row_floats; ++i)
+        sl.key_mean[i] = static_cast<float>(sum[i] / n_tokens);
+    }
+  }
+  thread_local std::vector<float> centered;
+  if (!sl.key_mean.empty()) {
+    centered.resize(count);
+    for (size_t i = 0; i < count; ++i) centered[i] = k[i] - sl.key_mean[i % m.row_floats];
+    k = centered.data();
   }
   // Sink positions first, the rest into the full-precision tail.
   const size_t sink_room = static_cast<size_t>(m.options.sink_tokens) - sl.sink.size();
@@ -278,6 +293,9 @@ void KvCache::read(SequenceId seq, int layer, size_t begin, size_t end, float* k
       ++pos;
     }
   }
+  if (!sl.key_mean.empty()) {
+    for (size_t i = 0; i < (end - begin) * row; ++i) k[i] += sl.key_mean[i % row];
+  }
 }
 
 KvMemoryStats KvCache::memory() const {
@@ -287,10 +305,10 @@ KvMemoryStats KvCache::memory() const {
   for (const auto& [id, layers] : m.sequences) {
     for (int l = 0; l < m.options.n_layers; ++l) {
       const SequenceLayer& sl = layers[l];
-      stats.layer_bytes[l] += sl.k_slabs.size() * m.key_slab_bytes() +
-                              sl.v_slabs.size() * m.value_slab_bytes() +
-                              (sl.k_slabs.size() + sl.v_slabs.size()) * sizeof(PageBuffer) +
-                              sl.sink.bytes() + sl.tail.bytes();
+      stats.layer_bytes[l] +=
+          sl.k_slabs.size() * m.key_slab_bytes() + sl.v_slabs.size() * m.value_slab_bytes() +
+          (sl.k_slabs.size() + sl.v_slabs.size()) * sizeof(PageBuffer) + sl.sink.bytes() +
+          sl.tail.bytes() + sl.key_mean.size() * sizeof(float);
       if (l == 0) stats.tokens += sl.length;
       stats.fp16_bytes += sl.length * m.row_floats * 2 * sizeof(uint16_t);
     }

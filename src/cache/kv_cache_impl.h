@@ -71,7 +71,8 @@ struct SequenceLayer {
   size_t coded = 0;  // quantized positions
   size_t pages = 0;  // pages in use (the last may be partly filled)
   std::vector<PageBuffer> k_slabs, v_slabs;
-  TokenRows tail;  // positions [sink + coded, length)
+  TokenRows tail;               // positions [sink + coded, length)
+  std::vector<float> key_mean;  // center_keys: subtracted from every stored key (row_floats)
 };
 
 struct KvCache::Impl {
