@@ -88,17 +88,18 @@ __global__ void rotate_query_kernel(const float* q, const float* rotation_t, int
   }
 }
 
-// Decodes the K or V rows of slots [tile0, tile0 + 32) of a head region (shared memory) into an
-// fp16 tile of 32 rows of D (+8 padding) halves; lane = token.
+// Decodes the K or V rows of slots [slot - lane, slot - lane + 32) of a head region (shared memory)
+// into an fp16 tile of 32 rows of D (+8 padding) halves: one token per lane in the generic path,
+// two per lane (sharing code bytes) in the paper path.
 template <int D, bool kPaper>
 __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t* region,
                                             const float* cos_s, const float* sin_s,
                                             const PaperTables& paper, int slot, __half* tile,
                                             int lane) {
-  uint4* row = reinterpret_cast<uint4*>(tile + lane * (D + 8));
   if constexpr (kPaper) {
-    decode_row_paper<D>(region, paper, slot, row);
+    decode_tile_paper<D>(region, paper, lane, tile);  // 32-slot pages: the tile is the page
   } else {
+    uint4* row = reinterpret_cast<uint4*>(tile + lane * (D + 8));
 #pragma unroll 1
     for (int u = 0; u < D / 16; ++u) {
       float v[16];

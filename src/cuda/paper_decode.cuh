@@ -1,7 +1,7 @@
 // The decoder of the `paper` preset's pages (L = 4, bits 4/2/2/2, fp16 radius) at 32-token
-// pages, with the whole layout known at compile time. A lane decodes one token's 16-coordinate
-// blocks: the field offsets fold into load immediates, the 2-bit codes pick (cos, sin) pairs
-// from a float2 table, and level 1 multiplies in half2 straight into the fp16 tile.
+// pages, with the whole layout known at compile time: the field offsets fold into load
+// immediates, the 2-bit codes pick (cos, sin) pairs from a float2 table, and level 1 multiplies in
+// half2 straight into the fp16 tile.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -49,48 +49,69 @@ __device__ __forceinline__ void load_paper_tables(const DeviceCodec& c, PaperTab
   }
 }
 
-// Decodes token `slot` (0..31) of a page's head region into row `row` of an fp16 tile
-// (D halves, rotated domain). code_bit (device_common.cuh) places slot i of a 16-slot group in
-// byte i mod 2b at bit b * (i div 2b).
+// Decodes a 32-slot page's head region (rotated domain) into an fp16 tile, two tokens per lane: slots i and i + 8 of a
+// 16-slot group share every code byte (4-bit codes in the low and high nibble, 2-bit codes at
+// shifts s and s + 4), so one byte load serves both tokens. Lane l decodes slots (16 g + i,
+// 16 g + i + 8) with g = (l / 8) % 2, i = l % 8, for the first or second half of the blocks
+// (l / 16). `tile` rows are tokens (D + 8 halves each).
 template <int D>
-__device__ __forceinline__ void decode_row_paper(const uint8_t* region, const PaperTables& t,
-                                                 int slot, uint4* row) {
+__device__ __forceinline__ void decode_tile_paper(const uint8_t* region, const PaperTables& t,
+                                                  int lane, __half* tile) {
   using Lay = PaperLayout<D>;
-  const int b4 = (slot >> 4) * 8 + (slot & 7), s4 = ((slot >> 3) & 1) * 4;
-  const int b2 = (slot >> 4) * 4 + (slot & 3), s2 = ((slot >> 2) & 3) * 2;
-  const __half* radii = reinterpret_cast<const __half*>(region + Lay::kRadii) + slot;
-  const uint8_t* l1 = region + Lay::kLevel1 + b4;
-  const uint8_t* l2 = region + Lay::kLevel2 + b2;
-  const uint8_t* l3 = region + Lay::kLevel3 + b2;
-  const uint8_t* l4 = region + Lay::kLevel4 + b2;
-#pragma unroll 2  // two independent blocks in flight hide the shared-memory latency
-  for (int u = 0; u < D / 16; ++u) {
-    const float r = __half2float(radii[u * 32]);
-    const float2 f4 = t.upper[8 + ((l4[u * 8] >> s2) & 3)];
-    float r3[2] = {r * f4.x, r * f4.y};
-    float r2[4];
+  const int i = lane & 7, g = (lane >> 3) & 1;
+  const int slot_a = 16 * g + i, slot_b = slot_a + 8;
+  const int s2 = 2 * (i >> 2);  // shift of slot_a's 2-bit codes; slot_b's are 4 bits higher
+  const __half* radii = reinterpret_cast<const __half*>(region + Lay::kRadii);
+  const uint8_t* l1 = region + Lay::kLevel1 + 8 * g + i;
+  const uint8_t* l2 = region + Lay::kLevel2 + 4 * g + (i & 3);
+  const uint8_t* l3 = region + Lay::kLevel3 + 4 * g + (i & 3);
+  const uint8_t* l4 = region + Lay::kLevel4 + 4 * g + (i & 3);
+  uint4* row_a = reinterpret_cast<uint4*>(tile + slot_a * (D + 8));
+  uint4* row_b = reinterpret_cast<uint4*>(tile + slot_b * (D + 8));
+  const int u0 = (lane >> 4) * (D / 32);
+#pragma unroll 1
+  for (int k = 0; k < D / 32; ++k) {
+    const int u = u0 + k;
+    const float ra = __half2float(radii[u * 32 + slot_a]);
+    const float rb = __half2float(radii[u * 32 + slot_b]);
+    unsigned x = static_cast<unsigned>(l4[u * 8]) >> s2;
+    float2 fa = t.upper[8 + (x & 3)], fb = t.upper[8 + ((x >> 4) & 3)];
+    const float a3[2] = {ra * fa.x, ra * fa.y}, b3[2] = {rb * fb.x, rb * fb.y};
+    float a2[4], b2[4];
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const float2 f = t.upper[4 + ((l3[(2 * u + j) * 8] >> s2) & 3)];
-      r2[2 * j] = r3[j] * f.x;
-      r2[2 * j + 1] = r3[j] * f.y;
+      x = static_cast<unsigned>(l3[(2 * u + j) * 8]) >> s2;
+      fa = t.upper[4 + (x & 3)];
+      fb = t.upper[4 + ((x >> 4) & 3)];
+      a2[2 * j] = a3[j] * fa.x;
+      a2[2 * j + 1] = a3[j] * fa.y;
+      b2[2 * j] = b3[j] * fb.x;
+      b2[2 * j + 1] = b3[j] * fb.y;
     }
-    float r1[8];
+    float a1[8], b1[8];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const float2 f = t.upper[(l2[(4 * u + j) * 8] >> s2) & 3];
-      r1[2 * j] = r2[j] * f.x;
-      r1[2 * j + 1] = r2[j] * f.y;
+      x = static_cast<unsigned>(l2[(4 * u + j) * 8]) >> s2;
+      fa = t.upper[x & 3];
+      fb = t.upper[(x >> 4) & 3];
+      a1[2 * j] = a2[j] * fa.x;
+      a1[2 * j + 1] = a2[j] * fa.y;
+      b1[2 * j] = b2[j] * fb.x;
+      b1[2 * j + 1] = b2[j] * fb.y;
     }
-    uint32_t out[8];
+    uint32_t oa[8], ob[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const __half2 cs = t.level1[(l1[(8 * u + j) * 16] >> s4) & 15];
-      const __half2 v = __hmul2(__float2half2_rn(r1[j]), cs);
-      out[j] = *reinterpret_cast<const uint32_t*>(&v);
+      x = l1[(8 * u + j) * 16];
+      const __half2 va = __hmul2(__float2half2_rn(a1[j]), t.level1[x & 15]);
+      const __half2 vb = __hmul2(__float2half2_rn(b1[j]), t.level1[x >> 4]);
+      oa[j] = *reinterpret_cast<const uint32_t*>(&va);
+      ob[j] = *reinterpret_cast<const uint32_t*>(&vb);
     }
-    row[2 * u] = make_uint4(out[0], out[1], out[2], out[3]);
-    row[2 * u + 1] = make_uint4(out[4], out[5], out[6], out[7]);
+    row_a[2 * u] = make_uint4(oa[0], oa[1], oa[2], oa[3]);
+    row_a[2 * u + 1] = make_uint4(oa[4], oa[5], oa[6], oa[7]);
+    row_b[2 * u] = make_uint4(ob[0], ob[1], ob[2], ob[3]);
+    row_b[2 * u + 1] = make_uint4(ob[4], ob[5], ob[6], ob[7]);
   }
 }
 
