@@ -22,6 +22,8 @@ struct PerplexityArgs {
   int ctx = 2048;
   int chunks = 1;
   bool reference_attention = false;
+  int sink = 0;
+  int recent = 0;
 };
 
 void run(PerplexityArgs& a, CLI::App* cmd) {
@@ -32,6 +34,8 @@ void run(PerplexityArgs& a, CLI::App* cmd) {
   cfg.max_chunks = a.chunks;
   cfg.runtime.n_threads = a.model.threads;
   cfg.runtime.use_fused = !a.reference_attention;
+  cfg.runtime.sink_tokens = a.sink;
+  cfg.runtime.recent_tokens = a.recent;
   if (!a.codecs.empty()) {
     for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back({c, c});
   } else {
@@ -98,6 +102,12 @@ const CommandRegistration registration("perplexity", [](CLI::App& app) {
                   "comma-separated codecs, each used for K and V (overrides -ctk/-ctv)");
   cmd->add_flag("--reference-attention", args->reference_attention,
                 "decode-then-attend instead of fused kernels");
+  cmd->add_option("--sink", args->sink,
+                  "first tokens of each chunk kept in full precision (codec runs)")
+      ->capture_default_str();
+  cmd->add_option("--recent", args->recent,
+                  "most recent tokens kept in full precision (codec runs)")
+      ->capture_default_str();
   cmd->callback([args, cmd] { run(*args, cmd); });
 });
 
