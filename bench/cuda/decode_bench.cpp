@@ -94,8 +94,8 @@ int main(int argc, char** argv) {
   std::printf("{\"kind\":\"device\",\"name\":\"%s\",\"sms\":%d,\"driver_api\":%d,\"runtime\":%d}\n",
               prop.name, prop.multiProcessorCount, driver, runtime);
 
-  const std::vector<int> contexts = quick ? std::vector<int>{4096, 131072}
-                                          : std::vector<int>{4096, 16384, 65536, 131072};
+  const std::vector<int> contexts =
+      quick ? std::vector<int>{4096, 131072} : std::vector<int>{4096, 16384, 65536, 131072};
   const std::vector<int> batches = {1, 8, 32};
   const int max_ctx = contexts.back();
   const size_t row = static_cast<size_t>(n_kv) * dim;
@@ -121,9 +121,10 @@ int main(int argc, char** argv) {
         cuda::encode_prefill(gpu, {pool, table}, 0, n, x, rotated, nullptr);
       });
       const double vectors = static_cast<double>(n) * n_kv;
-      std::printf("{\"kind\":\"encode\",\"tokens\":%d,\"kv_heads\":%d,\"rotated_input\":%s,"
-                  "\"ms\":%.5f,\"vectors_per_s\":%.4g}\n",
-                  n, n_kv, rotated ? "true" : "false", median(ms), vectors / (median(ms) * 1e-3));
+      std::printf(
+          "{\"kind\":\"encode\",\"tokens\":%d,\"kv_heads\":%d,\"rotated_input\":%s,"
+          "\"ms\":%.5f,\"vectors_per_s\":%.4g}\n",
+          n, n_kv, rotated ? "true" : "false", median(ms), vectors / (median(ms) * 1e-3));
     }
     cudaFree(pool);
     cudaFree(table);
@@ -181,9 +182,10 @@ int main(int argc, char** argv) {
       ok(cudaDeviceSynchronize(), "decode");
       const double bytes = static_cast<double>(set_bytes);
       const double payload = 2.0 * batch * ctx * n_kv * (codec.config().payload_bits() / 8.0);
-      std::printf("{\"kind\":\"decode\",\"batch\":%d,\"context\":%d,\"ms\":%.5f,\"page_bytes\":%.0f,"
-                  "\"payload_bytes\":%.0f,\"gbps_pages\":%.1f,\"copies\":%d}\n",
-                  batch, ctx, median(ms), bytes, payload, bytes / (median(ms) * 1e6), copies);
+      std::printf(
+          "{\"kind\":\"decode\",\"batch\":%d,\"context\":%d,\"ms\":%.5f,\"page_bytes\":%.0f,"
+          "\"payload_bytes\":%.0f,\"gbps_pages\":%.1f,\"copies\":%d}\n",
+          batch, ctx, median(ms), bytes, payload, bytes / (median(ms) * 1e6), copies);
       std::fflush(stdout);
       cudaFree(kp);
       cudaFree(vp);

@@ -66,8 +66,8 @@ struct SequencePages {
 // token-major, finite (not checked: the caller validates, as the CPU cache does). With
 // rotated_input, x already holds S x (S folded into the K/V projection), and the rotation is
 // skipped. The target slots must be zero (fresh pages), as in the CPU cache.
-void encode_prefill(const CudaPolarCodec& codec, const SequencePages& pages, size_t first,
-                    size_t n, const float* x, bool rotated_input, Stream stream);
+void encode_prefill(const CudaPolarCodec& codec, const SequencePages& pages, size_t first, size_t n,
+                    const float* x, bool rotated_input, Stream stream);
 
 // Appends one token to each of `batch` sequences: sequence b's page table is row b of
 // page_tables (device, batch x max_pages) and its token goes to position positions[b] (device).
@@ -83,15 +83,15 @@ void dequantize(const CudaPolarCodec& codec, const SequencePages& pages, size_t 
 
 // Decode attention of one query token per sequence over paged PolarQuant K and V (one layer).
 struct DecodeBatch {
-  const uint8_t* k_pool = nullptr;      // device
-  const uint8_t* v_pool = nullptr;      // device
-  const int32_t* page_tables = nullptr; // device, batch x max_pages (K and V share page ids)
-  int max_pages = 0;                    // row stride of page_tables
-  const int32_t* lengths = nullptr;     // device, tokens per sequence (0 gives a zero output)
+  const uint8_t* k_pool = nullptr;       // device
+  const uint8_t* v_pool = nullptr;       // device
+  const int32_t* page_tables = nullptr;  // device, batch x max_pages (K and V share page ids)
+  int max_pages = 0;                     // row stride of page_tables
+  const int32_t* lengths = nullptr;      // device, tokens per sequence (0 gives a zero output)
   int batch = 0;
-  int max_length = 0;                   // host-side bound on lengths: sizes the split grid
-  int n_q_heads = 0;                    // a multiple of n_kv_heads, at most 16 per KV head
-  float scale = 0.0f;                   // 0: 1/sqrt(dim)
+  int max_length = 0;  // host-side bound on lengths: sizes the split grid
+  int n_q_heads = 0;   // a multiple of n_kv_heads, at most 16 per KV head
+  float scale = 0.0f;  // 0: 1/sqrt(dim)
 };
 
 // Bytes of workspace decode_attention needs for this shape (256-byte aligned pieces).

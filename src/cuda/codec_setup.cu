@@ -119,13 +119,15 @@ CudaPolarCodec::CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_k
   const std::vector<float> s = dense_rotation(codec.rotation(), config.dim);
   std::vector<float> st(s.size());
   for (int i = 0; i < config.dim; ++i)
-    for (int j = 0; j < config.dim; ++j) st[static_cast<size_t>(j) * config.dim + i] = s[i * config.dim + j];
+    for (int j = 0; j < config.dim; ++j)
+      st[static_cast<size_t>(j) * config.dim + i] = s[i * config.dim + j];
 
   // One allocation: S, S^T, then the four tables.
   std::vector<float> all;
   all.insert(all.end(), s.begin(), s.end());
   all.insert(all.end(), st.begin(), st.end());
-  for (const auto* v : {&cosines, &sines, &bounds, &cents, &bcos, &bsin}) all.insert(all.end(), v->begin(), v->end());
+  for (const auto* v : {&cosines, &sines, &bounds, &cents, &bcos, &bsin})
+    all.insert(all.end(), v->begin(), v->end());
   check_cuda(cudaMalloc(&constants_, all.size() * sizeof(float)), "cudaMalloc(codec tables)");
   check_cuda(cudaMemcpy(constants_, all.data(), all.size() * sizeof(float), cudaMemcpyHostToDevice),
              "cudaMemcpy(codec tables)");
@@ -150,9 +152,17 @@ CudaPolarCodec::~CudaPolarCodec() {
   if (constants_) cudaFree(constants_);  // errors here cannot be reported from a destructor
 }
 
-int CudaPolarCodec::dim() const { return device_->dim; }
-int CudaPolarCodec::page_tokens() const { return device_->page_tokens; }
-int CudaPolarCodec::n_kv_heads() const { return device_->n_kv_heads; }
-size_t CudaPolarCodec::head_bytes() const { return device_->head_bytes; }
+int CudaPolarCodec::dim() const {
+  return device_->dim;
+}
+int CudaPolarCodec::page_tokens() const {
+  return device_->page_tokens;
+}
+int CudaPolarCodec::n_kv_heads() const {
+  return device_->n_kv_heads;
+}
+size_t CudaPolarCodec::head_bytes() const {
+  return device_->head_bytes;
+}
 
 }  // namespace polarquant::cuda

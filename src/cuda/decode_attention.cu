@@ -1,13 +1,14 @@
 // Split-KV decode attention over paged PolarQuant K and V.
 //
-// Kernel 1 rotates and scales each query once: q' = S q * scale * log2(e), in fp16.
-// Kernel 2: block (split, kv head, sequence) with 4 warps; each warp takes whole pages of the
-// split and keeps its own online-softmax state for the g query heads of the KV head (rows of a
+// Kernel 1 (attention_steps.cu) rotates and scales each query once: q' = S q * scale * log2(e).
+// Kernel 2 (here): block (split, kv head, sequence) with 4 warps; each warp takes whole pages of
+// the split and keeps its own online-softmax state for the g query heads of the KV head (rows of a
 // 16-row MMA tile). Per page: 16-byte coalesced copy of the K and V head regions into shared
 // memory; per 32-slot tile, one lane per token decodes its K row (rotated domain, fp16) into a
 // shared tile, the scores Q'K^T run on tensor cores, the softmax stays in registers, then V is
 // decoded into the same tile and P.V runs on tensor cores. Scores never leave registers.
-// Kernel 3 merges the warps' partial (m, l, acc) states and applies S^T once per output.
+// Kernel 3 (attention_steps.cu) merges the blocks' partial (m, l, acc) states and applies S^T
+// once per output.
 #include <polarquant/cuda.h>
 #include <polarquant/error.h>
 
@@ -18,6 +19,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda/attention_steps.h"
 #include "cuda/device_common.cuh"
 #include "cuda/dispatch.h"
 #include "cuda/mma.cuh"
@@ -58,7 +60,9 @@ struct AttnParams {
   float* part_acc;      // parts x g x dim
 };
 
-__host__ __device__ inline size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+__host__ __device__ inline size_t align_up(size_t x, size_t a) {
+  return (x + a - 1) / a * a;
+}
 
 struct SmemPlan {
   size_t tables = 0, q = 0, warp = 0, total = 0;
@@ -73,19 +77,6 @@ __host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
   s.warp = 2 * kStages * static_cast<size_t>(c.head_bytes) + kTile * (dim + 8) * sizeof(__half);
   s.total = s.tables + s.q + kWarps * s.warp;
   return s;
-}
-
-__global__ void rotate_query_kernel(const float* q, const float* rotation_t, int dim,
-                                    float q_scale, __half* q_rot) {
-  extern __shared__ float x[];
-  const size_t row = blockIdx.x;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) x[i] = q[row * dim + i];
-  __syncthreads();
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    float y = 0.0f;
-    for (int j = 0; j < dim; ++j) y += x[j] * rotation_t[j * dim + i];
-    q_rot[row * dim + i] = __float2half_rn(y * q_scale);
-  }
 }
 
 // Decodes the K or V rows of slots [slot - lane, slot - lane + 32) of a head region (shared memory)
@@ -115,7 +106,9 @@ __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t*
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_address(dst)), "l"(src));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
 __device__ __forceinline__ void cp_async_wait_one() {
   asm volatile("cp.async.wait_group 1;\n" ::: "memory");
 }
@@ -124,8 +117,8 @@ __device__ __forceinline__ void cp_async_wait_all() {
 }
 
 // Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair.
-__device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, int pg,
-                                          uint8_t* raw, int lane) {
+__device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, int pg, uint8_t* raw,
+                                           int lane) {
   const DeviceCodec& c = p.c;
   const size_t page_id = static_cast<size_t>(p.tables[static_cast<size_t>(b) * p.max_pages + pg]);
   const size_t off = page_id * c.page_bytes + static_cast<size_t>(h) * c.head_bytes;
@@ -148,7 +141,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
 
   float* cos_s = reinterpret_cast<float*>(smem);
   float* sin_s = cos_s + c.table_entries;
-  PaperTables* paper = reinterpret_cast<PaperTables*>(smem + align_up(2 * c.table_entries * sizeof(float), 16));
+  PaperTables* paper =
+      reinterpret_cast<PaperTables*>(smem + align_up(2 * c.table_entries * sizeof(float), 16));
   __half* qs = reinterpret_cast<__half*>(smem + plan.tables);
   uint8_t* wbase = smem + plan.tables + plan.q + warp * plan.warp;
   // Buffers are addressed as offsets from the shared array (not through a pointer array), so the
@@ -186,7 +180,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   int cur = 0;
   for (int pg = page_begin + warp; pg < page_end; pg += kWarps, cur ^= 1) {
     if constexpr (kStages == 2) {
-      if (pg + kWarps < page_end) fetch_page(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
+      if (pg + kWarps < page_end)
+        fetch_page(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
     } else {
       fetch_page(p, b, h, pg, wbase, lane);
     }
@@ -279,7 +274,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
 #pragma unroll
         for (int n = 0; n < D / 8; n += 2) {
           uint32_t vb[4];
-          ldmatrix_x4_trans(vb, tile + (16 * kk + 8 * (mi & 1) + ri) * kStride + 8 * (n + (mi >> 1)));
+          ldmatrix_x4_trans(vb,
+                            tile + (16 * kk + 8 * (mi & 1) + ri) * kStride + 8 * (n + (mi >> 1)));
           mma_16816(o[n], a, vb[0], vb[1]);
           mma_16816(o[n + 1], a, vb[2], vb[3]);
         }
@@ -339,67 +335,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   }
 }
 
-constexpr int kMergeWarps = 8;
-
-// Block (query head, sequence): merge the splits' partial states (warp w takes splits w, w + 8,
-// ...; lanes take columns), normalise, and return to the original domain: out = S^T y.
-template <int D>
-__global__ void __launch_bounds__(32 * kMergeWarps)
-    merge_kernel(int n_kv_heads, int n_q_heads, int g, int parts, const float2* part_ml,
-                 const float* part_acc, const float* rotation, float* out) {
-  __shared__ float red[kMergeWarps][D];
-  __shared__ float wl[kMergeWarps], wm[kMergeWarps];
-  __shared__ float y[D];
-  const int qh = blockIdx.x, b = blockIdx.y;
-  const int h = qh / g, row = qh % g;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const size_t first = (static_cast<size_t>(b) * n_kv_heads + h) * parts;
-  float m_max = -INFINITY;
-  for (int i = threadIdx.x; i < parts; i += blockDim.x) {
-    m_max = fmaxf(m_max, part_ml[(first + i) * g + row].x);
-  }
-  for (int o = 16; o > 0; o >>= 1) m_max = fmaxf(m_max, __shfl_xor_sync(0xffffffffu, m_max, o));
-  if (lane == 0) wm[warp] = m_max;
-  __syncthreads();
-  m_max = wm[0];
-  for (int w = 1; w < kMergeWarps; ++w) m_max = fmaxf(m_max, wm[w]);
-
-  constexpr int kCols = D / 32;
-  float acc[kCols] = {};
-  float total = 0.0f;
-  if (m_max != -INFINITY) {
-#pragma unroll 4
-    for (int i = warp; i < parts; i += kMergeWarps) {
-      const float2 ml = part_ml[(first + i) * g + row];
-      if (ml.x == -INFINITY) continue;
-      const float weight = exp2f(ml.x - m_max);
-      total += ml.y * weight;
-      const float* a = part_acc + ((first + i) * g + row) * D;
-#pragma unroll
-      for (int k = 0; k < kCols; ++k) acc[k] += a[lane + 32 * k] * weight;
-    }
-  }
-#pragma unroll
-  for (int k = 0; k < kCols; ++k) red[warp][lane + 32 * k] = acc[k];
-  if (lane == 0) wl[warp] = total;
-  __syncthreads();
-  for (int col = threadIdx.x; col < D; col += blockDim.x) {
-    float sum = 0.0f, l = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kMergeWarps; ++w) {
-      sum += red[w][col];
-      l += wl[w];
-    }
-    y[col] = l > 0.0f ? sum / l : 0.0f;
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < D; i += blockDim.x) {
-    float x = 0.0f;
-    for (int j = 0; j < D; ++j) x += rotation[j * D + i] * y[j];
-    out[(static_cast<size_t>(b) * n_q_heads + qh) * D + i] = x;
-  }
-}
-
 struct Geometry {
   int splits = 1, pages_per_split = 1;
   size_t q_bytes = 0, ml_bytes = 0, acc_bytes = 0;
@@ -420,8 +355,8 @@ int resident_blocks_per_sm(const DeviceCodec& c) {
   int blocks = 0;
   with_dim(c.dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                   &blocks, attention_kernel_for<D>(c), kThreads, smem_plan(c, D).total),
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attention_kernel_for<D>(c),
+                                                             kThreads, smem_plan(c, D).total),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   });
   return std::max(1, blocks);
@@ -435,7 +370,8 @@ Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
   Geometry geo;
   const int pages_max = std::max(1, (batch.max_length + c.page_tokens - 1) / c.page_tokens);
   const long heads = static_cast<long>(batch.batch) * c.n_kv_heads;
-  const long slots = static_cast<long>(resident_blocks_per_sm(c)) * std::max(1, codec.multiprocessors());
+  const long slots =
+      static_cast<long>(resident_blocks_per_sm(c)) * std::max(1, codec.multiprocessors());
   const int floor_pages = std::min(2 * kWarps, pages_max);
   double best = -1.0;
   for (int waves = 1; waves <= 16; ++waves) {
@@ -473,9 +409,9 @@ void check_batch(const CudaPolarCodec& codec, const DecodeBatch& batch) {
     fail("n_q_heads must be a positive multiple of n_kv_heads");
   }
   if (batch.n_q_heads / n_kv > kRows) {
-    throw Error(ErrorKind::kUnsupported, "decode_attention: " +
-                                             std::to_string(batch.n_q_heads / n_kv) +
-                                             " query heads per KV head; at most 16 are supported");
+    throw Error(ErrorKind::kUnsupported,
+                "decode_attention: " + std::to_string(batch.n_q_heads / n_kv) +
+                    " query heads per KV head; at most 16 are supported");
   }
   if (batch.max_length < 0) fail("max_length must be >= 0");
   if (static_cast<long>(batch.max_pages) * codec.page_tokens() < batch.max_length) {
@@ -502,11 +438,11 @@ void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, con
   const size_t need = geo.q_bytes + geo.ml_bytes + geo.acc_bytes;
   if (workspace == nullptr || workspace_bytes < need) {
     throw_invalid("decode_attention: workspace of " + std::to_string(workspace_bytes) +
-                  " bytes; this shape needs " + std::to_string(need) +
-                  " (decode_workspace_bytes)");
+                  " bytes; this shape needs " + std::to_string(need) + " (decode_workspace_bytes)");
   }
   const DeviceCodec& c = codec.device();
-  const float scale = batch.scale > 0.0f ? batch.scale : 1.0f / std::sqrt(static_cast<float>(c.dim));
+  const float scale =
+      batch.scale > 0.0f ? batch.scale : 1.0f / std::sqrt(static_cast<float>(c.dim));
   uint8_t* ws = static_cast<uint8_t*>(workspace);
   AttnParams p{c,
                batch.k_pool,
@@ -522,9 +458,8 @@ void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, con
                reinterpret_cast<float2*>(ws + geo.q_bytes),
                reinterpret_cast<float*>(ws + geo.q_bytes + geo.ml_bytes)};
 
-  rotate_query_kernel<<<batch.batch * batch.n_q_heads, c.dim, c.dim * sizeof(float), stream>>>(
-      q, c.rotation_t, c.dim, scale * 1.4426950408889634f, reinterpret_cast<__half*>(ws));
-  check_cuda(cudaGetLastError(), "launch(rotate_query)");
+  launch_rotate_query(c, q, batch.batch * batch.n_q_heads, scale * 1.4426950408889634f,
+                      reinterpret_cast<__half*>(ws), stream);
 
   const dim3 grid(geo.splits, c.n_kv_heads, batch.batch);
   with_dim(c.dim, [&](auto d) {
@@ -533,11 +468,8 @@ void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, con
   });
   check_cuda(cudaGetLastError(), "launch(attention)");
 
-  with_dim(c.dim, [&](auto d) {
-    merge_kernel<decltype(d)::value><<<dim3(batch.n_q_heads, batch.batch), 32 * kMergeWarps, 0, stream>>>(
-        c.n_kv_heads, batch.n_q_heads, p.g, geo.splits, p.part_ml, p.part_acc, c.rotation, out);
-  });
-  check_cuda(cudaGetLastError(), "launch(merge)");
+  launch_merge(c, batch.batch, batch.n_q_heads, p.g, geo.splits, p.part_ml, p.part_acc, out,
+               stream);
 }
 
 }  // namespace polarquant::cuda

@@ -18,8 +18,8 @@ struct DeviceCodec {
   int radius_kind = 0;  // 0 fp16, 1 bf16, 2 fp32 (RadiusPrecision order)
   int radius_bytes = 2;
   int bits[kMaxLevels] = {};
-  int table_offset[kMaxLevels] = {};    // first entry of level l's tables (2^bits entries each)
-  int table_entries = 0;                // sum of 2^bits over the levels
+  int table_offset[kMaxLevels] = {};  // first entry of level l's tables (2^bits entries each)
+  int table_entries = 0;              // sum of 2^bits over the levels
   uint32_t level_offset[kMaxLevels] = {};
   uint32_t field_bytes[kMaxLevels] = {};
   uint32_t radii_offset = 0;

@@ -39,8 +39,8 @@ __device__ __forceinline__ unsigned field_code(const uint8_t* field, int slot, i
 
 __device__ __forceinline__ float region_radius(const DeviceCodec& c, const uint8_t* region,
                                                int block, int slot) {
-  const uint8_t* p =
-      region + c.radii_offset + (static_cast<uint32_t>(block) * c.page_tokens + slot) * c.radius_bytes;
+  const uint8_t* p = region + c.radii_offset +
+                     (static_cast<uint32_t>(block) * c.page_tokens + slot) * c.radius_bytes;
   if (c.radius_kind == 2) return *reinterpret_cast<const float*>(p);
   const unsigned short bits = *reinterpret_cast<const unsigned short*>(p);
   if (c.radius_kind == 0) return __half2float(__ushort_as_half(bits));
@@ -50,7 +50,8 @@ __device__ __forceinline__ float region_radius(const DeviceCodec& c, const uint8
 // Level-l (1-based) field of `node` inside a head region.
 __device__ __forceinline__ const uint8_t* level_field(const DeviceCodec& c, const uint8_t* region,
                                                       int level, int node) {
-  return region + c.level_offset[level - 1] + static_cast<uint32_t>(node) * c.field_bytes[level - 1];
+  return region + c.level_offset[level - 1] +
+         static_cast<uint32_t>(node) * c.field_bytes[level - 1];
 }
 
 template <int B>
@@ -81,8 +82,8 @@ __device__ __forceinline__ void decode_level(const DeviceCodec& c, const uint8_t
 // bit-identical to the CPU's). cos_t / sin_t: the codec's tables (shared or global memory).
 template <int B1, int B2, int B3, int B4>
 __device__ __forceinline__ void decode_unit(const DeviceCodec& c, const uint8_t* region,
-                                            const float* cos_t, const float* sin_t, int slot,
-                                            int u, float v[16]) {
+                                            const float* cos_t, const float* sin_t, int slot, int u,
+                                            float v[16]) {
   const int L = c.levels;
   float r = region_radius(c, region, u >> (L - 4), slot);
   for (int l = L; l > 4; --l) {  // the path from the block radius down to this unit

@@ -12,9 +12,15 @@ namespace polarquant::cuda {
 template <class F>
 void with_dim(int dim, F&& f) {
   switch (dim) {
-    case 64: f(std::integral_constant<int, 64>{}); return;
-    case 128: f(std::integral_constant<int, 128>{}); return;
-    case 256: f(std::integral_constant<int, 256>{}); return;
+    case 64:
+      f(std::integral_constant<int, 64>{});
+      return;
+    case 128:
+      f(std::integral_constant<int, 128>{});
+      return;
+    case 256:
+      f(std::integral_constant<int, 256>{});
+      return;
     default:
       throw Error(ErrorKind::kUnsupported,
                   "CUDA kernels: head_dim " + std::to_string(dim) + " (supported: 64, 128, 256)");

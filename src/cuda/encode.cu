@@ -19,7 +19,7 @@
 namespace polarquant::cuda {
 namespace {
 
-constexpr int kChunk = 32;     // slots per block
+constexpr int kChunk = 32;  // slots per block
 constexpr int kThreads = 128;
 
 template <int D>
@@ -39,8 +39,8 @@ struct QuantTables {
 // M: global, row-major D x D; Ms: shared scratch of 32 x D floats.
 template <int D>
 __device__ void rotate_tile(const float* X, const float* M, float* Ms, float* Y) {
-  constexpr int kGroups = D / 8;      // column groups of 8
-  constexpr int kTm = D / 32;         // rows per thread
+  constexpr int kGroups = D / 8;  // column groups of 8
+  constexpr int kTm = D / 32;     // rows per thread
   const int cg = threadIdx.x % kGroups;
   const int t0 = (threadIdx.x / kGroups) * kTm;
   float acc[kTm][8];
@@ -163,8 +163,8 @@ __global__ void __launch_bounds__(kThreads)
     bsin[i] = c.boundary_sin[i];
   }
   const int k1 = 1 << c.bits[0];
-  const QuantTables quant{bcos, bsin, c.cos_table[0], c.sin_table[0], c.cos_table[k1 - 1],
-                          c.sin_table[k1 - 1]};
+  const QuantTables quant{
+      bcos, bsin, c.cos_table[0], c.sin_table[0], c.cos_table[k1 - 1], c.sin_table[k1 - 1]};
 
   for (int i = threadIdx.x; i < kChunk * D; i += kThreads) {
     const int t = i / D;
@@ -241,9 +241,11 @@ __global__ void __launch_bounds__(kThreads)
       if (shift < 0 && shift > -b) value |= code >> (-shift);
     }
     if (value == 0) continue;
-    uint32_t* word = reinterpret_cast<uint32_t*>(
-        job.region + c.level_offset[level - 1] + static_cast<uint32_t>(node) * c.field_bytes[level - 1] +
-        (job.slot0 * b) / 8) + w;
+    uint32_t* word =
+        reinterpret_cast<uint32_t*>(job.region + c.level_offset[level - 1] +
+                                    static_cast<uint32_t>(node) * c.field_bytes[level - 1] +
+                                    (job.slot0 * b) / 8) +
+        w;
     // No other block touches this word; the atomic is a fire-and-forget reduction (RED.OR), so
     // the thread does not wait for the read of a read-modify-write.
     atomicOr(word, value);
@@ -286,9 +288,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <int D>
-void launch_encode(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* tables,
-                   int max_pages, const int32_t* positions, size_t first, size_t n, int jobs,
-                   const float* x, bool rotated, Stream stream) {
+void launch_encode(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* tables, int max_pages,
+                   const int32_t* positions, size_t first, size_t n, int jobs, const float* x,
+                   bool rotated, Stream stream) {
   const size_t smem = encode_smem_bytes<D>() + 2 * codec.device().table_entries * sizeof(float);
   check_cuda(cudaFuncSetAttribute(encode_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem)),
@@ -303,8 +305,7 @@ template <int D>
 void launch_dequantize(const CudaPolarCodec& codec, const SequencePages& pages, size_t first,
                        size_t n, float* out, bool rotated, Stream stream) {
   constexpr size_t smem = encode_smem_bytes<D>();
-  check_cuda(cudaFuncSetAttribute(dequantize_kernel<D>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+  check_cuda(cudaFuncSetAttribute(dequantize_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem)),
              "cudaFuncSetAttribute(dequantize)");
   const int jobs = static_cast<int>((first + n - 1) / kChunk - first / kChunk + 1);
@@ -316,14 +317,15 @@ void launch_dequantize(const CudaPolarCodec& codec, const SequencePages& pages, 
 
 void check_pages(const SequencePages& pages, const void* data, const char* what) {
   if (pages.pool == nullptr || pages.page_table == nullptr || data == nullptr) {
-    throw_invalid(std::string(what) + ": null device pointer (pool, page_table and data are required)");
+    throw_invalid(std::string(what) +
+                  ": null device pointer (pool, page_table and data are required)");
   }
 }
 
 }  // namespace
 
-void encode_prefill(const CudaPolarCodec& codec, const SequencePages& pages, size_t first,
-                    size_t n, const float* x, bool rotated_input, Stream stream) {
+void encode_prefill(const CudaPolarCodec& codec, const SequencePages& pages, size_t first, size_t n,
+                    const float* x, bool rotated_input, Stream stream) {
   if (n == 0) return;
   check_pages(pages, x, "encode_prefill");
   const int jobs = static_cast<int>((first + n - 1) / kChunk - first / kChunk + 1);
@@ -340,7 +342,8 @@ void encode_append(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* pa
   if (batch < 0 || max_pages < 1 || pool == nullptr || page_tables == nullptr ||
       positions == nullptr || x == nullptr) {
     throw_invalid("encode_append: batch " + std::to_string(batch) + ", max_pages " +
-                  std::to_string(max_pages) + ": need batch >= 0, max_pages >= 1 and non-null pointers");
+                  std::to_string(max_pages) +
+                  ": need batch >= 0, max_pages >= 1 and non-null pointers");
   }
   with_dim(codec.dim(), [&](auto d) {
     launch_encode<decltype(d)::value>(codec, pool, page_tables, max_pages, positions, 0, 1, batch,

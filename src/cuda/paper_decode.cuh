@@ -15,16 +15,16 @@ namespace polarquant::cuda {
 template <int D>
 struct PaperLayout {
   static constexpr int kTokens = 32;
-  static constexpr int kRadii = 0;             // D/16 fields of 32 fp16 radii
-  static constexpr int kLevel1 = 4 * D;        // D/2 fields of 16 bytes
+  static constexpr int kRadii = 0;                 // D/16 fields of 32 fp16 radii
+  static constexpr int kLevel1 = 4 * D;            // D/2 fields of 16 bytes
   static constexpr int kLevel2 = kLevel1 + 8 * D;  // D/4 fields of 8 bytes
   static constexpr int kLevel3 = kLevel2 + 2 * D;  // D/8 fields of 8 bytes
   static constexpr int kLevel4 = kLevel3 + D;      // D/16 fields of 8 bytes
 
   // True when the codec's runtime layout is this one (the dispatcher falls back otherwise).
   static bool matches(const DeviceCodec& c) {
-    return c.levels == 4 && c.bits[0] == 4 && c.bits[1] == 2 && c.bits[2] == 2 &&
-           c.bits[3] == 2 && c.radius_kind == 0 && c.page_tokens == kTokens && c.dim == D &&
+    return c.levels == 4 && c.bits[0] == 4 && c.bits[1] == 2 && c.bits[2] == 2 && c.bits[3] == 2 &&
+           c.radius_kind == 0 && c.page_tokens == kTokens && c.dim == D &&
            c.radii_offset == kRadii && c.level_offset[0] == kLevel1 &&
            c.level_offset[1] == kLevel2 && c.level_offset[2] == kLevel3 &&
            c.level_offset[3] == kLevel4 && c.field_bytes[0] == 16 && c.field_bytes[1] == 8;
@@ -45,15 +45,16 @@ __device__ __forceinline__ void load_paper_tables(const DeviceCodec& c, PaperTab
     t->upper[i] = make_float2(c.cos_table[e], c.sin_table[e]);
   }
   for (int i = tid; i < 16; i += threads) {
-    t->level1[i] = __floats2half2_rn(c.cos_table[c.table_offset[0] + i], c.sin_table[c.table_offset[0] + i]);
+    t->level1[i] =
+        __floats2half2_rn(c.cos_table[c.table_offset[0] + i], c.sin_table[c.table_offset[0] + i]);
   }
 }
 
-// Decodes a 32-slot page's head region (rotated domain) into an fp16 tile, two tokens per lane: slots i and i + 8 of a
-// 16-slot group share every code byte (4-bit codes in the low and high nibble, 2-bit codes at
-// shifts s and s + 4), so one byte load serves both tokens. Lane l decodes slots (16 g + i,
-// 16 g + i + 8) with g = (l / 8) % 2, i = l % 8, for the first or second half of the blocks
-// (l / 16). `tile` rows are tokens (D + 8 halves each).
+// Decodes a 32-slot page's head region (rotated domain) into an fp16 tile, two tokens per lane:
+// slots i and i + 8 of a 16-slot group share every code byte (4-bit codes in the low and high
+// nibble, 2-bit codes at shifts s and s + 4), so one byte load serves both tokens. Lane l decodes
+// slots (16 g + i, 16 g + i + 8) with g = (l / 8) % 2, i = l % 8, for the first or second half of
+// the blocks (l / 16). `tile` rows are tokens (D + 8 halves each).
 template <int D>
 __device__ __forceinline__ void decode_tile_paper(const uint8_t* region, const PaperTables& t,
                                                   int lane, __half* tile) {

@@ -20,10 +20,10 @@
 
 namespace polarquant::cuda::test {
 
-#define POLARQUANT_REQUIRE_GPU()                                         \
-  do {                                                                   \
-    std::string why;                                                     \
-    if (!::polarquant::cuda::device_available(&why))                     \
+#define POLARQUANT_REQUIRE_GPU()                                          \
+  do {                                                                    \
+    std::string why;                                                      \
+    if (!::polarquant::cuda::device_available(&why))                      \
       GTEST_SKIP() << "no CUDA device (" << why << "); GPU test skipped"; \
   } while (0)
 

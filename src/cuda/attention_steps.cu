@@ -1,0 +1,102 @@
+// Query rotation before the split-KV attention and the merge of its partial states after it.
+#include <cuda_runtime.h>
+
+#include "cuda/attention_steps.h"
+#include "cuda/dispatch.h"
+
+namespace polarquant::cuda {
+namespace {
+
+__global__ void rotate_query_kernel(const float* q, const float* rotation_t, int dim, float q_scale,
+                                    __half* q_rot) {
+  extern __shared__ float x[];
+  const size_t row = blockIdx.x;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) x[i] = q[row * dim + i];
+  __syncthreads();
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    float y = 0.0f;
+    for (int j = 0; j < dim; ++j) y += x[j] * rotation_t[j * dim + i];
+    q_rot[row * dim + i] = __float2half_rn(y * q_scale);
+  }
+}
+
+constexpr int kMergeWarps = 8;
+
+// Block (query head, sequence): merge the splits' partial states (warp w takes splits w, w + 8,
+// ...; lanes take columns), normalise, and return to the original domain: out = S^T y.
+template <int D>
+__global__ void __launch_bounds__(32 * kMergeWarps)
+    merge_kernel(int n_kv_heads, int n_q_heads, int g, int parts, const float2* part_ml,
+                 const float* part_acc, const float* rotation, float* out) {
+  __shared__ float red[kMergeWarps][D];
+  __shared__ float wl[kMergeWarps], wm[kMergeWarps];
+  __shared__ float y[D];
+  const int qh = blockIdx.x, b = blockIdx.y;
+  const int h = qh / g, row = qh % g;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const size_t first = (static_cast<size_t>(b) * n_kv_heads + h) * parts;
+  float m_max = -INFINITY;
+  for (int i = threadIdx.x; i < parts; i += blockDim.x) {
+    m_max = fmaxf(m_max, part_ml[(first + i) * g + row].x);
+  }
+  for (int o = 16; o > 0; o >>= 1) m_max = fmaxf(m_max, __shfl_xor_sync(0xffffffffu, m_max, o));
+  if (lane == 0) wm[warp] = m_max;
+  __syncthreads();
+  m_max = wm[0];
+  for (int w = 1; w < kMergeWarps; ++w) m_max = fmaxf(m_max, wm[w]);
+
+  constexpr int kCols = D / 32;
+  float acc[kCols] = {};
+  float total = 0.0f;
+  if (m_max != -INFINITY) {
+#pragma unroll 4
+    for (int i = warp; i < parts; i += kMergeWarps) {
+      const float2 ml = part_ml[(first + i) * g + row];
+      if (ml.x == -INFINITY) continue;
+      const float weight = exp2f(ml.x - m_max);
+      total += ml.y * weight;
+      const float* a = part_acc + ((first + i) * g + row) * D;
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) acc[k] += a[lane + 32 * k] * weight;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kCols; ++k) red[warp][lane + 32 * k] = acc[k];
+  if (lane == 0) wl[warp] = total;
+  __syncthreads();
+  for (int col = threadIdx.x; col < D; col += blockDim.x) {
+    float sum = 0.0f, l = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kMergeWarps; ++w) {
+      sum += red[w][col];
+      l += wl[w];
+    }
+    y[col] = l > 0.0f ? sum / l : 0.0f;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float x = 0.0f;
+    for (int j = 0; j < D; ++j) x += rotation[j * D + i] * y[j];
+    out[(static_cast<size_t>(b) * n_q_heads + qh) * D + i] = x;
+  }
+}
+
+}  // namespace
+
+void launch_rotate_query(const DeviceCodec& c, const float* q, int rows, float q_scale,
+                         __half* q_rot, Stream stream) {
+  rotate_query_kernel<<<rows, c.dim, c.dim * sizeof(float), stream>>>(q, c.rotation_t, c.dim,
+                                                                      q_scale, q_rot);
+  check_cuda(cudaGetLastError(), "launch(rotate_query)");
+}
+
+void launch_merge(const DeviceCodec& c, int batch, int n_q_heads, int g, int splits,
+                  const float2* part_ml, const float* part_acc, float* out, Stream stream) {
+  with_dim(c.dim, [&](auto d) {
+    merge_kernel<decltype(d)::value><<<dim3(n_q_heads, batch), 32 * kMergeWarps, 0, stream>>>(
+        c.n_kv_heads, n_q_heads, g, splits, part_ml, part_acc, c.rotation, out);
+  });
+  check_cuda(cudaGetLastError(), "launch(merge)");
+}
+
+}  // namespace polarquant::cuda
