@@ -43,6 +43,7 @@ Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
   kv.seed = options.codec_seed;
   kv.sink_tokens = options.sink_tokens;
   kv.recent_tokens = options.recent_tokens;
+  kv.center_keys = options.center_keys;
   cache_ = std::make_unique<KvCache>(kv);
   attention_.n_threads = options.n_threads;
   attention_.use_fused = options.use_fused;

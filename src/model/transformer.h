@@ -22,6 +22,7 @@ struct RuntimeOptions {
   uint64_t codec_seed = kDefaultSeed;
   int sink_tokens = 0;      // first tokens kept in full precision (see KvCacheOptions)
   int recent_tokens = 0;    // most recent tokens kept in full precision
+  bool center_keys = true;  // KvCacheOptions::center_keys: exact, and a lossy codec errs less
   int n_threads = 0;        // 0: OpenMP's default
   bool use_fused = true;    // false: decode-then-attend reference attention
   int prefill_chunk = 256;  // tokens per forward step during prefill (bounds activation memory)
