@@ -5,6 +5,7 @@
 
 #include <polarquant/codebook.h>
 #include <polarquant/codec.h>
+#include <polarquant/half.h>
 #include <polarquant/polar_transform.h>
 #include <polarquant/rotation.h>
 
@@ -20,6 +21,22 @@ std::string_view radius_precision_name(RadiusPrecision p);
 RadiusPrecision parse_radius_precision(std::string_view name);  // "fp16", "bf16", "fp32"
 inline int radius_bytes(RadiusPrecision p) {
   return p == RadiusPrecision::kFp32 ? 4 : 2;
+}
+
+// One stored radius, little-endian, in radius_bytes(p) bytes: the one definition used by the codec
+// records, the cache pages and the kernels.
+inline void store_radius(uint8_t* out, float r, RadiusPrecision p) {
+  const uint32_t bits = p == RadiusPrecision::kFp32   ? float_bits(r)
+                        : p == RadiusPrecision::kFp16 ? float_to_half(r)
+                                                      : float_to_bf16(r);
+  for (int i = 0; i < radius_bytes(p); ++i) out[i] = static_cast<uint8_t>(bits >> (8 * i));
+}
+inline float load_radius(const uint8_t* in, RadiusPrecision p) {
+  uint32_t bits = 0;
+  for (int i = 0; i < radius_bytes(p); ++i) bits |= static_cast<uint32_t>(in[i]) << (8 * i);
+  if (p == RadiusPrecision::kFp32) return bits_float(bits);
+  return p == RadiusPrecision::kFp16 ? half_to_float(static_cast<uint16_t>(bits))
+                                     : bf16_to_float(static_cast<uint16_t>(bits));
 }
 
 struct PolarConfig {

@@ -15,14 +15,7 @@ inline float polar_radius(const PolarPageLayout& layout, RadiusPrecision precisi
                           const uint8_t* region, int block, size_t slot) {
   const uint8_t* p = region + layout.radii_offset +
                      (static_cast<size_t>(block) * layout.page_tokens + slot) * layout.radius_bytes;
-  if (precision == RadiusPrecision::kFp32) {
-    float r;
-    std::memcpy(&r, p, 4);
-    return r;
-  }
-  uint16_t bits;
-  std::memcpy(&bits, p, 2);
-  return precision == RadiusPrecision::kFp16 ? half_to_float(bits) : bf16_to_float(bits);
+  return load_radius(p, precision);
 }
 
 inline unsigned polar_code(const PolarPageLayout& layout, const uint8_t* region, int level,

@@ -74,26 +74,6 @@ PolarPageFormat::PolarPageFormat(const PolarCodec& codec, int page_tokens)
 
 namespace {
 
-void put_radius(uint8_t* p, RadiusPrecision precision, float r) {
-  if (precision == RadiusPrecision::kFp32) {
-    std::memcpy(p, &r, 4);
-    return;
-  }
-  const uint16_t bits = precision == RadiusPrecision::kFp16 ? float_to_half(r) : float_to_bf16(r);
-  std::memcpy(p, &bits, 2);
-}
-
-float get_radius(const uint8_t* p, RadiusPrecision precision) {
-  if (precision == RadiusPrecision::kFp32) {
-    float r;
-    std::memcpy(&r, p, 4);
-    return r;
-  }
-  uint16_t bits;
-  std::memcpy(&bits, p, 2);
-  return precision == RadiusPrecision::kFp16 ? half_to_float(bits) : bf16_to_float(bits);
-}
-
 // Codes are placed by code_bit (page_format.h); fresh pages are zero, so OR-ing stores them.
 void put_code(uint8_t* field, size_t t, int bits, unsigned code) {
   const size_t bit = code_bit(t, bits);
@@ -125,8 +105,8 @@ void PolarPageFormat::store(const float* x, size_t n, int n_heads, uint8_t* page
       uint8_t* region = page + static_cast<size_t>(h) * head_stride;
       const size_t s = slot + t;
       for (size_t b = 0; b < num_radii; ++b) {
-        put_radius(region + layout_.radii_offset + (b * page_tokens_ + s) * layout_.radius_bytes,
-                   config.radius, radii[v * num_radii + b]);
+        store_radius(region + layout_.radii_offset + (b * page_tokens_ + s) * layout_.radius_bytes,
+                     radii[v * num_radii + b], config.radius);
       }
       for (int level = 1; level <= shape.levels; ++level) {
         const int bits = config.bits[level - 1];
@@ -149,8 +129,8 @@ void PolarPageFormat::unpack(const uint8_t* region, size_t slot, size_t n, uint8
     const size_t s = slot + t;
     for (size_t b = 0; b < num_radii; ++b) {
       radii[t * num_radii + b] =
-          get_radius(region + layout_.radii_offset + (b * page_tokens_ + s) * layout_.radius_bytes,
-                     config.radius);
+          load_radius(region + layout_.radii_offset + (b * page_tokens_ + s) * layout_.radius_bytes,
+                      config.radius);
     }
     for (int level = 1; level <= shape.levels; ++level) {
       const int bits = config.bits[level - 1];

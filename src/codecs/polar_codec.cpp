@@ -46,36 +46,6 @@ float round_radius(float r, RadiusPrecision p) {
   return r;
 }
 
-void store_radius(uint8_t* out, float r, RadiusPrecision p) {
-  uint32_t bits = 0;
-  switch (p) {
-    case RadiusPrecision::kFp16:
-      bits = float_to_half(r);
-      break;
-    case RadiusPrecision::kBf16:
-      bits = float_to_bf16(r);
-      break;
-    case RadiusPrecision::kFp32:
-      bits = float_bits(r);
-      break;
-  }
-  for (int i = 0; i < radius_bytes(p); ++i) out[i] = static_cast<uint8_t>(bits >> (8 * i));
-}
-
-float load_radius(const uint8_t* in, RadiusPrecision p) {
-  uint32_t bits = 0;
-  for (int i = 0; i < radius_bytes(p); ++i) bits |= static_cast<uint32_t>(in[i]) << (8 * i);
-  switch (p) {
-    case RadiusPrecision::kFp16:
-      return half_to_float(static_cast<uint16_t>(bits));
-    case RadiusPrecision::kBf16:
-      return bf16_to_float(static_cast<uint16_t>(bits));
-    case RadiusPrecision::kFp32:
-      return bits_float(bits);
-  }
-  return 0.0f;
-}
-
 // Largest L <= wanted such that dim is divisible by 2^L (at least 1).
 int fit_levels(int dim, int wanted) {
   int levels = 1;
