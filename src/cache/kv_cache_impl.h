@@ -60,7 +60,10 @@ class TokenRows {
   std::unique_ptr<float[]> k_, v_;
 };
 
-inline constexpr size_t kSlabPages = 8;
+// One page per slab: slabs of 8 pages measured no faster (docs/design/cache.md) and made a short
+// sequence hold up to 8 pages per layer, more than an fp16 cache of the same tokens. The slab
+// mechanism stays so that a larger value can be measured again.
+inline constexpr size_t kSlabPages = 1;
 
 struct SequenceLayer {
   size_t length = 0;

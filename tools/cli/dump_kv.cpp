@@ -87,6 +87,7 @@ void run(DumpArgs& a, CLI::App* cmd) {
   model::RuntimeOptions rt;
   rt.key_codec = rt.value_codec = "f32";
   rt.n_threads = a.model.threads;
+  rt.center_keys = a.model.center_keys;
   model::Transformer tf(*lm.model, rt);
   tf.set_observer([&](int layer, const float* q, const float* k, const float* v, size_t n) {
     const auto it = std::find(layer_ids.begin(), layer_ids.end(), layer);

@@ -124,6 +124,7 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   rt.key_codec = a.model.key_codec;
   rt.value_codec = a.model.value_codec;
   rt.n_threads = a.model.threads;
+  rt.center_keys = a.model.center_keys;
   model::GenerationOptions gen;
   gen.max_new_tokens = a.n;
   gen.sampler = {a.temperature, a.top_p, a.seed};
@@ -182,8 +183,9 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   std::printf("\n\n-- %zu prompt tokens, %zu generated%s; prefill %.1f tok/s, decode %.1f tok/s\n",
               result.prompt.size(), result.generated.size(),
               result.stopped_at_end ? " (stopped at end token)" : "", prefill_tps, decode_tps);
-  std::printf("-- KV cache (K %s, V %s): %zu bytes vs %zu bytes fp16 (%.2fx smaller)\n",
-              rt.key_codec.c_str(), rt.value_codec.c_str(), mem.total_bytes, mem.fp16_bytes, ratio);
+  std::printf("-- KV cache (K %s, V %s): %zu bytes vs %zu bytes fp16 (%.2fx %s)\n",
+              rt.key_codec.c_str(), rt.value_codec.c_str(), mem.total_bytes, mem.fp16_bytes,
+              ratio >= 1.0 ? ratio : 1.0 / ratio, ratio >= 1.0 ? "smaller" : "larger");
   if (compared) {
     std::printf(
         "-- vs an fp16-cache run: first %zu of %zu generated tokens identical%s; on these tokens "

@@ -27,6 +27,7 @@ struct ModelFlags {
   std::string value_codec;
   int threads = 0;
   bool json = false;
+  bool center_keys = true;  // KvCacheOptions::center_keys
 };
 
 // default_codec: what -ctk/-ctv default to for this command.
@@ -48,6 +49,9 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
   cmd->allow_extras();
   cmd->add_option("--threads,-t", f.threads, "threads (0: all)")->capture_default_str();
   cmd->add_flag("--json", f.json, "print one JSON object instead of text");
+  cmd->add_flag("!--no-center-keys", f.center_keys,
+                "store keys as they are (by default the cache subtracts their mean, which leaves "
+                "attention exact and lowers a lossy codec's error)");
 }
 
 // Reads -ctk X / -ctv X (or -ctk=X) from the arguments CLI11 left over; anything else left over is

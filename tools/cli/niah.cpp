@@ -54,6 +54,7 @@ void run(NiahArgs& a, CLI::App* cmd) {
     cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
   }
   cfg.runtime.n_threads = a.model.threads;
+  cfg.runtime.center_keys = a.model.center_keys;
   int max_ctx = 0;
   for (int c : cfg.contexts) max_ctx = std::max(max_ctx, c);
   const std::vector<int> haystack =

@@ -33,6 +33,7 @@ void run(PerplexityArgs& a, CLI::App* cmd) {
   cfg.ctx = a.ctx;
   cfg.max_chunks = a.chunks;
   cfg.runtime.n_threads = a.model.threads;
+  cfg.runtime.center_keys = a.model.center_keys;
   cfg.runtime.use_fused = !a.reference_attention;
   cfg.runtime.sink_tokens = a.sink;
   cfg.runtime.recent_tokens = a.recent;
