@@ -1,5 +1,5 @@
-// libFuzzer target: llama2.c checkpoint parsing. The first 28 bytes are the header; the fuzzer finds
-// small valid configurations itself, so tensor offsets and sizes are exercised too.
+// libFuzzer target: llama2.c checkpoint parsing. The first 28 bytes are the header; the fuzzer
+// finds small valid configurations itself, so tensor offsets and sizes are exercised too.
 #include "model/llama_model.h"
 
 #include <polarquant/error.h>

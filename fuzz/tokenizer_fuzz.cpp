@@ -13,7 +13,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace polarquant::model;
   try {
     const auto tok = SentencePieceTokenizer::parse(data, size, 32, "fuzz");
-    const auto ids = tok->encode(std::string_view(reinterpret_cast<const char*>(data), size), true, false);
+    const auto ids =
+        tok->encode(std::string_view(reinterpret_cast<const char*>(data), size), true, false);
     for (size_t i = 1; i < ids.size(); ++i) (void)tok->decode(ids[i], ids[i - 1]);
   } catch (const polarquant::Error&) {
   }

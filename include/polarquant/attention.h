@@ -1,6 +1,6 @@
-// Attention over the KV cache (reading the stored codes directly where a fused path exists) and over
-// full-precision K/V. GQA/MQA: n_q_heads must be a multiple of the cache's n_kv_heads; query head h
-// uses KV head h / (n_q_heads / n_kv_heads). Scale defaults to 1/sqrt(head_dim).
+// Attention over the KV cache (reading the stored codes directly where a fused path exists) and
+// over full-precision K/V. GQA/MQA: n_q_heads must be a multiple of the cache's n_kv_heads; query
+// head h uses KV head h / (n_q_heads / n_kv_heads). Scale defaults to 1/sqrt(head_dim).
 #pragma once
 
 #include <polarquant/kv_cache.h>
@@ -10,14 +10,14 @@
 namespace polarquant {
 
 struct AttentionOptions {
-  int n_threads = 0;     // 0: all hardware threads
-  float scale = 0.0f;    // 0: 1/sqrt(head_dim)
-  bool use_fused = true; // false: decode-then-attend reference path (for tests and comparison)
+  int n_threads = 0;      // 0: all hardware threads
+  float scale = 0.0f;     // 0: 1/sqrt(head_dim)
+  bool use_fused = true;  // false: decode-then-attend reference path (for tests and comparison)
 };
 
-// Causal attention of the last n_queries tokens of a sequence (already appended to the cache at this
-// layer) over the cache: query i (position length-n_queries+i) attends to positions 0..its own.
-// q and out: n_queries x n_q_heads x head_dim. n_queries == 1 is decode.
+// Causal attention of the last n_queries tokens of a sequence (already appended to the cache at
+// this layer) over the cache: query i (position length-n_queries+i) attends to positions 0..its
+// own. q and out: n_queries x n_q_heads x head_dim. n_queries == 1 is decode.
 void cache_attention(const KvCache& cache, SequenceId seq, int layer, const float* q,
                      size_t n_queries, int n_q_heads, float* out,
                      const AttentionOptions& options = {});

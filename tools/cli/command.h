@@ -1,5 +1,6 @@
 // Subcommands register themselves: each tools/cli/<name>.cpp defines one static CommandRegistration
-// whose setup function adds a CLI11 subcommand and its callback. main.cpp needs no edit for a new one.
+// whose setup function adds a CLI11 subcommand and its callback. main.cpp needs no edit for a new
+// one.
 #pragma once
 
 #include <CLI/CLI.hpp>
