@@ -5,15 +5,13 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/random.h"
+#include "eval/synthetic.h"
 
 namespace polarquant::testing {
 
+// n x dim standard Gaussian values (the library's own generator, so tests and commands agree).
 inline std::vector<float> gaussian_vectors(size_t n, int dim, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<float> x(n * static_cast<size_t>(dim));
-  for (auto& v : x) v = static_cast<float>(rng.gaussian());
-  return x;
+  return gaussian_data(n, dim, seed);
 }
 
 }  // namespace polarquant::testing

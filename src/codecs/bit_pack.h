@@ -7,36 +7,29 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/bitpack.h"
+
 namespace polarquant::codecs {
+
+using polarquant::BitReader;
+using polarquant::BitWriter;
 
 // Bytes needed for n codes of `bits` bits each.
 inline size_t packed_bytes(size_t n, int bits) {
   return (n * static_cast<size_t>(bits) + 7) / 8;
 }
 
-// codes[i] < 2^bits, 1 <= bits <= 8. Writes packed_bytes(n, bits) bytes to out.
+// codes[i] < 2^bits, 1 <= bits <= 8. Writes packed_bytes(n, bits) bytes to out. The bit order is
+// core/bitpack.h's, the one the PolarQuant records use too.
 inline void pack_bits(const uint8_t* codes, size_t n, int bits, uint8_t* out) {
-  std::memset(out, 0, packed_bytes(n, bits));
-  size_t bit = 0;
-  for (size_t i = 0; i < n; ++i, bit += static_cast<size_t>(bits)) {
-    // A code spans at most two bytes because bits <= 8.
-    const unsigned value = static_cast<unsigned>(codes[i]) << (bit % 8);
-    out[bit / 8] = static_cast<uint8_t>(out[bit / 8] | (value & 0xffu));
-    if ((bit % 8) + static_cast<size_t>(bits) > 8) {
-      out[bit / 8 + 1] = static_cast<uint8_t>(out[bit / 8 + 1] | (value >> 8));
-    }
-  }
+  BitWriter writer(out);
+  for (size_t i = 0; i < n; ++i) writer.put(codes[i], bits);
+  writer.flush();
 }
 
 inline void unpack_bits(const uint8_t* in, size_t n, int bits, uint8_t* codes) {
-  const unsigned mask = (1u << bits) - 1u;
-  size_t bit = 0;
-  for (size_t i = 0; i < n; ++i, bit += static_cast<size_t>(bits)) {
-    unsigned value = in[bit / 8] >> (bit % 8);
-    if ((bit % 8) + static_cast<size_t>(bits) > 8)
-      value |= static_cast<unsigned>(in[bit / 8 + 1]) << (8 - bit % 8);
-    codes[i] = static_cast<uint8_t>(value & mask);
-  }
+  BitReader reader(in);
+  for (size_t i = 0; i < n; ++i) codes[i] = static_cast<uint8_t>(reader.get(bits));
 }
 
 inline void store_u16(uint8_t* p, uint16_t v) {
