@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -115,6 +116,14 @@ CudaPolarCodec::CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_k
     }
   }
   d.table_entries = static_cast<int>(cosines.size());
+  {
+    const std::vector<float>& b1 = codec.codebooks()[0].boundaries();
+    double gap = INFINITY;
+    for (size_t i = 1; i < b1.size(); ++i) {
+      gap = std::min(gap, static_cast<double>(b1[i]) - static_cast<double>(b1[i - 1]));
+    }
+    d.level1_search = gap > 1e-3;
+  }
 
   const std::vector<float> s = dense_rotation(codec.rotation(), config.dim);
   std::vector<float> st(s.size());

@@ -116,7 +116,9 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
 
-// Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair.
+// Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair (the paper
+// path permutes chunks: paper_smem_chunk).
+template <int D, bool kPaper>
 __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, int pg, uint8_t* raw,
                                            int lane) {
   const DeviceCodec& c = p.c;
@@ -124,8 +126,9 @@ __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, in
   const size_t off = page_id * c.page_bytes + static_cast<size_t>(h) * c.head_bytes;
   const int chunks = c.head_bytes / 16;
   for (int i = lane; i < chunks; i += 32) {
-    cp_async16(raw + 16 * i, p.k_pool + off + 16 * i);
-    cp_async16(raw + c.head_bytes + 16 * i, p.v_pool + off + 16 * i);
+    const int to = kPaper ? paper_smem_chunk<D>(i) : i;
+    cp_async16(raw + 16 * to, p.k_pool + off + 16 * i);
+    cp_async16(raw + c.head_bytes + 16 * to, p.v_pool + off + 16 * i);
   }
 }
 
@@ -156,7 +159,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   const int page_end = min(n_pages, page_begin + p.pages_per_split);
   // The first page's copy overlaps the table and query set-up.
   if (kStages == 2 && page_begin + warp < page_end) {
-    fetch_page(p, b, h, page_begin + warp, wbase, lane);
+    fetch_page<D, kPaper>(p, b, h, page_begin + warp, wbase, lane);
   }
   cp_async_commit();
 
@@ -181,9 +184,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   for (int pg = page_begin + warp; pg < page_end; pg += kWarps, cur ^= 1) {
     if constexpr (kStages == 2) {
       if (pg + kWarps < page_end)
-        fetch_page(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
+        fetch_page<D, kPaper>(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
     } else {
-      fetch_page(p, b, h, pg, wbase, lane);
+      fetch_page<D, kPaper>(p, b, h, pg, wbase, lane);
     }
     cp_async_commit();
     if constexpr (kStages == 2) {

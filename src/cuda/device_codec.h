@@ -38,6 +38,9 @@ struct DeviceCodec {
   const float* boundary_cos = nullptr;  // table_entries
   const float* boundary_sin = nullptr;
   int level1_upper = 0;
+  // Consecutive level-1 boundaries at least 1e-3 rad apart: the boundary tests are monotone
+  // beyond float rounding, and the encoder may binary-search them (same codes as counting).
+  bool level1_search = false;
 };
 
 // Throws Error(kState) naming `what` when a CUDA call or launch failed (code != 0).
