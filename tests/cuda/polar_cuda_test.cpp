@@ -6,6 +6,7 @@
 #include <polarquant/error.h>
 #include <polarquant/polar_codec.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <tuple>
@@ -99,9 +100,23 @@ TEST_P(CudaEncode, PagesMatchTheCpuCache) {
     encode_append(gpu, pool_append.get(), table.get(), static_cast<int>(pages), position.get(), 1,
                   x.get() + static_cast<size_t>(t) * n_kv * dim, false, nullptr);
   }
+  // S folded into the input (rotated_input: the encoder skips the rotation), and input rows that
+  // are not 16-byte aligned (the generic encoder takes them): the same bytes again.
+  std::vector<float> y(f.k[0].size()), shifted(f.k[0].size() + 1, 0.0f);
+  key_codec(*f.cache).rotation().forward(f.k[0].data(), y.data(), static_cast<size_t>(n) * n_kv);
+  std::copy(f.k[0].begin(), f.k[0].end(), shifted.begin() + 1);
+  DeviceBuffer<float> x_rotated(y.size()), x_shifted(shifted.size());
+  x_rotated.upload(y);
+  x_shifted.upload(shifted);
+  DeviceBuffer<uint8_t> pool_rotated(pages * gpu.page_bytes());
+  DeviceBuffer<uint8_t> pool_shifted(pages * gpu.page_bytes());
+  encode_prefill(gpu, {pool_rotated.get(), table.get()}, 0, n, x_rotated.get(), true, nullptr);
+  encode_prefill(gpu, {pool_shifted.get(), table.get()}, 0, n, x_shifted.get() + 1, false, nullptr);
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<uint8_t> got = pool.download();
   EXPECT_EQ(got, pool_append.download()) << "prefill and appends wrote different bytes";
+  EXPECT_EQ(got, pool_rotated.download()) << "rotated_input wrote different bytes";
+  EXPECT_EQ(got, pool_shifted.download()) << "an unaligned input wrote different bytes";
 
   std::vector<uint8_t> want(got.size());
   export_pages(*f.cache, f.seqs[0], true, ids, want);
