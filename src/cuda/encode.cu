@@ -123,6 +123,18 @@ __device__ __forceinline__ unsigned quantize_upper(const DeviceCodec& c, const Q
   return static_cast<unsigned>(q);
 }
 
+// Copies the quantizer's boundary constants to shared memory (visible after the caller's next
+// barrier) and returns the tables over them.
+__device__ __forceinline__ QuantTables load_quant_tables(const DeviceCodec& c, float* bcos,
+                                                         float* bsin) {
+  for (int i = threadIdx.x; i < c.table_entries; i += kThreads) {
+    bcos[i] = c.boundary_cos[i];
+    bsin[i] = c.boundary_sin[i];
+  }
+  const int k1 = 1 << c.bits[0];
+  return {bcos, bsin, c.cos_table[0], c.sin_table[0], c.cos_table[k1 - 1], c.sin_table[k1 - 1]};
+}
+
 struct ChunkJob {
   uint8_t* region = nullptr;  // head region of the page
   int slot0 = 0;              // first slot of the chunk in the page (a multiple of 32)
@@ -175,13 +187,7 @@ __global__ void __launch_bounds__(kThreads)
   float* bcos = reinterpret_cast<float*>(codes + kChunk * D);  // after the codes
   float* bsin = bcos + c.table_entries;
   const ChunkJob job = chunk_job(c, pool, tables, max_pages, positions, first, n, x);
-  for (int i = threadIdx.x; i < c.table_entries; i += kThreads) {
-    bcos[i] = c.boundary_cos[i];
-    bsin[i] = c.boundary_sin[i];
-  }
-  const int k1 = 1 << c.bits[0];
-  const QuantTables quant{
-      bcos, bsin, c.cos_table[0], c.sin_table[0], c.cos_table[k1 - 1], c.sin_table[k1 - 1]};
+  const QuantTables quant = load_quant_tables(c, bcos, bsin);
 
   for (int i = threadIdx.x; i < kChunk * D; i += kThreads) {
     const int t = i / D;
@@ -349,13 +355,7 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
   float* Y = X + kChunk * kRow;
   float* Ms = Y + kChunk * kRow;
   const ChunkJob job = chunk_job(c, pool, tables, max_pages, positions, first, n, x);
-  for (int i = threadIdx.x; i < c.table_entries; i += kThreads) {
-    bcos[i] = c.boundary_cos[i];
-    bsin[i] = c.boundary_sin[i];
-  }
-  const int k1 = 1 << c.bits[0];
-  const QuantTables quant{
-      bcos, bsin, c.cos_table[0], c.sin_table[0], c.cos_table[k1 - 1], c.sin_table[k1 - 1]};
+  const QuantTables quant = load_quant_tables(c, bcos, bsin);
   for (int i = threadIdx.x; i < kChunk * D / 4; i += kThreads) {
     const int t = i / (D / 4), col = 4 * (i % (D / 4));
     float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
