@@ -196,8 +196,10 @@ class CudaAttention : public ::testing::TestWithParam<AttnParam> {};
 
 // Runs the GPU decode over CPU-written pages of a ragged batch and compares each sequence's
 // output with cache_attention. Returns the largest NMSE over the batch.
+// With via_graph the decode is captured into a CUDA graph on its own stream and the graph is
+// launched twice (the host API enqueues only: no allocation or synchronisation while capturing).
 double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
-                      const std::vector<int>& lengths) {
+                      const std::vector<int>& lengths, bool via_graph = false) {
   Filled f = fill_cache(dim, preset, n_kv, 32, lengths, 31);
   CudaPolarCodec gpu(key_codec(*f.cache), 32, n_kv);
   const int batch = static_cast<int>(lengths.size());
@@ -240,7 +242,24 @@ double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
   db.max_length = max_len;
   db.n_q_heads = n_q;
   DeviceBuffer<uint8_t> ws(decode_workspace_bytes(gpu, db));
-  decode_attention(gpu, db, qd.get(), out.get(), ws.get(), ws.size(), nullptr);
+  if (via_graph) {
+    cudaStream_t stream = nullptr;
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    EXPECT_EQ(cudaSuccess, cudaStreamCreate(&stream));
+    EXPECT_EQ(cudaSuccess, cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    decode_attention(gpu, db, qd.get(), out.get(), ws.get(), ws.size(), stream);
+    EXPECT_EQ(cudaSuccess, cudaStreamEndCapture(stream, &graph));
+    EXPECT_EQ(cudaSuccess, cudaGraphInstantiate(&exec, graph, 0));
+    EXPECT_EQ(cudaSuccess, cudaMemset(out.get(), 0, out.size() * sizeof(float)));
+    for (int i = 0; i < 2; ++i) EXPECT_EQ(cudaSuccess, cudaGraphLaunch(exec, stream));
+    EXPECT_EQ(cudaSuccess, cudaStreamSynchronize(stream));
+    EXPECT_EQ(cudaSuccess, cudaGraphExecDestroy(exec));
+    EXPECT_EQ(cudaSuccess, cudaGraphDestroy(graph));
+    EXPECT_EQ(cudaSuccess, cudaStreamDestroy(stream));
+  } else {
+    decode_attention(gpu, db, qd.get(), out.get(), ws.get(), ws.size(), nullptr);
+  }
   EXPECT_EQ(cudaSuccess, cudaDeviceSynchronize());
   const std::vector<float> got = out.download();
   double worst = 0.0;
@@ -286,6 +305,55 @@ TEST(CudaAttentionLong, Context128kMatchesCpu) {
   const double nmse = attention_nmse(128, 8, "paper", 1, {131072, 65537});
   std::printf("[ info ] 128k context: worst NMSE vs CPU %.3g\n", nmse);
   EXPECT_LT(nmse, 1e-4);
+}
+
+TEST(CudaGraph, DecodeAttentionCapturesAndReplays) {
+  POLARQUANT_REQUIRE_GPU();
+  const double nmse = attention_nmse(128, 4, "paper", 2, {0, 5, 300}, true);
+  std::printf("[ info ] decode attention replayed from a CUDA graph: worst NMSE vs CPU %.3g\n",
+              nmse);
+  EXPECT_LT(nmse, 1e-4);
+}
+
+// A decode step's append captured once and replayed for every token, with the token's position
+// and row written into fixed device buffers between launches, writes the eager appends' bytes.
+TEST(CudaGraph, EncodeAppendReplaysWithDevicePositions) {
+  POLARQUANT_REQUIRE_GPU();
+  const int dim = 128, n_kv = 2, n = 70;
+  Filled f = fill_cache(dim, "paper", n_kv, 32, {n}, 5);
+  CudaPolarCodec gpu(key_codec(*f.cache), 32, n_kv);
+  const size_t pages = (n + 31) / 32, row = static_cast<size_t>(n_kv) * dim;
+  const std::vector<int32_t> ids = shuffled_ids(pages, 9);
+  DeviceBuffer<int32_t> table(pages), position(1);
+  table.upload(ids);
+  DeviceBuffer<float> x(f.k[0].size()), token(row);
+  x.upload(f.k[0]);
+  DeviceBuffer<uint8_t> eager(pages * gpu.page_bytes()), replayed(pages * gpu.page_bytes());
+  for (int t = 0; t < n; ++t) {
+    position.upload({t});
+    encode_append(gpu, eager.get(), table.get(), static_cast<int>(pages), position.get(), 1,
+                  x.get() + t * row, false, nullptr);
+  }
+  cudaStream_t stream = nullptr;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CUDA_OK(cudaStreamCreate(&stream));
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  encode_append(gpu, replayed.get(), table.get(), static_cast<int>(pages), position.get(), 1,
+                token.get(), false, stream);
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int t = 0; t < n; ++t) {
+    position.upload({t});
+    CUDA_OK(
+        cudaMemcpy(token.get(), x.get() + t * row, row * sizeof(float), cudaMemcpyDeviceToDevice));
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+  }
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaStreamDestroy(stream));
+  EXPECT_EQ(eager.download(), replayed.download());
 }
 
 TEST(CudaAttention, RejectsBadShapesAndSmallWorkspace) {
