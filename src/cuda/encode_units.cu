@@ -1,0 +1,216 @@
+// The units encoder (encode_units.h): one lane per slot of a 32-slot chunk and one warp per
+// 16-coordinate unit, the whole polar transform of a unit in registers, codes packed into whole
+// words of the page. Same arithmetic, in the same order, as the generic encoder (encode.cu): the
+// codes are bit-identical to the CPU's.
+#include "cuda/encode_units.h"
+
+#include <polarquant/error.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/device_common.cuh"
+#include "cuda/dispatch.h"
+#include "cuda/quantize.cuh"
+
+namespace polarquant::cuda {
+namespace {
+
+using namespace chunk;
+
+// ORs one b-bit code per lane (lane = chunk slot) into the b 32-bit words that a 32-slot chunk
+// owns in an interleaved field (b in {1, 2, 4, 8}; B > 0: b known at compile time): one warp
+// reduction per word, then lanes 0 .. b-1 issue one fire-and-forget atomic each.
+template <int B>
+__device__ __forceinline__ void pack_field(uint8_t* chunk_words, int b, unsigned code, bool active,
+                                           int lane) {
+  if constexpr (B > 0) b = B;
+  const int bit = code_bit(lane, b);
+  const unsigned mine = active ? code << (bit & 31) : 0u;
+  unsigned word = 0;
+#pragma unroll
+  for (int w = 0; w < (B > 0 ? B : 8); ++w) {
+    if (B == 0 && w >= b) break;
+    const unsigned v = __reduce_or_sync(0xffffffffu, (bit >> 5) == w ? mine : 0u);
+    if (lane == w) word = v;
+  }
+  if (lane < b && word != 0) atomicOr(reinterpret_cast<uint32_t*>(chunk_words) + lane, word);
+}
+
+constexpr int kUnitCodeBytes = kThreads / 32 * 15 * 32;
+
+// Packs one unit's `paper` codes (bits 4/2/2/2; `codes`: 15 fields x 32 slots, one byte each) into
+// the 46 words the chunk owns: one word per lane and round. In an interleaved field a word is the
+// OR of 32-bit loads of consecutive slot bytes shifted by b * k: 4-bit word w of group g is
+// slots 16g + 4(w % 2) + {0..3} | (same + 8) << 4; 2-bit word g is slots 16g + {0..3} | (+4) << 2 |
+// (+8) << 4 | (+12) << 6.
+__device__ __forceinline__ void pack_paper_unit(const DeviceCodec& c, const uint8_t* codes,
+                                                uint8_t* region, int slot0, int u, int lane) {
+  for (int wi = lane; wi < 46; wi += 32) {
+    int level, node, w;
+    if (wi < 32) {
+      level = 1, node = wi / 4, w = wi % 4;
+    } else {
+      const int r = wi - 32;  // levels 2 (8 words), 3 (4), 4 (2)
+      level = r < 8 ? 2 : r < 12 ? 3 : 4;
+      const int first = level == 2 ? 0 : level == 3 ? 8 : 12;
+      node = (r - first) / 2, w = (r - first) % 2;
+    }
+    const int count = 16 >> level, b = level == 1 ? 4 : 2;
+    const int fi = 16 - 2 * count + node;
+    const uint8_t* f = codes + fi * 32;
+    const auto load = [&](int slot) { return *reinterpret_cast<const uint32_t*>(f + slot); };
+    uint32_t value;
+    if (level == 1) {
+      const int base = 16 * (w / 2) + 4 * (w % 2);
+      value = load(base) | load(base + 8) << 4;
+    } else {
+      const int base = 16 * w;
+      value = load(base) | load(base + 4) << 2 | load(base + 8) << 4 | load(base + 12) << 6;
+    }
+    if (value == 0) continue;
+    uint8_t* field = region + c.level_offset[level - 1] +
+                     static_cast<uint32_t>(count * u + node) * c.field_bytes[level - 1] +
+                     (slot0 * b) / 8;
+    atomicOr(reinterpret_cast<uint32_t*>(field) + w, value);
+  }
+}
+
+// Encoder for four-level codecs with interleaved code widths (the `paper` preset and its
+// relatives): one lane per slot of the chunk and one warp per 16-coordinate unit, the whole polar
+// transform of a unit in registers (no barrier between levels), codes packed by warp reductions.
+// Same arithmetic, in the same order, as encode_kernel: the codes are bit-identical.
+// W = 0: widths read at run time; W = 1: the `paper` widths 4/2/2/2 at compile time. R: the
+// input is already rotated (no rotation, fewer registers: 8 blocks per SM at D = 128).
+template <int D, int W, bool R>
+__global__ void __launch_bounds__(kThreads, D >= 256 ? 4
+                                            : R      ? 8
+                                                     : 6)  // no spills (ptxas -v)
+    encode_units_kernel(DeviceCodec c, uint8_t* pool, const int32_t* tables, int max_pages,
+                        const int32_t* positions, size_t first, size_t n, const float* x) {
+  constexpr int kRow = D + 4;  // padded rows: lane t's 16-byte reads hit distinct banks
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* bcos = reinterpret_cast<float*>(smem);
+  float* bsin = bcos + c.table_entries;
+  // W = 1: per warp, the 15 fields x 32 slots of one unit's codes as bytes, packed afterwards.
+  uint8_t* code_bytes = reinterpret_cast<uint8_t*>(bcos + (2 * c.table_entries + 3) / 4 * 4);
+  float* X = reinterpret_cast<float*>(code_bytes + (W == 1 ? kUnitCodeBytes : 0));
+  float* Y = X + kChunk * kRow;
+  float* Ms = Y + kChunk * kRow;
+  const ChunkJob job = chunk_job(c, pool, tables, max_pages, positions, first, n, x);
+  const QuantTables quant = load_quant_tables(c, bcos, bsin);
+  for (int i = threadIdx.x; i < kChunk * D / 4; i += kThreads) {
+    const int t = i / (D / 4), col = 4 * (i % (D / 4));
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (t >= job.begin && t < job.end) {
+      v = *reinterpret_cast<const float4*>(job.x + (t - job.begin) * job.x_stride + col);
+    }
+    *reinterpret_cast<float4*>(X + t * kRow + col) = v;
+  }
+  __syncthreads();
+  const float* src = X;
+  if constexpr (!R) {
+    rotate_tile<D, kRow>(X, c.rotation_t, Ms, Y);
+    __syncthreads();
+    src = Y;
+  }
+
+  const int lane = threadIdx.x % 32;
+  const bool active = lane >= job.begin && lane < job.end;
+  uint8_t* unit_codes = code_bytes + (threadIdx.x / 32) * 15 * 32;
+  for (int u = threadIdx.x / 32; u < D / 16; u += kThreads / 32) {
+    float v[16];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float4 f = *reinterpret_cast<const float4*>(src + lane * kRow + 16 * u + 4 * k);
+      v[4 * k] = f.x;
+      v[4 * k + 1] = f.y;
+      v[4 * k + 2] = f.z;
+      v[4 * k + 3] = f.w;
+    }
+    // Level by level: each level's codes are packed as soon as they exist (fewer live registers).
+#pragma unroll
+    for (int level = 1, count = 8; level <= 4; ++level, count /= 2) {
+      constexpr int kB = W == 1 ? 2 : 0;  // levels 2..4 of `paper`
+      const int b = W == 1 ? (level == 1 ? 4 : 2) : c.bits[level - 1];
+      const uint32_t field = c.field_bytes[level - 1];
+      uint8_t* words = job.region + c.level_offset[level - 1] +
+                       static_cast<uint32_t>(count * u) * field + (job.slot0 * b) / 8;
+#pragma unroll
+      for (int j = 0; j < count; ++j) {
+        const float a = v[2 * j], b2 = v[2 * j + 1];
+        v[j] = __fsqrt_rn(__fadd_rn(__fmul_rn(a, a), __fmul_rn(b2, b2)));
+        const unsigned code = level == 1 ? quantize_level1 < W == 1 ? 4 : 0 > (c, quant, a, b2)
+                                         : quantize_upper<kB>(c, quant, level, a, b2);
+        if constexpr (W == 1) {
+          const int fi = 16 - 2 * count + j;  // field index: level 1 0..7, 2 8..11, 3 12..13, 4 14
+          unit_codes[fi * 32 + lane] = active ? static_cast<uint8_t>(code) : uint8_t{0};
+        } else {
+          pack_field<0>(words + j * field, b, code, active, lane);
+        }
+      }
+    }
+    if constexpr (W == 1) {
+      __syncwarp();
+      pack_paper_unit(c, unit_codes, job.region, job.slot0, u, lane);
+      __syncwarp();  // the bytes are rewritten by the next unit
+    }
+    if (active) {
+      uint8_t* p = job.region + c.radii_offset +
+                   (static_cast<uint32_t>(u) * c.page_tokens + job.slot0 + lane) * c.radius_bytes;
+      if (c.radius_kind == 2) {
+        *reinterpret_cast<float*>(p) = v[0];
+      } else if (c.radius_kind == 0) {
+        *reinterpret_cast<__half*>(p) = __float2half_rn(v[0]);
+      } else {
+        *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(v[0]);
+      }
+    }
+  }
+}
+
+// True when encode_units_kernel handles the codec: four levels, every width interleaved.
+bool units_encoder(const DeviceCodec& c) {
+  if (c.levels != 4) return false;
+  for (int l = 0; l < 4; ++l) {
+    if (c.bits[l] != 1 && c.bits[l] != 2 && c.bits[l] != 4 && c.bits[l] != 8) return false;
+  }
+  return true;
+}
+
+template <int D>
+void launch_units(const DeviceCodec& c, int n_kv_heads, uint8_t* pool, const int32_t* tables,
+                  int max_pages, const int32_t* positions, size_t first, size_t n, int jobs,
+                  const float* x, bool rotated, Stream stream) {
+  const size_t rows = kChunk * (D + 4) * sizeof(float);
+  const bool paper = c.bits[0] == 4 && c.bits[1] == 2 && c.bits[2] == 2 && c.bits[3] == 2;
+  const size_t smem = (2 * c.table_entries + 3) / 4 * 4 * sizeof(float) +
+                      (paper ? kUnitCodeBytes : 0) + rows +
+                      (rotated ? 0 : rows + kChunk * D * sizeof(float));
+  auto kernel =
+      paper ? (rotated ? encode_units_kernel<D, 1, true> : encode_units_kernel<D, 1, false>)
+            : (rotated ? encode_units_kernel<D, 0, true> : encode_units_kernel<D, 0, false>);
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem)),
+             "cudaFuncSetAttribute(encode_units)");
+  const dim3 grid(jobs, n_kv_heads);
+  kernel<<<grid, kThreads, smem, stream>>>(c, pool, tables, max_pages, positions, first, n, x);
+  check_cuda(cudaGetLastError(), "launch(encode_units)");
+}
+
+}  // namespace
+
+bool launch_encode_units(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* tables,
+                         int max_pages, const int32_t* positions, size_t first, size_t n, int jobs,
+                         const float* x, bool rotated, Stream stream) {
+  const DeviceCodec& c = codec.device();
+  if (!units_encoder(c) || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;  // float4 rows
+  with_dim(c.dim, [&](auto d) {
+    launch_units<decltype(d)::value>(c, codec.n_kv_heads(), pool, tables, max_pages, positions,
+                                     first, n, jobs, x, rotated, stream);
+  });
+  return true;
+}
+
+}  // namespace polarquant::cuda
