@@ -1,7 +1,8 @@
 // GPU benchmark of the PolarQuant kernels (run by bench/cuda/run.sh, which puts PyTorch SDPA on
 // fp16 K/V beside it): decode attention at the Llama-3.1-8B shape (32 query heads, 8 KV heads,
-// head_dim 128, `paper` preset, 32-token pages) for batch 1/8/32 and context 4k..128k, and the
-// encode throughput of a 16k-token prefill. Prints one JSON object per line.
+// head_dim 128, `paper` preset unless --preset names another, 32-token pages) for batch 1/8/32 and
+// context 4k..128k, and the encode throughput of a 16k-token prefill. Prints one JSON object per
+// line.
 //
 // Timing: CUDA events around each call, median of the repetitions; the pages are replicated
 // into enough copies (>= 256 MiB in all, over 4x the 60 MB L2) and the calls cycle through them,
@@ -82,17 +83,31 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "no CUDA device: %s\n", why.c_str());
     return 2;
   }
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  bool quick = false;
+  std::string preset = "paper";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--quick") {
+      quick = true;
+    } else if (arg == "--preset" && i + 1 < argc) {
+      preset = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: %s [--quick] [--preset NAME]\n", argv[0]);
+      return 2;
+    }
+  }
   const int n_kv = 8, n_q = 32, dim = 128, T = 32;
-  const PolarCodec codec(polar_preset("paper", dim));
+  const PolarCodec codec(polar_preset(preset, dim));
   cuda::CudaPolarCodec gpu(codec, T, n_kv);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   int driver = 0, runtime = 0;
   cudaDriverGetVersion(&driver);
   cudaRuntimeGetVersion(&runtime);
-  std::printf("{\"kind\":\"device\",\"name\":\"%s\",\"sms\":%d,\"driver_api\":%d,\"runtime\":%d}\n",
-              prop.name, prop.multiProcessorCount, driver, runtime);
+  std::printf(
+      "{\"kind\":\"device\",\"name\":\"%s\",\"sms\":%d,\"driver_api\":%d,\"runtime\":%d,"
+      "\"preset\":\"%s\"}\n",
+      prop.name, prop.multiProcessorCount, driver, runtime, preset.c_str());
 
   const std::vector<int> contexts =
       quick ? std::vector<int>{4096, 131072} : std::vector<int>{4096, 16384, 65536, 131072};

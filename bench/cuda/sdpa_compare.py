@@ -2,6 +2,7 @@
 fp16 K/V of the same shapes; prints one table with times, bandwidth and speedups.
 
 Usage (on the GPU machine): python3 bench/cuda/sdpa_compare.py BUILD/polarquant_cuda_bench [--quick]
+       [--preset NAME]   (default paper; e.g. polar37)
 Timing as in decode_bench: CUDA events per call, median; K/V copies cycled so that every call
 reads HBM (>= 256 MiB of inputs in all, over 4x the 60 MB L2).
 """
@@ -79,11 +80,13 @@ def sdpa_prefill_ms(tokens):
 def main():
     exe = sys.argv[1]
     quick = "--quick" in sys.argv
-    out = subprocess.run([exe] + (["--quick"] if quick else []), check=True, capture_output=True, text=True)
+    preset = sys.argv[sys.argv.index("--preset") + 1] if "--preset" in sys.argv else "paper"
+    out = subprocess.run([exe, "--preset", preset] + (["--quick"] if quick else []), check=True,
+                         capture_output=True, text=True)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     dev = next(r for r in rows if r["kind"] == "device")
     print(f"GPU {dev['name']} ({dev['sms']} SMs), CUDA driver API {dev['driver_api']}, runtime {dev['runtime']}, "
-          f"PyTorch {torch.__version__} (CUDA {torch.version.cuda})")
+          f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}), preset {dev['preset']}")
     print("| batch | context | ours (ms) | our GB/s on pages | SDPA fp16 (ms) | SDPA GB/s | speedup |")
     print("|---|---|---|---|---|---|---|")
     results = []

@@ -82,19 +82,28 @@ __host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
 // Decodes the K or V rows of slots [slot - lane, slot - lane + 32) of a head region (shared memory)
 // into an fp16 tile of 32 rows of D (+8 padding) halves: one token per lane in the generic path,
 // two per lane (sharing code bytes) in the paper path.
-template <int D, bool kPaper>
+// Decoders, chosen once per launch: the `paper` layout (paper_decode.cuh), levels 1..4 of widths
+// 4/3/3/3 at compile time (polar37 and its relatives: the generic decoder with constant widths), or
+// every width at run time.
+enum Decoder { kGenericDecoder = 0, kPaperDecoder = 1, kWide3Decoder = 2 };
+
+template <int D, int kDecoder>
 __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t* region,
                                             const float* cos_s, const float* sin_s,
                                             const PaperTables& paper, int slot, __half* tile,
                                             int lane) {
-  if constexpr (kPaper) {
+  if constexpr (kDecoder == kPaperDecoder) {
     decode_tile_paper<D>(region, paper, lane, tile);  // 32-slot pages: the tile is the page
   } else {
     uint4* row = reinterpret_cast<uint4*>(tile + lane * (D + 8));
 #pragma unroll 1
     for (int u = 0; u < D / 16; ++u) {
       float v[16];
-      decode_unit<0, 0, 0, 0>(c, region, cos_s, sin_s, slot, u, v);
+      if constexpr (kDecoder == kWide3Decoder) {
+        decode_unit<4, 3, 3, 3>(c, region, cos_s, sin_s, slot, u, v);
+      } else {
+        decode_unit<0, 0, 0, 0>(c, region, cos_s, sin_s, slot, u, v);
+      }
       row[2 * u] = make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]),
                               pack_half2(v[4], v[5]), pack_half2(v[6], v[7]));
       row[2 * u + 1] = make_uint4(pack_half2(v[8], v[9]), pack_half2(v[10], v[11]),
@@ -132,8 +141,9 @@ __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, in
   }
 }
 
-template <int D, bool kPaper>
+template <int D, int kDecoder>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnParams p) {
+  constexpr bool kPaper = kDecoder == kPaperDecoder;
   extern __shared__ __align__(16) uint8_t smem[];
   const DeviceCodec& c = p.c;
   const SmemPlan plan = smem_plan(c, D);
@@ -200,7 +210,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
     const int valid = min(c.page_tokens, len - pg * c.page_tokens);
     for (int tile0 = 0; tile0 < valid; tile0 += kTile) {
       const int valid_t = min(kTile, valid - tile0);
-      decode_tile<D, kPaper>(c, raw_k, cos_s, sin_s, *paper, tile0 + lane, tile, lane);
+      decode_tile<D, kDecoder>(c, raw_k, cos_s, sin_s, *paper, tile0 + lane, tile, lane);
       __syncwarp();
       // Scores: S (16 rows x 32 tokens) = Q' K^T, four n-tiles of 8 tokens.
       float s[4][4];
@@ -264,7 +274,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
       }
 
       __syncwarp();  // every lane has read the K tile
-      decode_tile<D, kPaper>(c, raw_v, cos_s, sin_s, *paper, tile0 + lane, tile, lane);
+      decode_tile<D, kDecoder>(c, raw_v, cos_s, sin_s, *paper, tile0 + lane, tile, lane);
       __syncwarp();
 
       // O (16 x D) += P (16 x 32) V (32 x D): two k-steps of 16 tokens.
@@ -347,7 +357,10 @@ struct Geometry {
 // shared memory allowance set.
 template <int D>
 auto attention_kernel_for(const DeviceCodec& c) {
-  auto kernel = PaperLayout<D>::matches(c) ? attention_kernel<D, true> : attention_kernel<D, false>;
+  const bool wide3 = c.bits[0] == 4 && c.bits[1] == 3 && c.bits[2] == 3 && c.bits[3] == 3;
+  auto kernel = PaperLayout<D>::matches(c) ? attention_kernel<D, kPaperDecoder>
+                : wide3                    ? attention_kernel<D, kWide3Decoder>
+                                           : attention_kernel<D, kGenericDecoder>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem_plan(c, D).total)),
              "cudaFuncSetAttribute(attention)");

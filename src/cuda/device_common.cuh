@@ -23,14 +23,15 @@ __host__ __device__ __forceinline__ int code_bit(int t, int bits) {
 }
 
 // Code of token `slot` in a field. B > 0 is the width known at compile time (1, 2, 4 or 8 never
-// straddle a byte); B == 0 reads the runtime width `bits` from two bytes (the region's 8 slack
-// bytes keep the second read inside).
+// straddle a byte); other widths (B == 0: the runtime width `bits`) are read from two bytes (the
+// region's 8 slack bytes keep the second read inside).
 template <int B>
 __device__ __forceinline__ unsigned field_code(const uint8_t* field, int slot, int bits) {
   if constexpr (B == 1 || B == 2 || B == 4 || B == 8) {
     const int bit = code_bit(slot, B);
     return (static_cast<unsigned>(field[bit >> 3]) >> (bit & 7)) & ((1u << B) - 1u);
   } else {
+    if constexpr (B > 0) bits = B;
     const int bit = code_bit(slot, bits);
     const unsigned wide = field[bit >> 3] | (static_cast<unsigned>(field[(bit >> 3) + 1]) << 8);
     return (wide >> (bit & 7)) & ((1u << bits) - 1u);
