@@ -24,6 +24,7 @@
 #include "cuda/dispatch.h"
 #include "cuda/mma.cuh"
 #include "cuda/paper_decode.cuh"
+#include "cuda/polar37_decode.cuh"
 
 namespace polarquant::cuda {
 namespace {
@@ -72,7 +73,8 @@ struct SmemPlan {
 // buffers of (K region, V region) for the copy of the next page in flight, and the fp16 tile.
 __host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
   SmemPlan s;
-  s.tables = align_up(2 * c.table_entries * sizeof(float), 16) + align_up(sizeof(PaperTables), 16);
+  s.tables = align_up(2 * c.table_entries * sizeof(float), 16) +
+             align_up(std::max(sizeof(PaperTables), sizeof(Polar37Tables)), 16);
   s.q = static_cast<size_t>(kRows) * (dim + 8) * sizeof(__half);
   s.warp = 2 * kStages * static_cast<size_t>(c.head_bytes) + kTile * (dim + 8) * sizeof(__half);
   s.total = s.tables + s.q + kWarps * s.warp;
@@ -82,18 +84,20 @@ __host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
 // Decodes the K or V rows of slots [slot - lane, slot - lane + 32) of a head region (shared memory)
 // into an fp16 tile of 32 rows of D (+8 padding) halves: one token per lane in the generic path,
 // two per lane (sharing code bytes) in the paper path.
-// Decoders, chosen once per launch: the `paper` layout (paper_decode.cuh), levels 1..4 of widths
-// 4/3/3/3 at compile time (polar37 and its relatives: the generic decoder with constant widths), or
-// every width at run time.
-enum Decoder { kGenericDecoder = 0, kPaperDecoder = 1, kWide3Decoder = 2 };
+// Decoders, chosen once per launch: the `paper` layout (paper_decode.cuh), the `polar37` layout
+// (polar37_decode.cuh), levels 1..4 of widths 4/3/3/3 at compile time (other polar37 relatives: the
+// generic decoder with constant widths), or every width at run time.
+enum Decoder { kGenericDecoder = 0, kPaperDecoder = 1, kWide3Decoder = 2, kPolar37Decoder = 3 };
 
 template <int D, int kDecoder>
 __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t* region,
                                             const float* cos_s, const float* sin_s,
-                                            const PaperTables& paper, int slot, __half* tile,
-                                            int lane) {
+                                            const void* tables, int slot, __half* tile, int lane) {
+  // 32-slot pages in the specialised decoders: the tile is the page.
   if constexpr (kDecoder == kPaperDecoder) {
-    decode_tile_paper<D>(region, paper, lane, tile);  // 32-slot pages: the tile is the page
+    decode_tile_paper<D>(region, *static_cast<const PaperTables*>(tables), lane, tile);
+  } else if constexpr (kDecoder == kPolar37Decoder) {
+    decode_tile_polar37<D>(c, region, *static_cast<const Polar37Tables*>(tables), lane, tile);
   } else {
     uint4* row = reinterpret_cast<uint4*>(tile + lane * (D + 8));
 #pragma unroll 1
@@ -125,9 +129,9 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
 
-// Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair (the paper
-// path permutes chunks: paper_smem_chunk).
-template <int D, bool kPaper>
+// Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair (the
+// specialised decoders permute chunks: paper_smem_chunk, polar37_smem_chunk).
+template <int D, int kDecoder>
 __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, int pg, uint8_t* raw,
                                            int lane) {
   const DeviceCodec& c = p.c;
@@ -135,7 +139,9 @@ __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, in
   const size_t off = page_id * c.page_bytes + static_cast<size_t>(h) * c.head_bytes;
   const int chunks = c.head_bytes / 16;
   for (int i = lane; i < chunks; i += 32) {
-    const int to = kPaper ? paper_smem_chunk<D>(i) : i;
+    const int to = kDecoder == kPaperDecoder     ? paper_smem_chunk<D>(i)
+                   : kDecoder == kPolar37Decoder ? polar37_smem_chunk<D>(i, c.level_offset[0] / 16)
+                                                 : i;
     cp_async16(raw + 16 * to, p.k_pool + off + 16 * i);
     cp_async16(raw + c.head_bytes + 16 * to, p.v_pool + off + 16 * i);
   }
@@ -169,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   const int page_end = min(n_pages, page_begin + p.pages_per_split);
   // The first page's copy overlaps the table and query set-up.
   if (kStages == 2 && page_begin + warp < page_end) {
-    fetch_page<D, kPaper>(p, b, h, page_begin + warp, wbase, lane);
+    fetch_page<D, kDecoder>(p, b, h, page_begin + warp, wbase, lane);
   }
   cp_async_commit();
 
@@ -178,6 +184,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
     sin_s[i] = c.sin_table[i];
   }
   if constexpr (kPaper) load_paper_tables(c, paper, threadIdx.x, kThreads);
+  if constexpr (kDecoder == kPolar37Decoder) {
+    load_polar37_tables(c, reinterpret_cast<Polar37Tables*>(paper), threadIdx.x, kThreads);
+  }
   const __half* qb = p.q_rot + (static_cast<size_t>(b) * p.n_q_heads + h * p.g) * D;
   for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
     const int r = i / D, col = i % D;
@@ -194,9 +203,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   for (int pg = page_begin + warp; pg < page_end; pg += kWarps, cur ^= 1) {
     if constexpr (kStages == 2) {
       if (pg + kWarps < page_end)
-        fetch_page<D, kPaper>(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
+        fetch_page<D, kDecoder>(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
     } else {
-      fetch_page<D, kPaper>(p, b, h, pg, wbase, lane);
+      fetch_page<D, kDecoder>(p, b, h, pg, wbase, lane);
     }
     cp_async_commit();
     if constexpr (kStages == 2) {
@@ -210,7 +219,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
     const int valid = min(c.page_tokens, len - pg * c.page_tokens);
     for (int tile0 = 0; tile0 < valid; tile0 += kTile) {
       const int valid_t = min(kTile, valid - tile0);
-      decode_tile<D, kDecoder>(c, raw_k, cos_s, sin_s, *paper, tile0 + lane, tile, lane);
+      decode_tile<D, kDecoder>(c, raw_k, cos_s, sin_s, paper, tile0 + lane, tile, lane);
       __syncwarp();
       // Scores: S (16 rows x 32 tokens) = Q' K^T, four n-tiles of 8 tokens.
       float s[4][4];
@@ -274,7 +283,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
       }
 
       __syncwarp();  // every lane has read the K tile
-      decode_tile<D, kDecoder>(c, raw_v, cos_s, sin_s, *paper, tile0 + lane, tile, lane);
+      decode_tile<D, kDecoder>(c, raw_v, cos_s, sin_s, paper, tile0 + lane, tile, lane);
       __syncwarp();
 
       // O (16 x D) += P (16 x 32) V (32 x D): two k-steps of 16 tokens.
@@ -358,9 +367,10 @@ struct Geometry {
 template <int D>
 auto attention_kernel_for(const DeviceCodec& c) {
   const bool wide3 = c.bits[0] == 4 && c.bits[1] == 3 && c.bits[2] == 3 && c.bits[3] == 3;
-  auto kernel = PaperLayout<D>::matches(c) ? attention_kernel<D, kPaperDecoder>
-                : wide3                    ? attention_kernel<D, kWide3Decoder>
-                                           : attention_kernel<D, kGenericDecoder>;
+  auto kernel = PaperLayout<D>::matches(c)     ? attention_kernel<D, kPaperDecoder>
+                : Polar37Layout<D>::matches(c) ? attention_kernel<D, kPolar37Decoder>
+                : wide3                        ? attention_kernel<D, kWide3Decoder>
+                                               : attention_kernel<D, kGenericDecoder>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem_plan(c, D).total)),
              "cudaFuncSetAttribute(attention)");

@@ -298,6 +298,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttnParam{128, 4, "paper"}, AttnParam{128, 8, "paper"},
                                            AttnParam{256, 1, "paper"}, AttnParam{256, 4, "paper"},
                                            AttnParam{256, 8, "paper"}, AttnParam{128, 4, "polar37"},
+                                           AttnParam{64, 8, "polar37"},
+                                           AttnParam{256, 1, "polar37"},
+                                           AttnParam{128, 4, "polar39"},
                                            AttnParam{128, 16, "polar41"}));
 
 TEST(CudaAttentionLong, Context128kMatchesCpu) {
