@@ -100,7 +100,7 @@ __device__ __forceinline__ void decode_tile_polar37(const DeviceCodec& c, const 
     const __half* radii = reinterpret_cast<const __half*>(region) + (u >> 2) * 32 + 8 * m;
     const float* up = reinterpret_cast<const float*>(&t.upper[0][0]);  // [level-2][code][cos, sin]
     const int side6 = (u >> 1) & 1, side5 = u & 1;
-#pragma unroll 1
+#pragma unroll 2
     for (int jj = 0; jj < 8; ++jj) {
       const int j = (jj + (u >> 2)) & 7;  // rotated visiting order: distinct banks for the rows
       const int s = 3 * j;
