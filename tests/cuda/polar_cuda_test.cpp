@@ -148,6 +148,39 @@ INSTANTIATE_TEST_SUITE_P(
                       EncodeParam{128, "paper", 64}, EncodeParam{128, "polar37", 32},
                       EncodeParam{256, "paper", 32}, EncodeParam{64, "polar41", 32}));
 
+// Four-level codecs with other interleaved widths (8/4/2/1: every width the units encoder packs,
+// with its widths read at run time) and fp32 radii: the GPU pages equal PolarPageFormat::store's.
+TEST(CudaEncode, EveryInterleavedWidthMatchesTheCpuFormat) {
+  POLARQUANT_REQUIRE_GPU();
+  PolarConfig config = polar_preset("paper", 64);
+  config.bits = {8, 4, 2, 1};
+  config.radius = RadiusPrecision::kFp32;
+  const PolarCodec codec(config);
+  const int n_kv = 2, n = 75, T = 32, dim = 64;
+  const PolarPageFormat format(codec, T);
+  CudaPolarCodec gpu(codec, T, n_kv);
+  ASSERT_EQ(format.head_bytes(), gpu.head_bytes());
+  const size_t pages = (n + T - 1) / T, row = static_cast<size_t>(n_kv) * dim;
+  const std::vector<float> x = gaussian(n * row, 21);
+  std::vector<uint8_t> want(pages * gpu.page_bytes(), 0);
+  for (size_t p = 0; p < pages; ++p) {
+    const size_t count = std::min<size_t>(T, n - p * T);
+    format.store(x.data() + p * T * row, count, n_kv, want.data() + p * gpu.page_bytes(),
+                 gpu.head_bytes(), 0);
+  }
+  std::vector<int32_t> ids(pages);
+  for (size_t p = 0; p < pages; ++p) ids[p] = static_cast<int32_t>(p);
+  DeviceBuffer<int32_t> table(pages);
+  table.upload(ids);
+  DeviceBuffer<float> xd(x.size());
+  xd.upload(x);
+  DeviceBuffer<uint8_t> pool(want.size());
+  encode_prefill(gpu, {pool.get(), table.get()}, 0, 40, xd.get(), false, nullptr);
+  encode_prefill(gpu, {pool.get(), table.get()}, 40, n - 40, xd.get() + 40 * row, false, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_TRUE(want == pool.download()) << "GPU pages differ from PolarPageFormat::store's";
+}
+
 // Dequantizing CPU-written pages: rotated values are bit-identical to dequantize_rotated, and
 // the original-domain values to the cache's own read (the same products and sums in order).
 TEST(CudaDequantize, MatchesTheCpuCacheExactly) {
