@@ -2,8 +2,8 @@
 // handles 32 consecutive slots of one page and one KV head: with page sizes a multiple of 32 such
 // a chunk owns whole 32-bit words of every code field, so blocks never share a word. The encoder
 // runs the polar transform level by level in shared memory and gathers each code word from its
-// slots; four-level codecs with interleaved widths take the faster units encoder instead
-// (encode_units.cu). Numerics: quantize.cuh, bit for bit the CPU's.
+// slots; codecs of four or more levels take the faster units encoder instead (encode_units.cu).
+// Numerics: quantize.cuh, bit for bit the CPU's.
 #include <polarquant/cuda.h>
 #include <polarquant/error.h>
 
@@ -168,7 +168,7 @@ void launch_encode(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* ta
                    bool rotated, Stream stream) {
   if (launch_encode_units(codec, pool, tables, max_pages, positions, first, n, jobs, x, rotated,
                           stream)) {
-    return;  // four levels, interleaved widths, aligned rows: encode_units.cu
+    return;  // four or more levels, aligned rows: encode_units.cu
   }
   const DeviceCodec& c = codec.device();
   const dim3 grid(jobs, codec.n_kv_heads());

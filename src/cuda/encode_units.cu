@@ -1,7 +1,7 @@
 // The units encoder (encode_units.h): one lane per slot of a 32-slot chunk and one warp per
-// 16-coordinate unit, the whole polar transform of a unit in registers, codes packed into whole
-// words of the page. Same arithmetic, in the same order, as the generic encoder (encode.cu): the
-// codes are bit-identical to the CPU's.
+// 16-coordinate unit, levels 1..4 of a unit in registers, levels above 4 (which combine units)
+// through shared memory, codes packed into whole words of the page. Same arithmetic, in the same
+// order, as the generic encoder (encode.cu): the codes are bit-identical to the CPU's.
 #include "cuda/encode_units.h"
 
 #include <polarquant/error.h>
@@ -20,22 +20,49 @@ namespace {
 using namespace chunk;
 
 // ORs one b-bit code per lane (lane = chunk slot) into the b 32-bit words that a 32-slot chunk
-// owns in an interleaved field (b in {1, 2, 4, 8}; B > 0: b known at compile time): one warp
-// reduction per word, then lanes 0 .. b-1 issue one fire-and-forget atomic each.
+// owns in a field (b <= 8; B > 0: b known at compile time): one warp reduction per word, then
+// lanes 0 .. b-1 issue one fire-and-forget atomic each. Interleaved widths never straddle a word;
+// packed ones (3, 5, 6, 7 bits) may, and then contribute their low bits to one word and their high
+// bits to the next.
 template <int B>
 __device__ __forceinline__ void pack_field(uint8_t* chunk_words, int b, unsigned code, bool active,
                                            int lane) {
   if constexpr (B > 0) b = B;
   const int bit = code_bit(lane, b);
-  const unsigned mine = active ? code << (bit & 31) : 0u;
   unsigned word = 0;
 #pragma unroll
   for (int w = 0; w < (B > 0 ? B : 8); ++w) {
     if (B == 0 && w >= b) break;
-    const unsigned v = __reduce_or_sync(0xffffffffu, (bit >> 5) == w ? mine : 0u);
+    const int shift = bit - 32 * w;
+    unsigned mine = 0;
+    if (active && shift >= 0 && shift < 32) mine = code << shift;
+    if (active && shift < 0 && shift > -b) mine = code >> -shift;
+    const unsigned v = __reduce_or_sync(0xffffffffu, mine);
     if (lane == w) word = v;
   }
   if (lane < b && word != 0) atomicOr(reinterpret_cast<uint32_t*>(chunk_words) + lane, word);
+}
+
+// Radius `block` of the chunk's slot `lane`, rounded as the codec stores it.
+__device__ __forceinline__ void store_radius(const DeviceCodec& c, const ChunkJob& job, int block,
+                                             int lane, float r) {
+  uint8_t* p = job.region + c.radii_offset +
+               (static_cast<uint32_t>(block) * c.page_tokens + job.slot0 + lane) * c.radius_bytes;
+  if (c.radius_kind == 2) {
+    *reinterpret_cast<float*>(p) = r;
+  } else if (c.radius_kind == 0) {
+    *reinterpret_cast<__half*>(p) = __float2half_rn(r);
+  } else {
+    *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(r);
+  }
+}
+
+// The address of the chunk's words in field `node` of `level` (1-based).
+__device__ __forceinline__ uint8_t* chunk_field(const DeviceCodec& c, const ChunkJob& job,
+                                                int level, int node) {
+  return job.region + c.level_offset[level - 1] +
+         static_cast<uint32_t>(node) * c.field_bytes[level - 1] +
+         (job.slot0 * c.bits[level - 1]) / 8;
 }
 
 constexpr int kUnitCodeBytes = kThreads / 32 * 15 * 32;
@@ -95,7 +122,9 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
   float* bsin = bcos + c.table_entries;
   // W = 1: per warp, the 15 fields x 32 slots of one unit's codes as bytes, packed afterwards.
   uint8_t* code_bytes = reinterpret_cast<uint8_t*>(bcos + (2 * c.table_entries + 3) / 4 * 4);
-  float* X = reinterpret_cast<float*>(code_bytes + (W == 1 ? kUnitCodeBytes : 0));
+  // Levels above 4 (L > 4): the units' level-4 radii, then each level's, [node][slot].
+  float* upper = reinterpret_cast<float*>(code_bytes + (W == 1 ? kUnitCodeBytes : 0));
+  float* X = upper + 2 * (D / 16) * kChunk;
   float* Y = X + kChunk * kRow;
   float* Ms = Y + kChunk * kRow;
   const ChunkJob job = chunk_job(c, pool, tables, max_pages, positions, first, n, x);
@@ -132,22 +161,19 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
     // Level by level: each level's codes are packed as soon as they exist (fewer live registers).
 #pragma unroll
     for (int level = 1, count = 8; level <= 4; ++level, count /= 2) {
-      constexpr int kB = W == 1 ? 2 : 0;  // levels 2..4 of `paper`
-      const int b = W == 1 ? (level == 1 ? 4 : 2) : c.bits[level - 1];
-      const uint32_t field = c.field_bytes[level - 1];
-      uint8_t* words = job.region + c.level_offset[level - 1] +
-                       static_cast<uint32_t>(count * u) * field + (job.slot0 * b) / 8;
+      constexpr int kB1 = W == 1 ? 4 : 0, kB = W == 1 ? 2 : 0;  // `paper`'s widths
 #pragma unroll
       for (int j = 0; j < count; ++j) {
-        const float a = v[2 * j], b2 = v[2 * j + 1];
-        v[j] = __fsqrt_rn(__fadd_rn(__fmul_rn(a, a), __fmul_rn(b2, b2)));
-        const unsigned code = level == 1 ? quantize_level1 < W == 1 ? 4 : 0 > (c, quant, a, b2)
-                                         : quantize_upper<kB>(c, quant, level, a, b2);
+        const float a = v[2 * j], b = v[2 * j + 1];
+        v[j] = __fsqrt_rn(__fadd_rn(__fmul_rn(a, a), __fmul_rn(b, b)));
+        const unsigned code = level == 1 ? quantize_level1<kB1>(c, quant, a, b)
+                                         : quantize_upper<kB>(c, quant, level, a, b);
         if constexpr (W == 1) {
           const int fi = 16 - 2 * count + j;  // field index: level 1 0..7, 2 8..11, 3 12..13, 4 14
           unit_codes[fi * 32 + lane] = active ? static_cast<uint8_t>(code) : uint8_t{0};
         } else {
-          pack_field<0>(words + j * field, b, code, active, lane);
+          pack_field<0>(chunk_field(c, job, level, count * u + j), c.bits[level - 1], code, active,
+                        lane);
         }
       }
     }
@@ -156,25 +182,42 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
       pack_paper_unit(c, unit_codes, job.region, job.slot0, u, lane);
       __syncwarp();  // the bytes are rewritten by the next unit
     }
-    if (active) {
-      uint8_t* p = job.region + c.radii_offset +
-                   (static_cast<uint32_t>(u) * c.page_tokens + job.slot0 + lane) * c.radius_bytes;
-      if (c.radius_kind == 2) {
-        *reinterpret_cast<float*>(p) = v[0];
-      } else if (c.radius_kind == 0) {
-        *reinterpret_cast<__half*>(p) = __float2half_rn(v[0]);
-      } else {
-        *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(v[0]);
-      }
+    if (c.levels > 4) {
+      upper[u * kChunk + lane] = v[0];
+    } else if (active) {
+      store_radius(c, job, u, lane, v[0]);
+    }
+  }
+
+  // Levels 5 .. L combine units: one pass per level over [node][slot] radii in shared memory,
+  // a warp per node, the same arithmetic as the levels below.
+  float* cur = upper;
+  float* next = upper + (D / 16) * kChunk;
+  for (int level = 5; level <= c.levels; ++level) {
+    __syncthreads();
+    for (int j = threadIdx.x / 32; j < (D >> level); j += kThreads / 32) {
+      const float a = cur[2 * j * kChunk + lane], b = cur[(2 * j + 1) * kChunk + lane];
+      next[j * kChunk + lane] = __fsqrt_rn(__fadd_rn(__fmul_rn(a, a), __fmul_rn(b, b)));
+      pack_field<0>(chunk_field(c, job, level, j), c.bits[level - 1],
+                    quantize_upper<0>(c, quant, level, a, b), active, lane);
+    }
+    float* t = cur;
+    cur = next;
+    next = t;
+  }
+  if (c.levels > 4) {
+    __syncthreads();
+    for (int j = threadIdx.x / 32; j < (D >> c.levels); j += kThreads / 32) {
+      if (active) store_radius(c, job, j, lane, cur[j * kChunk + lane]);
     }
   }
 }
 
-// True when encode_units_kernel handles the codec: four levels, every width interleaved.
+// True when encode_units_kernel handles the codec: at least four levels (any width up to 8 bits).
 bool units_encoder(const DeviceCodec& c) {
-  if (c.levels != 4) return false;
-  for (int l = 0; l < 4; ++l) {
-    if (c.bits[l] != 1 && c.bits[l] != 2 && c.bits[l] != 4 && c.bits[l] != 8) return false;
+  if (c.levels < 4) return false;
+  for (int l = 0; l < c.levels; ++l) {
+    if (c.bits[l] < 1 || c.bits[l] > 8) return false;
   }
   return true;
 }
@@ -186,7 +229,7 @@ void launch_units(const DeviceCodec& c, int n_kv_heads, uint8_t* pool, const int
   const size_t rows = kChunk * (D + 4) * sizeof(float);
   const bool paper = c.bits[0] == 4 && c.bits[1] == 2 && c.bits[2] == 2 && c.bits[3] == 2;
   const size_t smem = (2 * c.table_entries + 3) / 4 * 4 * sizeof(float) +
-                      (paper ? kUnitCodeBytes : 0) + rows +
+                      (paper ? kUnitCodeBytes : 0) + 2 * (D / 16) * kChunk * sizeof(float) + rows +
                       (rotated ? 0 : rows + kChunk * D * sizeof(float));
   auto kernel =
       paper ? (rotated ? encode_units_kernel<D, 1, true> : encode_units_kernel<D, 1, false>)
