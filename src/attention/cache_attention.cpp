@@ -30,20 +30,15 @@ Stored stored_kind(const PageFormat& format) {
 
 constexpr size_t kRowTile = 64;  // full-precision rows scored per softmax step
 
-// Software prefetch of the pages a task reads next. PolarQuant regions: kPolarPrefetchPages ahead,
-// into L2 (prefetcht1), because its kernels keep their lane accumulators (g x d x 16 floats, 32 KiB
-// for g = 4, d = 128) and level-1 tables (16 KiB) in L1, which prefetches into L1 would evict.
-// Measured 2026-11-29 (llama shape, one thread, ratio of paired medians, docs/BENCHMARKS.md
-// section 2): the next page into L1 gave paper/f16 1.45-1.50x at 16k and 1.40-1.43x at 32k; 2 or
-// 4 pages ahead into L2 1.60-1.62x and 1.54x. Row formats (f32, f16, decoded codecs): the next
-// page into L1, as before (their times did not move measurably either way).
-constexpr size_t kPolarPrefetchPages = 4;
-void prefetch_region(const uint8_t* p, size_t bytes, bool into_l2) {
-  if (into_l2) {
-    for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 2);
-  } else {
-    for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 3);
-  }
+// Software prefetch of the regions kPrefetchPages pages ahead, into L2 (prefetcht1): the PolarQuant
+// kernels keep their lane accumulators (g x d x 16 floats, 32 KiB for g = 4, d = 128) and level-1
+// tables (16 KiB) in L1, which prefetches into L1 would evict. Measured 2026-11-29 (llama shape,
+// one thread, ratio of paired medians, docs/BENCHMARKS.md section 2): 1 page ahead into L1 gave
+// paper/f16 1.45-1.50x at 16k and 1.40-1.43x at 32k; 2 or 4 pages ahead into L2 1.60-1.62x and
+// 1.54x, with the f16 times unchanged within the noise.
+constexpr size_t kPrefetchPages = 4;
+void prefetch_region(const uint8_t* p, size_t bytes) {
+  for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 2);
 }
 
 // A contiguous run of positions of one KV head, all in one storage run (sink, pages or tail).
@@ -104,23 +99,15 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
     const size_t n = std::min(task.end - pos, page_tokens - slot);
     const uint8_t* kreg = m.key_region(c.sl, page, h);
     const uint8_t* vreg = m.value_region(c.sl, page, h);
-    // Ask for the next regions while this page is read: measured faster than leaving it to the
-    // hardware prefetcher, most of all at slab boundaries. Row formats: the next page, keys and
-    // values now. PolarQuant: kPolarPrefetchPages ahead (all of the first ones at the task's
-    // start), keys before the scores and values before the value pass, so the requests are
-    // spread over the page's work.
-    const bool polar_values = c.value_kind == Stored::kPolar;
-    auto prefetch = [&](bool keys) {
-      const bool polar = (keys ? c.key_kind : c.value_kind) == Stored::kPolar;
-      const size_t ahead = polar ? kPolarPrefetchPages : 1;
-      const size_t end = std::min(page + ahead + 1, task_pages);
-      for (size_t p = pos == task.begin ? page + 1 : page + ahead; p < end; ++p) {
-        prefetch_region(keys ? m.key_region(c.sl, p, h) : m.value_region(c.sl, p, h),
-                        (keys ? m.key_format : m.value_format)->head_bytes(), polar);
-      }
-    };
-    prefetch(true);
-    if (!polar_values) prefetch(false);
+    // Ask for the regions kPrefetchPages ahead while this page is read (all of the first ones at
+    // the task's start): measured faster than leaving it to the hardware prefetcher
+    // (docs/cache.md), most of all at slab boundaries. Keys before the scores, values before the
+    // value pass, so the requests are spread over the page's work.
+    const size_t prefetch_from = pos == task.begin ? page + 1 : page + kPrefetchPages;
+    const size_t prefetch_end = std::min(page + kPrefetchPages + 1, task_pages);
+    for (size_t p = prefetch_from; p < prefetch_end; ++p) {
+      prefetch_region(m.key_region(c.sl, p, h), m.key_format->head_bytes());
+    }
     switch (c.key_kind) {
       case Stored::kF32:
         c.kernels.score_f32(q, c.g, c.dim, reinterpret_cast<const float*>(kreg) + slot * c.dim,
@@ -153,7 +140,9 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
         for (int j = 0; j < c.dim; ++j) st.acc[i * c.dim + j] *= alpha;
       }
     }
-    if (polar_values) prefetch(false);
+    for (size_t p = prefetch_from; p < prefetch_end; ++p) {
+      prefetch_region(m.value_region(c.sl, p, h), m.value_format->head_bytes());
+    }
     switch (c.value_kind) {
       case Stored::kF32:
         c.kernels.value_f32(scores.data(), page_tokens, c.g, c.dim,
