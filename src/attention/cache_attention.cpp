@@ -101,8 +101,8 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
     const uint8_t* vreg = m.value_region(c.sl, page, h);
     // Ask for the regions kPrefetchPages ahead while this page is read (all of the first ones at
     // the task's start): measured faster than leaving it to the hardware prefetcher
-    // (docs/cache.md), most of all at slab boundaries. Keys before the scores, values before the
-    // value pass, so the requests are spread over the page's work.
+    // (docs/BENCHMARKS.md section 2), most of all at slab boundaries. Keys before the scores,
+    // values before the value pass, so the requests are spread over the page's work.
     const size_t prefetch_from = pos == task.begin ? page + 1 : page + kPrefetchPages;
     const size_t prefetch_end = std::min(page + kPrefetchPages + 1, task_pages);
     for (size_t p = prefetch_from; p < prefetch_end; ++p) {
