@@ -131,7 +131,9 @@ TEST(AttentionKernels, PolarKernelsMatchScalarForEveryCodeWidth) {
     RadiusPrecision radius;
   };
   const std::vector<Config> configs = {
-      {128, {4, 2, 2, 2}, RadiusPrecision::kFp16},                 // paper
+      {128, {4, 2, 2, 2}, RadiusPrecision::kFp16},  // paper
+      {64, {4, 2, 2, 2}, RadiusPrecision::kBf16},   // paper widths, other radii
+      {128, {4, 2, 2, 2}, RadiusPrecision::kFp32},
       {64, {1, 3}, RadiusPrecision::kBf16},                        // 1- and 3-bit codes
       {128, {5, 4, 8}, RadiusPrecision::kFp32},                    // permutex2var and 8-bit gathers
       {128, {6, 7, 2, 1, 3}, RadiusPrecision::kFp16},              // gathers, packed widths
@@ -140,11 +142,18 @@ TEST(AttentionKernels, PolarKernelsMatchScalarForEveryCodeWidth) {
   };
   for (const KernelSet* k : simd_sets()) {
     for (const Config& c : configs) {
-      for (size_t filled : {1u, 16u, 17u, 64u}) {
+      // The paper widths have their own kernels (one per head count up to 8): every g, and the
+      // cache's default page of 32 slots as well as 64.
+      const bool paper = c.bits == std::vector<int>{4, 2, 2, 2};
+      for (auto [page_tokens, filled] :
+           {std::pair<int, size_t>{64, 1}, {64, 16}, {64, 17}, {64, 64}, {32, 17}, {32, 32}}) {
+        if (page_tokens == 32 && !paper) continue;
         SCOPED_TRACE(k->name + " dim " + std::to_string(c.dim) + " L " +
-                     std::to_string(c.bits.size()) + " filled " + std::to_string(filled));
-        const PolarPage page = make_page(c.dim, c.bits, c.radius, 64, filled);
-        for (int g : {1, 4, 9}) {
+                     std::to_string(c.bits.size()) + " page " + std::to_string(page_tokens) +
+                     " filled " + std::to_string(filled));
+        const PolarPage page = make_page(c.dim, c.bits, c.radius, page_tokens, filled);
+        for (int g :
+             paper ? std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8, 9, 17} : std::vector<int>{1, 4, 9}) {
           const auto q = gaussian(g * c.dim, 8);
           PolarTables tables;
           build_polar_tables(*page.format, q.data(), g, tables);

@@ -28,11 +28,18 @@ Stored stored_kind(const PageFormat& format) {
   return Stored::kOther;
 }
 
-constexpr size_t kRowTile = 64;
+constexpr size_t kRowTile = 64;  // full-precision rows scored per softmax step
 
+// Software prefetch of the regions kPrefetchPages pages ahead, into L2 (prefetcht1): the PolarQuant
+// kernels keep their lane accumulators (g x d x 16 floats, 32 KiB for g = 4, d = 128) and level-1
+// tables (16 KiB) in L1, which prefetches into L1 would evict. Measured 2026-11-29 (llama shape,
+// one thread, ratio of paired medians, docs/BENCHMARKS.md section 2): 1 page ahead into L1 gave
+// paper/f16 1.45-1.50x at 16k and 1.40-1.43x at 32k; 2 or 4 pages ahead into L2 1.60-1.62x and
+// 1.54x, with the f16 times unchanged within the noise.
+constexpr size_t kPrefetchPages = 4;
 void prefetch_region(const uint8_t* p, size_t bytes) {
-  for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i);
-}  // full-precision rows scored per softmax step
+  for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 2);
+}
 
 // A contiguous run of positions of one KV head, all in one storage run (sink, pages or tail).
 struct Task {
@@ -83,6 +90,8 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
   const int h = task.kv_head;
   const size_t group = static_cast<size_t>(m.group);
   const float* q = c.q_plain->data() + static_cast<size_t>(h) * c.g * c.dim;
+  // One past the last page the task reads.
+  const size_t task_pages = std::min(c.sl.pages, (task.end - sink + page_tokens - 1) / page_tokens);
   for (size_t pos = task.begin; pos < task.end;) {
     const size_t coded = pos - sink;
     const size_t page = coded / page_tokens;
@@ -90,11 +99,14 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
     const size_t n = std::min(task.end - pos, page_tokens - slot);
     const uint8_t* kreg = m.key_region(c.sl, page, h);
     const uint8_t* vreg = m.value_region(c.sl, page, h);
-    // Ask for the next page's regions while this one is read: measured faster than leaving it to
-    // the hardware prefetcher (docs/cache.md), most of all at slab boundaries.
-    if (page + 1 < c.sl.pages && pos + n < task.end) {
-      prefetch_region(m.key_region(c.sl, page + 1, h), m.key_format->head_bytes());
-      prefetch_region(m.value_region(c.sl, page + 1, h), m.value_format->head_bytes());
+    // Ask for the regions kPrefetchPages ahead while this page is read (all of the first ones at
+    // the task's start): measured faster than leaving it to the hardware prefetcher
+    // (docs/BENCHMARKS.md section 2), most of all at slab boundaries. Keys before the scores,
+    // values before the value pass, so the requests are spread over the page's work.
+    const size_t prefetch_from = pos == task.begin ? page + 1 : page + kPrefetchPages;
+    const size_t prefetch_end = std::min(page + kPrefetchPages + 1, task_pages);
+    for (size_t p = prefetch_from; p < prefetch_end; ++p) {
+      prefetch_region(m.key_region(c.sl, p, h), m.key_format->head_bytes());
     }
     switch (c.key_kind) {
       case Stored::kF32:
@@ -127,6 +139,9 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
       } else {
         for (int j = 0; j < c.dim; ++j) st.acc[i * c.dim + j] *= alpha;
       }
+    }
+    for (size_t p = prefetch_from; p < prefetch_end; ++p) {
+      prefetch_region(m.value_region(c.sl, p, h), m.value_format->head_bytes());
     }
     switch (c.value_kind) {
       case Stored::kF32:

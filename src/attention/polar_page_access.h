@@ -1,5 +1,5 @@
-// Scalar access to single fields of a PolarQuant page region (layout: docs/cache.md), shared by the
-// scalar kernels and the table builder.
+// Scalar access to single fields of a PolarQuant page region (layout: docs/FORMAT.md section 4),
+// shared by the scalar kernels and the table builder.
 #pragma once
 
 #include <polarquant/half.h>
