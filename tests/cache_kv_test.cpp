@@ -168,8 +168,9 @@ TEST(CacheKv, MemoryAccountingIsExact) {
   cache.append(s2, 0, data.k.data(), data.v.data(), 10);
   cache.append(s2, 1, data.k.data(), data.v.data(), 37);
 
-  // Expected sizes from the layout rules (docs/cache.md): paper at d=128, T=32: 8 radii fields
-  // of 64 B, 64 + 32 + 16 + 8 fields of 16 / 8 / 8 / 8 B -> 512 + 1024 + 256 + 128 + 64 = 1984 B,
+  // Expected sizes from the layout rules (docs/FORMAT.md section 4): paper at d=128, T=32: 8 radii
+  // fields of 64 B, 64 + 32 + 16 + 8 fields of 16 / 8 / 8 / 8 B -> 512 + 1024 + 256 + 128 + 64 =
+  // 1984 B,
   // + 8 slack -> 2048 B per head; f16: 32 * 256 B = 8192 B per head.
   const size_t kpage = 2 * 2048, vpage = 2 * 8192;
   EXPECT_EQ(cache.impl().key_page_bytes(), kpage);

@@ -1,9 +1,9 @@
 // CUDA kernels for PolarQuant pages: encode (rotate + polar + quantize + pack), dequantize, and
 // split-KV decode attention over paged K and V. Plain C++: no CUDA header is needed to use it.
 //
-// The device pages use the CPU cache's page layout byte for byte (PolarPageLayout, docs/cache.md):
-// a page holds n_kv_heads head regions of head_bytes() each, so pages copied between host and
-// device need no conversion and the CPU cache is the reference. Design and measurements:
+// The device pages use the CPU cache's page layout byte for byte (PolarPageLayout, docs/FORMAT.md
+// section 4): a page holds n_kv_heads head regions of head_bytes() each, so pages copied between
+// host and device need no conversion and the CPU cache is the reference. Design and measurements:
 // docs/cuda.md.
 //
 // Conventions (flashinfer/CUTLASS style): every pointer named "device" points to GPU memory the

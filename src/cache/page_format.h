@@ -3,7 +3,7 @@
 // of kSlabPages consecutive pages of one head next to each other (see kv_cache_impl.h), so reading
 // one head's context is one long stream.
 //
-// Two layouts (byte-level description and version in docs/cache.md):
+// Two layouts (byte-level description and version in docs/FORMAT.md section 4):
 //  - GenericPageFormat: the codec's own groups, one after another (group_size() tokens each). Used
 //    for every codec, and read directly by the fused fp16/fp32 kernels (their groups are rows).
 //  - PolarPageFormat: structure-of-arrays with tokens fastest, for the fused PolarQuant kernels.

@@ -1,5 +1,5 @@
 // Device helpers shared by the kernels: reading one code or radius of a token slot from a head
-// region (layout: docs/cache.md), and decoding one 16-coordinate unit of a vector.
+// region (layout: docs/FORMAT.md section 4), and decoding one 16-coordinate unit of a vector.
 #pragma once
 
 #include <cuda_bf16.h>
