@@ -45,7 +45,8 @@ double round_trip_nmse(const Codec& codec, size_t n_groups, uint64_t seed) {
   return nmse(x, y);
 }
 
-// Bits per coordinate of each peer codec at d = 128, from the method definitions (docs/peers.md).
+// Bits per coordinate of each peer codec at d = 128, from the method definitions
+// (docs/design/peers.md).
 const std::map<std::string, double> kBits128 = {{"bf16", 16.0},
                                                 {"q8_0", 8.5},
                                                 {"q8_0h", 8.5},

@@ -43,7 +43,7 @@ TEST(PolarCodec, PresetsAdaptToSmallDimensions) {
 struct NmseCase {
   const char* preset;
   int levels;
-  double expected;  // docs/polarquant.md section 3, d = 128, fp16 radius, Gaussian data
+  double expected;  // ../shared/docs/polarquant.md section 3, d = 128, fp16 radius, Gaussian data
 };
 
 class PolarNmse : public ::testing::TestWithParam<NmseCase> {};

@@ -48,7 +48,7 @@ TEST(Codebook, DensitiesIntegrateToOneWithMeanQuarterPi) {
   EXPECT_NEAR(Codebook::density(4, kPi / 4), 2.1875, 1e-12);
 }
 
-// The reference centroids of docs/polarquant.md section 3 (computed there independently).
+// The reference centroids of ../shared/docs/polarquant.md section 3 (computed there independently).
 TEST(Codebook, AnalyticCentroidsMatchTheReferenceTable) {
   const std::vector<std::vector<double>> expected = {{0.3098, 0.6340, 0.9368, 1.2611},
                                                      {0.4262, 0.6744, 0.8964, 1.1446},

@@ -4,7 +4,7 @@
 // The device pages use the CPU cache's page layout byte for byte (PolarPageLayout, docs/FORMAT.md
 // section 4): a page holds n_kv_heads head regions of head_bytes() each, so pages copied between
 // host and device need no conversion and the CPU cache is the reference. Design and measurements:
-// docs/cuda.md.
+// docs/design/cuda.md.
 //
 // Conventions (flashinfer/CUTLASS style): every pointer named "device" points to GPU memory the
 // caller owns; calls only enqueue work on `stream` (no allocation, no synchronisation), so they

@@ -1,6 +1,6 @@
 // The peer KV-cache codecs (bf16, llama.cpp q8_0/q4_0 with and without Hadamard rotation, KIVI,
 // QJL, TurboQuant-mse) behind the Codec interface, and helpers they share. Byte layouts:
-// docs/peers.md.
+// docs/design/peers.md.
 #pragma once
 
 #include <polarquant/codec.h>
