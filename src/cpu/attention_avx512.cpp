@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 #include "attention/kernels.h"
 
@@ -234,6 +236,21 @@ inline __m512 load_radii(const PolarTables& tb, const uint8_t* region, int block
 
 constexpr int kMaxLevels = 8;  // deeper trees (blocks over 256 coordinates) use the scalar set
 constexpr int kHeadGroup = 8;  // query heads scored per pass over the codes
+
+// Calls f(std::integral_constant<int, v>{}) when Lo <= v <= Hi and returns true; false otherwise.
+// The one place where a run-time count (heads of a pass, levels) becomes a template parameter.
+template <int Lo, int Hi, class F>
+bool with_count(int v, F&& f) {
+  if constexpr (Lo > Hi) {
+    return false;
+  } else {
+    if (v == Lo) {
+      f(std::integral_constant<int, Lo>{});
+      return true;
+    }
+    return with_count<Lo + 1, Hi>(v, std::forward<F>(f));
+  }
+}
 
 // Per-level unpackers and, for codes of <= 4 bits, the cos/sin tables held in registers.
 template <int L>
@@ -500,32 +517,9 @@ void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size
                  float* scores, size_t s_stride) {
   const PaperPage pg(tb, region);
   for (int h0 = 0; h0 < g; h0 += kHeadGroup) {
-    switch (std::min(g - h0, kHeadGroup)) {
-      case 1:
-        score_paper_heads<R, 1>(tb, pg, slot, n, h0, scores, s_stride);
-        break;
-      case 2:
-        score_paper_heads<R, 2>(tb, pg, slot, n, h0, scores, s_stride);
-        break;
-      case 3:
-        score_paper_heads<R, 3>(tb, pg, slot, n, h0, scores, s_stride);
-        break;
-      case 4:
-        score_paper_heads<R, 4>(tb, pg, slot, n, h0, scores, s_stride);
-        break;
-      case 5:
-        score_paper_heads<R, 5>(tb, pg, slot, n, h0, scores, s_stride);
-        break;
-      case 6:
-        score_paper_heads<R, 6>(tb, pg, slot, n, h0, scores, s_stride);
-        break;
-      case 7:
-        score_paper_heads<R, 7>(tb, pg, slot, n, h0, scores, s_stride);
-        break;
-      default:
-        score_paper_heads<R, 8>(tb, pg, slot, n, h0, scores, s_stride);
-        break;
-    }
+    with_count<1, kHeadGroup>(std::min(g - h0, kHeadGroup), [&](auto heads) {
+      score_paper_heads<R, decltype(heads)::value>(tb, pg, slot, n, h0, scores, s_stride);
+    });
   }
 }
 
@@ -592,26 +586,10 @@ void score_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size
         return score_paper<RadiusPrecision::kFp32>(tb, region, slot, n, g, scores, s_stride);
     }
   }
-  switch (tb.levels) {
-    case 1:
-      return score_polar_levels<1>(tb, region, slot, n, g, scores, s_stride);
-    case 2:
-      return score_polar_levels<2>(tb, region, slot, n, g, scores, s_stride);
-    case 3:
-      return score_polar_levels<3>(tb, region, slot, n, g, scores, s_stride);
-    case 4:
-      return score_polar_levels<4>(tb, region, slot, n, g, scores, s_stride);
-    case 5:
-      return score_polar_levels<5>(tb, region, slot, n, g, scores, s_stride);
-    case 6:
-      return score_polar_levels<6>(tb, region, slot, n, g, scores, s_stride);
-    case 7:
-      return score_polar_levels<7>(tb, region, slot, n, g, scores, s_stride);
-    case 8:
-      return score_polar_levels<8>(tb, region, slot, n, g, scores, s_stride);
-    default:
-      return scalar_kernels().score_polar(tb, region, slot, n, g, scores, s_stride);
-  }
+  const bool done = with_count<1, 8>(tb.levels, [&](auto levels) {
+    score_polar_levels<decltype(levels)::value>(tb, region, slot, n, g, scores, s_stride);
+  });
+  if (!done) scalar_kernels().score_polar(tb, region, slot, n, g, scores, s_stride);
 }
 
 void value_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
@@ -626,26 +604,10 @@ void value_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size
         return value_paper<RadiusPrecision::kFp32>(tb, region, slot, n, g, p, p_stride, acc);
     }
   }
-  switch (tb.levels) {
-    case 1:
-      return value_polar_levels<1>(tb, region, slot, n, g, p, p_stride, acc);
-    case 2:
-      return value_polar_levels<2>(tb, region, slot, n, g, p, p_stride, acc);
-    case 3:
-      return value_polar_levels<3>(tb, region, slot, n, g, p, p_stride, acc);
-    case 4:
-      return value_polar_levels<4>(tb, region, slot, n, g, p, p_stride, acc);
-    case 5:
-      return value_polar_levels<5>(tb, region, slot, n, g, p, p_stride, acc);
-    case 6:
-      return value_polar_levels<6>(tb, region, slot, n, g, p, p_stride, acc);
-    case 7:
-      return value_polar_levels<7>(tb, region, slot, n, g, p, p_stride, acc);
-    case 8:
-      return value_polar_levels<8>(tb, region, slot, n, g, p, p_stride, acc);
-    default:
-      return scalar_kernels().value_polar(tb, region, slot, n, g, p, p_stride, acc);
-  }
+  const bool done = with_count<1, 8>(tb.levels, [&](auto levels) {
+    value_polar_levels<decltype(levels)::value>(tb, region, slot, n, g, p, p_stride, acc);
+  });
+  if (!done) scalar_kernels().value_polar(tb, region, slot, n, g, p, p_stride, acc);
 }
 
 }  // namespace

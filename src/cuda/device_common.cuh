@@ -38,6 +38,16 @@ __device__ __forceinline__ unsigned field_code(const uint8_t* field, int slot, i
   }
 }
 
+// Level 1's (cos, sin) as half2 (the specialised decoders' level-1 table), filled by threads
+// tid, tid + threads, ...
+__device__ __forceinline__ void load_level1_half2(const DeviceCodec& c, __half2* table, int tid,
+                                                  int threads) {
+  for (int i = tid; i < (1 << c.bits[0]); i += threads) {
+    table[i] =
+        __floats2half2_rn(c.cos_table[c.table_offset[0] + i], c.sin_table[c.table_offset[0] + i]);
+  }
+}
+
 __device__ __forceinline__ float region_radius(const DeviceCodec& c, const uint8_t* region,
                                                int block, int slot) {
   const uint8_t* p = region + c.radii_offset +

@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "cuda/device_codec.h"
+#include "cuda/device_common.cuh"
 
 namespace polarquant::cuda {
 
@@ -80,10 +81,7 @@ __device__ __forceinline__ __half2 bits_half2(uint32_t u) {
 
 __device__ __forceinline__ void load_paper_tables(const DeviceCodec& c, PaperTables* t, int tid,
                                                   int threads) {
-  for (int i = tid; i < 16; i += threads) {
-    t->level1[i] =
-        __floats2half2_rn(c.cos_table[c.table_offset[0] + i], c.sin_table[c.table_offset[0] + i]);
-  }
+  load_level1_half2(c, t->level1, tid, threads);
   for (int i = tid; i < 48; i += threads) {
     const int level = i / 16, a = i % 4, b = (i / 4) % 4;
     const int base = c.table_offset[level + 1];

@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "cuda/device_codec.h"
+#include "cuda/device_common.cuh"
 
 namespace polarquant::cuda {
 
@@ -58,10 +59,7 @@ struct Polar37Tables {
 
 __device__ __forceinline__ void load_polar37_tables(const DeviceCodec& c, Polar37Tables* t, int tid,
                                                     int threads) {
-  for (int i = tid; i < 16; i += threads) {
-    t->level1[i] =
-        __floats2half2_rn(c.cos_table[c.table_offset[0] + i], c.sin_table[c.table_offset[0] + i]);
-  }
+  load_level1_half2(c, t->level1, tid, threads);
   for (int i = tid; i < 40; i += threads) {
     const int e = c.table_offset[1 + i / 8] + i % 8;
     t->upper[i / 8][i % 8] = make_float2(c.cos_table[e], c.sin_table[e]);
