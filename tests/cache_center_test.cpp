@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "cache_test_util.h"
+#include "eval/distortion.h"
 
 namespace polarquant {
 namespace {
@@ -47,13 +48,9 @@ CacheRun run(const std::string& codec, bool center, bool fused, const char* valu
   return r;
 }
 
+// ||a - b|| / ||b||.
 double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double e = 0.0, n = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    e += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    n += double(b[i]) * b[i];
-  }
-  return std::sqrt(e / n);
+  return std::sqrt(polarquant::nmse(b.data(), a.data(), b.size()));
 }
 
 TEST(CacheCenterKeys, ExactForFullPrecisionAndReadGivesTheOriginalKeys) {

@@ -14,6 +14,7 @@
 
 #include "codecs/peer_codecs.h"
 #include "core/random.h"
+#include "eval/distortion.h"
 
 namespace polarquant {
 namespace {
@@ -26,12 +27,7 @@ std::vector<float> gaussian(size_t count, uint64_t seed, float scale = 1.0f) {
 }
 
 double nmse(const std::vector<float>& x, const std::vector<float>& y) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    num += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
-    den += double(x[i]) * x[i];
-  }
-  return num / den;
+  return polarquant::nmse(x.data(), y.data(), x.size());
 }
 
 // Round trip of n_groups groups of Gaussian vectors; returns the NMSE.

@@ -18,21 +18,8 @@
 namespace polarquant::eval {
 namespace {
 
-struct Tiny {
-  std::unique_ptr<model::LlamaModel> model;
-  std::unique_ptr<model::Tokenizer> tokenizer;
-};
-
-Tiny load_tiny() {
-  const std::string dir = polarquant::testing::shared_dir() + "/models/";
-  Tiny t;
-  if (!std::filesystem::exists(dir + "stories260K.bin") ||
-      !std::filesystem::exists(dir + "tok512.bin"))
-    return t;
-  t.model = std::make_unique<model::LlamaModel>(model::LlamaModel::load(dir + "stories260K.bin"));
-  t.tokenizer = model::load_tokenizer(*t.model, dir + "tok512.bin");
-  return t;
-}
+using Tiny = polarquant::testing::TinyModel;
+using polarquant::testing::load_stories260k;
 
 const char* kStory =
     "Once upon a time, there was a little dog named Max. Max liked to run in the park with his "
@@ -44,6 +31,13 @@ const char* kStory =
     "The next day, Max and Sue went to the park again. They saw a bird in the tree and a cat on "
     "the grass.";
 
+// The NIAH tests' haystack: the story four times.
+std::vector<int> story_haystack(const model::Tokenizer& tokenizer) {
+  std::string text;
+  for (int i = 0; i < 4; ++i) text += kStory;
+  return tokenizer.encode(text, false, false);
+}
+
 TEST(ModelEval, QuantileInterpolates) {
   EXPECT_DOUBLE_EQ(quantile({3.0, 1.0, 2.0}, 0.5), 2.0);
   EXPECT_DOUBLE_EQ(quantile({0.0, 10.0}, 0.99), 9.9);
@@ -52,7 +46,7 @@ TEST(ModelEval, QuantileInterpolates) {
 }
 
 TEST(ModelEval, PerplexityKlIsZeroForTheBaselineAndPositiveForALossyCodec) {
-  const Tiny t = load_tiny();
+  const Tiny t = load_stories260k();
   if (!t.model) GTEST_SKIP() << "../shared/models absent";
   const std::vector<int> tokens = t.tokenizer->encode(kStory, true, false);
   ASSERT_GE(tokens.size(), 64u);
@@ -92,11 +86,9 @@ TEST(ModelEval, PerplexityKlIsZeroForTheBaselineAndPositiveForALossyCodec) {
 }
 
 TEST(ModelEval, NiahPromptHasTheNeedleAtItsDepth) {
-  const Tiny t = load_tiny();
+  const Tiny t = load_stories260k();
   if (!t.model) GTEST_SKIP() << "../shared/models absent";
-  std::string text;
-  for (int i = 0; i < 4; ++i) text += kStory;
-  const std::vector<int> haystack = t.tokenizer->encode(text, false, false);
+  const std::vector<int> haystack = story_haystack(*t.tokenizer);
   NiahConfig cfg;
   cfg.needle = "The secret word is apple.";
   const std::vector<int> needle = t.tokenizer->encode(" " + cfg.needle + " ", false, false);
@@ -114,11 +106,9 @@ TEST(ModelEval, NiahPromptHasTheNeedleAtItsDepth) {
 }
 
 TEST(ModelEval, NiahGridCoversEveryCell) {
-  const Tiny t = load_tiny();
+  const Tiny t = load_stories260k();
   if (!t.model) GTEST_SKIP() << "../shared/models absent";
-  std::string text;
-  for (int i = 0; i < 4; ++i) text += kStory;
-  const std::vector<int> haystack = t.tokenizer->encode(text, false, false);
+  const std::vector<int> haystack = story_haystack(*t.tokenizer);
   NiahConfig cfg;
   cfg.contexts = {96, 160};
   cfg.depths = {0.0, 1.0};

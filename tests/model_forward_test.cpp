@@ -25,21 +25,8 @@ const char* kOracle =
     "One day, "
     "she saw a big, red ball. She wanted to play with it, but it was too high.";
 
-struct Tiny {
-  std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<Tokenizer> tokenizer;
-};
-
-Tiny load_tiny() {
-  const std::string dir = polarquant::testing::shared_dir() + "/models/";
-  Tiny t;
-  if (!std::filesystem::exists(dir + "stories260K.bin") ||
-      !std::filesystem::exists(dir + "tok512.bin"))
-    return t;
-  t.model = std::make_unique<LlamaModel>(LlamaModel::load(dir + "stories260K.bin"));
-  t.tokenizer = load_tokenizer(*t.model, dir + "tok512.bin");
-  return t;
-}
+using Tiny = polarquant::testing::TinyModel;
+using polarquant::testing::load_stories260k;
 
 std::string greedy_text(const LlamaModel& m, const Tokenizer& tok, const RuntimeOptions& rt,
                         int n) {
@@ -53,7 +40,7 @@ std::string greedy_text(const LlamaModel& m, const Tokenizer& tok, const Runtime
 }
 
 TEST(ModelForward, Stories260KGreedyMatchesOracle) {
-  const Tiny t = load_tiny();
+  const Tiny t = load_stories260k();
   if (!t.model) GTEST_SKIP() << "../shared/models absent";
   const LlamaConfig& c = t.model->config();
   EXPECT_EQ(c.dim, 64);
@@ -69,7 +56,7 @@ TEST(ModelForward, Stories260KGreedyMatchesOracle) {
 }
 
 TEST(ModelForward, ChunkedPrefillEqualsTokenByToken) {
-  const Tiny t = load_tiny();
+  const Tiny t = load_stories260k();
   if (!t.model) GTEST_SKIP() << "../shared/models absent";
   const std::vector<int> tokens =
       t.tokenizer->encode("One day, a cat and a dog went to the big park to play.", true, false);

@@ -1,13 +1,17 @@
 // Helpers for the model-runtime tests: a small GGUF writer (to build valid and deliberately broken
-// files in memory) and the paths of the optional real models.
+// files in memory), the paths of the optional real models, and the tiny stories260K model.
 #pragma once
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "model/llama_model.h"
+#include "model/tokenizer.h"
 
 namespace polarquant::testing {
 
@@ -117,6 +121,24 @@ inline std::string smollm2_path() {
   std::string dir = env ? env : (home ? std::string(home) + "/.cache/polarquant/models" : "");
   std::string path = dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
   return std::filesystem::exists(path) ? path : "";
+}
+
+// stories260K (llama2.c) and its 512-token tokenizer from ../shared/models; both null when absent
+// (the tests that need them skip).
+struct TinyModel {
+  std::unique_ptr<model::LlamaModel> model;
+  std::unique_ptr<model::Tokenizer> tokenizer;
+};
+inline TinyModel load_stories260k() {
+  const std::string dir = shared_dir() + "/models/";
+  TinyModel t;
+  if (!std::filesystem::exists(dir + "stories260K.bin") ||
+      !std::filesystem::exists(dir + "tok512.bin")) {
+    return t;
+  }
+  t.model = std::make_unique<model::LlamaModel>(model::LlamaModel::load(dir + "stories260K.bin"));
+  t.tokenizer = model::load_tokenizer(*t.model, dir + "tok512.bin");
+  return t;
 }
 
 }  // namespace polarquant::testing
