@@ -20,19 +20,14 @@ namespace {
 using namespace chunk;
 
 // ORs one b-bit code per lane (lane = chunk slot) into the b 32-bit words that a 32-slot chunk
-// owns in a field (b <= 8; B > 0: b known at compile time): one warp reduction per word, then
-// lanes 0 .. b-1 issue one fire-and-forget atomic each. Interleaved widths never straddle a word;
-// packed ones (3, 5, 6, 7 bits) may, and then contribute their low bits to one word and their high
-// bits to the next.
-template <int B>
+// owns in a field (b <= 8): one warp reduction per word, then lanes 0 .. b-1 issue one
+// fire-and-forget atomic each. Interleaved widths never straddle a word; packed ones (3, 5, 6, 7
+// bits) may, and then contribute their low bits to one word and their high bits to the next.
 __device__ __forceinline__ void pack_field(uint8_t* chunk_words, int b, unsigned code, bool active,
                                            int lane) {
-  if constexpr (B > 0) b = B;
   const int bit = code_bit(lane, b);
   unsigned word = 0;
-#pragma unroll
-  for (int w = 0; w < (B > 0 ? B : 8); ++w) {
-    if (B == 0 && w >= b) break;
+  for (int w = 0; w < b; ++w) {
     const int shift = bit - 32 * w;
     unsigned mine = 0;
     if (active && shift >= 0 && shift < 32) mine = code << shift;
@@ -104,12 +99,11 @@ __device__ __forceinline__ void pack_paper_unit(const DeviceCodec& c, const uint
   }
 }
 
-// Encoder for four-level codecs with interleaved code widths (the `paper` preset and its
-// relatives): one lane per slot of the chunk and one warp per 16-coordinate unit, the whole polar
-// transform of a unit in registers (no barrier between levels), codes packed by warp reductions.
-// Same arithmetic, in the same order, as encode_kernel: the codes are bit-identical.
-// W = 0: widths read at run time; W = 1: the `paper` widths 4/2/2/2 at compile time. R: the
-// input is already rotated (no rotation, fewer registers: 8 blocks per SM at D = 128).
+// The encoder: one lane per slot of the chunk and one warp per 16-coordinate unit, levels 1..4 of
+// a unit in registers (no barrier between them), levels above 4 through shared memory. W = 0:
+// widths read at run time, codes packed by warp reductions; W = 1: the `paper` widths 4/2/2/2 at
+// compile time, codes staged as bytes and packed a word per lane. R: the input is already rotated
+// (no rotation, fewer registers: 8 blocks per SM at D = 128).
 template <int D, int W, bool R>
 __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
                                             : R      ? 8
@@ -129,13 +123,24 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
   float* Ms = Y + kChunk * kRow;
   const ChunkJob job = chunk_job(c, pool, tables, max_pages, positions, first, n, x);
   const QuantTables quant = load_quant_tables(c, bcos, bsin);
-  for (int i = threadIdx.x; i < kChunk * D / 4; i += kThreads) {
-    const int t = i / (D / 4), col = 4 * (i % (D / 4));
-    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (t >= job.begin && t < job.end) {
-      v = *reinterpret_cast<const float4*>(job.x + (t - job.begin) * job.x_stride + col);
+  // Rows of 16-byte-aligned input are read as float4, others float by float (row strides are
+  // multiples of 4 floats, so one test on the first row decides for the block; two loops keep the
+  // aligned one free of the other's loads).
+  if (reinterpret_cast<uintptr_t>(job.x) % 16 == 0) {
+    for (int i = threadIdx.x; i < kChunk * D / 4; i += kThreads) {
+      const int t = i / (D / 4), col = 4 * (i % (D / 4));
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (t >= job.begin && t < job.end) {
+        v = *reinterpret_cast<const float4*>(job.x + (t - job.begin) * job.x_stride + col);
+      }
+      *reinterpret_cast<float4*>(X + t * kRow + col) = v;
     }
-    *reinterpret_cast<float4*>(X + t * kRow + col) = v;
+  } else {
+    for (int i = threadIdx.x; i < kChunk * D; i += kThreads) {
+      const int t = i / D, col = i % D;
+      const bool active = t >= job.begin && t < job.end;
+      X[t * kRow + col] = active ? job.x[(t - job.begin) * job.x_stride + col] : 0.0f;
+    }
   }
   __syncthreads();
   const float* src = X;
@@ -172,8 +177,8 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
           const int fi = 16 - 2 * count + j;  // field index: level 1 0..7, 2 8..11, 3 12..13, 4 14
           unit_codes[fi * 32 + lane] = active ? static_cast<uint8_t>(code) : uint8_t{0};
         } else {
-          pack_field<0>(chunk_field(c, job, level, count * u + j), c.bits[level - 1], code, active,
-                        lane);
+          pack_field(chunk_field(c, job, level, count * u + j), c.bits[level - 1], code, active,
+                     lane);
         }
       }
     }
@@ -198,8 +203,8 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
     for (int j = threadIdx.x / 32; j < (D >> level); j += kThreads / 32) {
       const float a = cur[2 * j * kChunk + lane], b = cur[(2 * j + 1) * kChunk + lane];
       next[j * kChunk + lane] = __fsqrt_rn(__fadd_rn(__fmul_rn(a, a), __fmul_rn(b, b)));
-      pack_field<0>(chunk_field(c, job, level, j), c.bits[level - 1],
-                    quantize_upper<0>(c, quant, level, a, b), active, lane);
+      pack_field(chunk_field(c, job, level, j), c.bits[level - 1],
+                 quantize_upper<0>(c, quant, level, a, b), active, lane);
     }
     float* t = cur;
     cur = next;
@@ -211,15 +216,6 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
       if (active) store_radius(c, job, j, lane, cur[j * kChunk + lane]);
     }
   }
-}
-
-// True when encode_units_kernel handles the codec: at least four levels (any width up to 8 bits).
-bool units_encoder(const DeviceCodec& c) {
-  if (c.levels < 4) return false;
-  for (int l = 0; l < c.levels; ++l) {
-    if (c.bits[l] < 1 || c.bits[l] > 8) return false;
-  }
-  return true;
 }
 
 template <int D>
@@ -244,16 +240,14 @@ void launch_units(const DeviceCodec& c, int n_kv_heads, uint8_t* pool, const int
 
 }  // namespace
 
-bool launch_encode_units(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* tables,
+void launch_encode_units(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* tables,
                          int max_pages, const int32_t* positions, size_t first, size_t n, int jobs,
                          const float* x, bool rotated, Stream stream) {
   const DeviceCodec& c = codec.device();
-  if (!units_encoder(c) || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;  // float4 rows
   with_dim(c.dim, [&](auto d) {
     launch_units<decltype(d)::value>(c, codec.n_kv_heads(), pool, tables, max_pages, positions,
                                      first, n, jobs, x, rotated, stream);
   });
-  return true;
 }
 
 }  // namespace polarquant::cuda
