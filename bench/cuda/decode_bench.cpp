@@ -85,14 +85,20 @@ int main(int argc, char** argv) {
   }
   bool quick = false;
   std::string preset = "paper";
+  int only_batch = 0, only_context = 0;  // 0: every shape
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
       quick = true;
     } else if (arg == "--preset" && i + 1 < argc) {
       preset = argv[++i];
+    } else if (arg == "--batch" && i + 1 < argc) {
+      only_batch = std::atoi(argv[++i]);
+    } else if (arg == "--context" && i + 1 < argc) {
+      only_context = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--preset NAME]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--preset NAME] [--batch N] [--context N]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -147,6 +153,7 @@ int main(int argc, char** argv) {
 
   for (int ctx : contexts) {
     for (int batch : batches) {
+      if ((only_batch && batch != only_batch) || (only_context && ctx != only_context)) continue;
       const size_t pages = static_cast<size_t>(ctx) / T;
       const size_t set_bytes = 2 * batch * pages * gpu.page_bytes();
       const int copies = static_cast<int>(std::max<size_t>(1, (256u << 20) / set_bytes + 1));

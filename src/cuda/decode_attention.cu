@@ -87,7 +87,13 @@ __host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
 // Decoders, chosen once per launch: the `paper` layout (paper_decode.cuh), the `polar37` layout
 // (polar37_decode.cuh), levels 1..4 of widths 4/3/3/3 at compile time (other polar37 relatives: the
 // generic decoder with constant widths), or every width at run time.
-enum Decoder { kGenericDecoder = 0, kPaperDecoder = 1, kWide3Decoder = 2, kPolar37Decoder = 3 };
+enum Decoder {
+  kGenericDecoder = 0,
+  kPaperDecoder = 1,
+  kWide3Decoder = 2,
+  kPolar37Decoder = 3,
+  kPaperFragDecoder = 4,  // attention_kernel_paper: fragments decoded in registers
+};
 
 template <int D, int kDecoder>
 __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t* region,
@@ -139,11 +145,41 @@ __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, in
   const size_t off = page_id * c.page_bytes + static_cast<size_t>(h) * c.head_bytes;
   const int chunks = c.head_bytes / 16;
   for (int i = lane; i < chunks; i += 32) {
-    const int to = kDecoder == kPaperDecoder     ? paper_smem_chunk<D>(i)
+    const int to = kDecoder == kPaperDecoder       ? paper_smem_chunk<D>(i)
+                   : kDecoder == kPaperFragDecoder ? paper_frag_chunk<D>(i)
                    : kDecoder == kPolar37Decoder ? polar37_smem_chunk<D>(i, c.level_offset[0] / 16)
                                                  : i;
     cp_async16(raw + 16 * to, p.k_pool + off + 16 * i);
     cp_async16(raw + c.head_bytes + 16 * to, p.v_pool + off + 16 * i);
+  }
+}
+
+// Merges the four warps' online-softmax states, staged in shared memory (warp w's at
+// stage_of(w): `rows` x (m, l), then rows x D accumulators), and writes the block's partial
+// state for query rows < g.
+template <int D, class StageOf>
+__device__ __forceinline__ void write_block_state(const AttnParams& p, int rows,
+                                                  StageOf&& stage_of) {
+  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const size_t part = (static_cast<size_t>(b) * p.c.n_kv_heads + h) * p.splits + split;
+  for (int i = threadIdx.x; i < p.g * D; i += kThreads) {
+    const int row = i / D, col = i % D;
+    float m_max = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m_max = fmaxf(m_max, stage_of(w)[2 * row]);
+    float acc = 0.0f, total = 0.0f;
+    if (m_max != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float* st = stage_of(w);
+        if (st[2 * row] == -INFINITY) continue;
+        const float weight = exp2f(st[2 * row] - m_max);
+        total += st[2 * row + 1] * weight;
+        acc += st[2 * rows + row * D + col] * weight;
+      }
+    }
+    p.part_acc[(part * p.g + row) * D + col] = acc;
+    if (col == 0) p.part_ml[part * p.g + row] = make_float2(m_max, total);
   }
 }
 
@@ -330,31 +366,195 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
     }
   }
   __syncthreads();
-  const size_t part = (static_cast<size_t>(b) * c.n_kv_heads + h) * p.splits + split;
-  for (int i = threadIdx.x; i < p.g * D; i += kThreads) {
-    const int row = i / D, col = i % D;
-    float m_max = -INFINITY;
+  write_block_state<D>(p, kRows, [&](int w) {
+    return reinterpret_cast<const float*>(smem + plan.tables + plan.q + w * plan.warp +
+                                          2 * kStages * c.head_bytes);
+  });
+}
+
+// The `paper` kernel for head_dim >= 128 and up to 8 query heads per KV head: the decoders write
+// MMA fragments in registers (paper_decode.cuh), so no fp16 tile goes through shared memory.
+// Per warp and page, for each 16-slot group: S^T (16 slots x 8 heads) = K Q'^T, K lane (g, t)
+// decoding blocks t + 4 beta of the group's slots sigma(g) and sigma(g + 8); then the online
+// softmax on S^T's columns (a lane holds heads 2t and 2t + 1 throughout); then per group
+// O^T (D x 8 heads) += V^T P^T, P^T transposed from S^T by movmatrix, V lane (g, t) decoding block
+// g + 8 beta of the slots t + 4k. O^T tile 8 beta + p holds coordinates 16 u + 2p (row g) and
+// 16 u + 2p + 1 (row g + 8) of block u = g + 8 beta.
+constexpr int kFragHeads = 8;  // the MMAs' n: query heads per KV head in attention_kernel_paper
+#ifndef POLARQUANT_CUDA_PAPER_MIN_BLOCKS  // blocks per SM the registers are sized for, D = 128
+#define POLARQUANT_CUDA_PAPER_MIN_BLOCKS 4
+#endif
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, D <= 128 ? POLARQUANT_CUDA_PAPER_MIN_BLOCKS : 2)
+    attention_kernel_paper(AttnParams p) {
+  static_assert(D % 128 == 0, "a V lane decodes whole blocks: D / 128 of them");
+  constexpr int kSlices = D / 16, kKBlocks = D / 64, kVBlocks = D / 128;
+  extern __shared__ __align__(16) uint8_t smem[];
+  const DeviceCodec& c = p.c;
+  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int gid = lane / 4, tq = lane % 4;
+  const int m4 = gid >> 1, e = gid & 1;  // K rows gid, gid + 8: slots m4 + 8e, m4 + 8e + 4
+
+  __shared__ __align__(512) PaperTables tables_s;  // 512-aligned: see pair_entry
+  PaperTables* tables = &tables_s;
+  const uint32_t tab = smem_address(tables);
+  const uint32_t warp_bytes = 2 * kStages * c.head_bytes;
+  uint8_t* wbase = smem + warp * warp_bytes;
+  const uint32_t second = 2 * (kStages - 1) * c.head_bytes;
+
+  const int len = p.lengths[b];
+  const int n_pages = (len + c.page_tokens - 1) / c.page_tokens;
+  const int page_begin = split * p.pages_per_split;
+  const int page_end = min(n_pages, page_begin + p.pages_per_split);
+  if (kStages == 2 && page_begin + warp < page_end) {
+    fetch_page<D, kPaperFragDecoder>(p, b, h, page_begin + warp, wbase, lane);
+  }
+  cp_async_commit();
+  load_paper_tables(c, tables, threadIdx.x, kThreads);
+
+  // B fragments of S^T = K Q'^T: head gid, coordinates 16u + 4q .. 16u + 4q + 3 of slice
+  // 4 beta + q, u = tq + 4 beta (the coordinates the K lanes of this tq decode).
+  uint32_t qf[kSlices][2];
+  const __half* qb = p.q_rot + (static_cast<size_t>(b) * p.n_q_heads + h * p.g) * D;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float* st = reinterpret_cast<const float*>(smem + plan.tables + plan.q + w * plan.warp +
-                                                       2 * kStages * c.head_bytes);
-      m_max = fmaxf(m_max, st[2 * row]);
+  for (int beta = 0; beta < kKBlocks; ++beta) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      uint2 v = make_uint2(0u, 0u);
+      if (gid < p.g) {
+        v = *reinterpret_cast<const uint2*>(qb + gid * D + 16 * (tq + 4 * beta) + 4 * q);
+      }
+      qf[4 * beta + q][0] = v.x;
+      qf[4 * beta + q][1] = v.y;
     }
-    float acc = 0.0f, total = 0.0f;
-    if (m_max != -INFINITY) {
+  }
+  __syncthreads();
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // heads 2tq, 2tq + 1
+  float o[kSlices][4];
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float* st = reinterpret_cast<const float*>(
-            smem + plan.tables + plan.q + w * plan.warp + 2 * kStages * c.head_bytes);
-        if (st[2 * row] == -INFINITY) continue;
-        const float weight = exp2f(st[2 * row] - m_max);
-        total += st[2 * row + 1] * weight;
-        acc += st[2 * kRows + row * D + col] * weight;
+  for (int n = 0; n < kSlices; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+  int cur = 0;
+  for (int pg = page_begin + warp; pg < page_end; pg += kWarps, cur ^= 1) {
+    if constexpr (kStages == 2) {
+      if (pg + kWarps < page_end)
+        fetch_page<D, kPaperFragDecoder>(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
+    } else {
+      fetch_page<D, kPaperFragDecoder>(p, b, h, pg, wbase, lane);
+    }
+    cp_async_commit();
+    if constexpr (kStages == 2) {
+      cp_async_wait_one();
+    } else {
+      cp_async_wait_all();
+    }
+    __syncwarp();
+    const uint8_t* raw_k = wbase + (cur ? second : 0);
+    const uint8_t* raw_v = raw_k + c.head_bytes;
+    const int valid = min(c.page_tokens, len - pg * c.page_tokens);
+
+    float s[2][4] = {};  // [group]: S^T rows gid, gid + 8 x heads 2tq, 2tq + 1
+#pragma unroll
+    for (int grp = 0; grp < 2; ++grp) {
+#pragma unroll
+      for (int beta = 0; beta < kKBlocks; ++beta) {
+        decode_pair_paper<D>(raw_k, tab, tq + 4 * beta, grp, m4, e,
+                             [&](int q, const uint32_t a[4]) {
+                               mma_16816(s[grp], a, qf[4 * beta + q][0], qf[4 * beta + q][1]);
+                             });
       }
     }
-    p.part_acc[(part * p.g + row) * D + col] = acc;
-    if (col == 0) p.part_ml[part * p.g + row] = make_float2(m_max, total);
+#pragma unroll
+    for (int grp = 0; grp < 2; ++grp) {
+      const int slot = 16 * grp + m4 + 8 * e;
+      if (slot >= valid) s[grp][0] = s[grp][1] = -INFINITY;
+      if (slot + 4 >= valid) s[grp][2] = s[grp][3] = -INFINITY;
+    }
+
+    // Online softmax (log2 domain) per head column; the lanes of one tq share the columns.
+    float alpha[2];
+#pragma unroll
+    for (int hc = 0; hc < 2; ++hc) {
+      float mx = fmaxf(fmaxf(s[0][hc], s[0][2 + hc]), fmaxf(s[1][hc], s[1][2 + hc]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+      const float m_new = fmaxf(m[hc], mx);
+      alpha[hc] = exp2f(m[hc] - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int grp = 0; grp < 2; ++grp) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float& v = s[grp][2 * r + hc];
+          v = exp2f(v - m_new);
+          sum += v;
+        }
+      }
+      l[hc] = l[hc] * alpha[hc] + sum;
+      m[hc] = m_new;
+    }
+    if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
+#pragma unroll
+      for (int n = 0; n < kSlices; ++n) {
+        o[n][0] *= alpha[0];
+        o[n][1] *= alpha[1];
+        o[n][2] *= alpha[0];
+        o[n][3] *= alpha[1];
+      }
+    }
+
+    uint32_t pt[2][2];  // B fragments of P^T per group: rows (slots) 2t..2t+1, 2t+8..2t+9
+#pragma unroll
+    for (int grp = 0; grp < 2; ++grp) {
+      pt[grp][0] = movmatrix_trans(pack_half2(s[grp][0], s[grp][1]));
+      pt[grp][1] = movmatrix_trans(pack_half2(s[grp][2], s[grp][3]));
+    }
+#pragma unroll
+    for (int grp = 0; grp < 2; ++grp) {
+#pragma unroll
+      for (int beta = 0; beta < kVBlocks; ++beta) {
+        decode_quad_paper<D>(raw_v, tab, gid + 8 * beta, grp, tq, [&](int pr, const uint32_t a[4]) {
+          mma_16816(o[8 * beta + pr], a, pt[grp][0], pt[grp][1]);
+        });
+      }
+    }
+    __syncwarp();  // the buffer is refilled by the next iteration's copy
   }
+
+#pragma unroll
+  for (int hc = 0; hc < 2; ++hc) {
+    l[hc] += __shfl_xor_sync(0xffffffffu, l[hc], 4);
+    l[hc] += __shfl_xor_sync(0xffffffffu, l[hc], 8);
+    l[hc] += __shfl_xor_sync(0xffffffffu, l[hc], 16);
+  }
+  cp_async_wait_all();
+  __syncwarp();
+  float* stage = reinterpret_cast<float*>(wbase);  // kFragHeads x (m, l), then kFragHeads x D
+#pragma unroll
+  for (int hc = 0; hc < 2; ++hc) {
+    const int head = 2 * tq + hc;
+    if (head >= p.g) continue;
+    if (gid == 0) {
+      stage[2 * head] = m[hc];
+      stage[2 * head + 1] = l[hc];
+    }
+#pragma unroll
+    for (int beta = 0; beta < kVBlocks; ++beta) {
+#pragma unroll
+      for (int pr = 0; pr < 8; ++pr) {
+        float* row = stage + 2 * kFragHeads + head * D + 16 * (gid + 8 * beta) + 2 * pr;
+        row[0] = o[8 * beta + pr][hc];
+        row[1] = o[8 * beta + pr][2 + hc];
+      }
+    }
+  }
+  __syncthreads();
+  write_block_state<D>(
+      p, kFragHeads, [&](int w) { return reinterpret_cast<const float*>(smem + w * warp_bytes); });
 }
 
 struct Geometry {
@@ -362,27 +562,47 @@ struct Geometry {
   size_t q_bytes = 0, ml_bytes = 0, acc_bytes = 0;
 };
 
-// The kernel for the codec's shape (the paper fast path when the layout matches), with its
-// shared memory allowance set.
+#ifndef POLARQUANT_CUDA_PAPER_TILE  // 1: the `paper` layout through the fp16 tile (for A/B runs)
+#define POLARQUANT_CUDA_PAPER_TILE 0
+#endif
+
+using AttentionKernel = void (*)(AttnParams);
+struct Launch {
+  AttentionKernel kernel = nullptr;
+  size_t smem = 0;
+};
+
+// The kernel for the codec's shape and g query heads per KV head (the register-fragment `paper`
+// kernel where it applies, else the tile kernel with the fastest decoder for the layout), with
+// its shared memory allowance set.
 template <int D>
-auto attention_kernel_for(const DeviceCodec& c) {
-  const bool wide3 = c.bits[0] == 4 && c.bits[1] == 3 && c.bits[2] == 3 && c.bits[3] == 3;
-  auto kernel = PaperLayout<D>::matches(c)     ? attention_kernel<D, kPaperDecoder>
-                : Polar37Layout<D>::matches(c) ? attention_kernel<D, kPolar37Decoder>
-                : wide3                        ? attention_kernel<D, kWide3Decoder>
-                                               : attention_kernel<D, kGenericDecoder>;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem_plan(c, D).total)),
+Launch attention_launch(const DeviceCodec& c, int g) {
+  Launch l;
+  if constexpr (D % 128 == 0) {
+    if (!POLARQUANT_CUDA_PAPER_TILE && PaperLayout<D>::matches(c) && g <= kFragHeads) {
+      l.kernel = attention_kernel_paper<D>;
+      l.smem = kWarps * 2 * kStages * static_cast<size_t>(c.head_bytes);
+    }
+  }
+  if (!l.kernel) {
+    const bool wide3 = c.bits[0] == 4 && c.bits[1] == 3 && c.bits[2] == 3 && c.bits[3] == 3;
+    l.kernel = PaperLayout<D>::matches(c)     ? attention_kernel<D, kPaperDecoder>
+               : Polar37Layout<D>::matches(c) ? attention_kernel<D, kPolar37Decoder>
+               : wide3                        ? attention_kernel<D, kWide3Decoder>
+                                              : attention_kernel<D, kGenericDecoder>;
+    l.smem = smem_plan(c, D).total;
+  }
+  check_cuda(cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(l.smem)),
              "cudaFuncSetAttribute(attention)");
-  return kernel;
+  return l;
 }
 
-int resident_blocks_per_sm(const DeviceCodec& c) {
+int resident_blocks_per_sm(const DeviceCodec& c, int g) {
   int blocks = 0;
   with_dim(c.dim, [&](auto d) {
-    constexpr int D = decltype(d)::value;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attention_kernel_for<D>(c),
-                                                             kThreads, smem_plan(c, D).total),
+    const Launch l = attention_launch<decltype(d)::value>(c, g);
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, l.kernel, kThreads, l.smem),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
   });
   return std::max(1, blocks);
@@ -396,8 +616,8 @@ Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
   Geometry geo;
   const int pages_max = std::max(1, (batch.max_length + c.page_tokens - 1) / c.page_tokens);
   const long heads = static_cast<long>(batch.batch) * c.n_kv_heads;
-  const long slots =
-      static_cast<long>(resident_blocks_per_sm(c)) * std::max(1, codec.multiprocessors());
+  const long slots = static_cast<long>(resident_blocks_per_sm(c, batch.n_q_heads / c.n_kv_heads)) *
+                     std::max(1, codec.multiprocessors());
   const int floor_pages = std::min(2 * kWarps, pages_max);
   double best = -1.0;
   for (int waves = 1; waves <= 16; ++waves) {
@@ -489,8 +709,8 @@ void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, con
 
   const dim3 grid(geo.splits, c.n_kv_heads, batch.batch);
   with_dim(c.dim, [&](auto d) {
-    constexpr int D = decltype(d)::value;
-    attention_kernel_for<D>(c)<<<grid, kThreads, smem_plan(c, D).total, stream>>>(p);
+    const Launch l = attention_launch<decltype(d)::value>(c, p.g);
+    l.kernel<<<grid, kThreads, l.smem, stream>>>(p);
   });
   check_cuda(cudaGetLastError(), "launch(attention)");
 
