@@ -1,8 +1,8 @@
 // GPU benchmark of the PolarQuant kernels (run by bench/cuda/run.sh, which puts PyTorch SDPA on
 // fp16 K/V beside it): decode attention at the Llama-3.1-8B shape (32 query heads, 8 KV heads,
-// head_dim 128, `paper` preset unless --preset names another, 32-token pages) for batch 1/8/32 and
-// context 4k..128k, and the encode throughput of a 16k-token prefill. Prints one JSON object per
-// line.
+// head_dim 128 unless --dim gives 64 or 256, `paper` preset unless --preset names another, 32-token
+// pages) for batch 1/8/32 and context 4k..128k (--batch / --context pick one), and the encode
+// throughput of a 16k-token prefill. Prints one JSON object per line.
 //
 // Timing: CUDA events around each call, median of the repetitions; the pages are replicated
 // into enough copies (>= 256 MiB in all, over 4x the 60 MB L2) and the calls cycle through them,
@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
   bool quick = false;
   std::string preset = "paper";
   int only_batch = 0, only_context = 0;  // 0: every shape
+  int dim = 128;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
@@ -96,13 +97,17 @@ int main(int argc, char** argv) {
       only_batch = std::atoi(argv[++i]);
     } else if (arg == "--context" && i + 1 < argc) {
       only_context = std::atoi(argv[++i]);
+    } else if (arg == "--dim" && i + 1 < argc) {
+      dim = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--preset NAME] [--batch N] [--context N]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--quick] [--preset NAME] [--batch N] [--context N] [--dim 64|128|256]\n",
+          argv[0]);
       return 2;
     }
   }
-  const int n_kv = 8, n_q = 32, dim = 128, T = 32;
+  const int n_kv = 8, n_q = 32, T = 32;
   const PolarCodec codec(polar_preset(preset, dim));
   cuda::CudaPolarCodec gpu(codec, T, n_kv);
   cudaDeviceProp prop{};
@@ -112,8 +117,8 @@ int main(int argc, char** argv) {
   cudaRuntimeGetVersion(&runtime);
   std::printf(
       "{\"kind\":\"device\",\"name\":\"%s\",\"sms\":%d,\"driver_api\":%d,\"runtime\":%d,"
-      "\"preset\":\"%s\"}\n",
-      prop.name, prop.multiProcessorCount, driver, runtime, preset.c_str());
+      "\"preset\":\"%s\",\"head_dim\":%d}\n",
+      prop.name, prop.multiProcessorCount, driver, runtime, preset.c_str(), dim);
 
   const std::vector<int> contexts =
       quick ? std::vector<int>{4096, 131072} : std::vector<int>{4096, 16384, 65536, 131072};

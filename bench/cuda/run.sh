@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one command, for the GPU machine: builds the CUDA targets if BUILD lacks
 # them, then runs decode_bench beside PyTorch SDPA (bench/cuda/sdpa_compare.py).
-# Usage: bench/cuda/run.sh [BUILD_DIR] [--quick] [--preset NAME]
+# Usage: bench/cuda/run.sh [BUILD_DIR] [--quick] [--preset NAME] [--batch N] [--context N] [--dim D]
 set -euo pipefail
 build=${1:-build/cuda}
 shift || true

@@ -2,7 +2,8 @@
 fp16 K/V of the same shapes; prints one table with times, bandwidth and speedups.
 
 Usage (on the GPU machine): python3 bench/cuda/sdpa_compare.py BUILD/polarquant_cuda_bench [--quick]
-       [--preset NAME]   (default paper; e.g. polar37)
+       [--preset NAME] [--batch N] [--context N] [--dim D]   (passed to the benchmark; default: the
+       `paper` preset, head_dim 128, every batch and context; SDPA runs at the same shapes)
 Timing as in decode_bench: CUDA events per call, median; K/V copies cycled so that every call
 reads HBM (>= 256 MiB of inputs in all, over 4x the 60 MB L2).
 """
@@ -78,15 +79,15 @@ def sdpa_prefill_ms(tokens):
 
 
 def main():
+    global DIM
     exe = sys.argv[1]
     quick = "--quick" in sys.argv
-    preset = sys.argv[sys.argv.index("--preset") + 1] if "--preset" in sys.argv else "paper"
-    out = subprocess.run([exe, "--preset", preset] + (["--quick"] if quick else []), check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([exe] + sys.argv[2:], check=True, capture_output=True, text=True)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     dev = next(r for r in rows if r["kind"] == "device")
+    DIM = dev["head_dim"]
     print(f"GPU {dev['name']} ({dev['sms']} SMs), CUDA driver API {dev['driver_api']}, runtime {dev['runtime']}, "
-          f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}), preset {dev['preset']}")
+          f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}), preset {dev['preset']}, head_dim {DIM}")
     print("| batch | context | ours (ms) | our GB/s on pages | SDPA fp16 (ms) | SDPA GB/s | speedup |")
     print("|---|---|---|---|---|---|---|")
     results = []

@@ -388,8 +388,7 @@ constexpr int kFragHeads = 8;  // the MMAs' n: query heads per KV head in attent
 template <int D>
 __global__ void __launch_bounds__(kThreads, D <= 128 ? POLARQUANT_CUDA_PAPER_MIN_BLOCKS : 2)
     attention_kernel_paper(AttnParams p) {
-  static_assert(D % 128 == 0, "a V lane decodes whole blocks: D / 128 of them");
-  constexpr int kSlices = D / 16, kKBlocks = D / 64, kVBlocks = D / 128;
+  constexpr int kSlices = D / 16, kKBlocks = D / 64, kPairs = kVPairs<D>;
   extern __shared__ __align__(16) uint8_t smem[];
   const DeviceCodec& c = p.c;
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -516,10 +515,11 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? POLARQUANT_CUDA_PAPER_MIN
 #pragma unroll
     for (int grp = 0; grp < 2; ++grp) {
 #pragma unroll
-      for (int beta = 0; beta < kVBlocks; ++beta) {
-        decode_quad_paper<D>(raw_v, tab, gid + 8 * beta, grp, tq, [&](int pr, const uint32_t a[4]) {
-          mma_16816(o[8 * beta + pr], a, pt[grp][0], pt[grp][1]);
-        });
+      for (int unit = 0; unit < kVUnits<D>; ++unit) {
+        decode_quad_paper<D, kPairs>(raw_v, tab, v_block<D>(gid, unit), v_first_pair<D>(gid), grp,
+                                     tq, [&](int pr, const uint32_t a[4]) {
+                                       mma_16816(o[kPairs * unit + pr], a, pt[grp][0], pt[grp][1]);
+                                     });
       }
     }
     __syncwarp();  // the buffer is refilled by the next iteration's copy
@@ -543,12 +543,13 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? POLARQUANT_CUDA_PAPER_MIN
       stage[2 * head + 1] = l[hc];
     }
 #pragma unroll
-    for (int beta = 0; beta < kVBlocks; ++beta) {
+    for (int unit = 0; unit < kVUnits<D>; ++unit) {
 #pragma unroll
-      for (int pr = 0; pr < 8; ++pr) {
-        float* row = stage + 2 * kFragHeads + head * D + 16 * (gid + 8 * beta) + 2 * pr;
-        row[0] = o[8 * beta + pr][hc];
-        row[1] = o[8 * beta + pr][2 + hc];
+      for (int pr = 0; pr < kPairs; ++pr) {
+        const int coord = 16 * v_block<D>(gid, unit) + 2 * (v_first_pair<D>(gid) + pr);
+        float* row = stage + 2 * kFragHeads + head * D + coord;
+        row[0] = o[kPairs * unit + pr][hc];
+        row[1] = o[kPairs * unit + pr][2 + hc];
       }
     }
   }
@@ -578,13 +579,10 @@ struct Launch {
 template <int D>
 Launch attention_launch(const DeviceCodec& c, int g) {
   Launch l;
-  if constexpr (D % 128 == 0) {
-    if (!POLARQUANT_CUDA_PAPER_TILE && PaperLayout<D>::matches(c) && g <= kFragHeads) {
-      l.kernel = attention_kernel_paper<D>;
-      l.smem = kWarps * 2 * kStages * static_cast<size_t>(c.head_bytes);
-    }
-  }
-  if (!l.kernel) {
+  if (!POLARQUANT_CUDA_PAPER_TILE && PaperLayout<D>::matches(c) && g <= kFragHeads) {
+    l.kernel = attention_kernel_paper<D>;
+    l.smem = kWarps * 2 * kStages * static_cast<size_t>(c.head_bytes);
+  } else {
     const bool wide3 = c.bits[0] == 4 && c.bits[1] == 3 && c.bits[2] == 3 && c.bits[3] == 3;
     l.kernel = PaperLayout<D>::matches(c)     ? attention_kernel<D, kPaperDecoder>
                : Polar37Layout<D>::matches(c) ? attention_kernel<D, kPolar37Decoder>

@@ -253,43 +253,79 @@ __device__ __forceinline__ void decode_pair_paper(const uint8_t* region, uint32_
   }
 }
 
-// V lane: block u of the quad of slots 16 grp + i + 4k (k = 0..3), levels 4..2 in half2 on the
-// token pairs (i, i + 4) and (i + 8, i + 12) (nibbles 0 and 1 of byte i of a code word). Calls
-// emit(p, a) for each level-1 pair p with the A fragment of O^T += V^T P^T for the group's
-// 16 x 16 tile: rows gid, gid + 8 are coordinates 2p, 2p + 1 of the block, k the group's slots in
-// sigma order.
-template <int D, class Emit>
+// The level-1 pairs a V lane decodes: kVPairs<D> consecutive pairs of block v_block<D>(gid, unit)
+// starting at v_first_pair<D>(gid), for units 0 .. kVUnits<D> - 1. O^T has D / 16 tiles of 16
+// coordinates; a lane holds 2 rows of each, i.e. D / 8 coordinates = D / 128 blocks: whole
+// blocks gid + 8 unit for D >= 128, half block gid / 2 (pairs 4 (gid % 2) ..) for D = 64.
+template <int D>
+constexpr int kVPairs = D >= 128 ? 8 : 4;
+template <int D>
+constexpr int kVUnits = D >= 128 ? D / 128 : 1;
+template <int D>
+__device__ __forceinline__ int v_block(int gid, int unit) {
+  return D >= 128 ? gid + 8 * unit : gid >> 1;
+}
+template <int D>
+__device__ __forceinline__ int v_first_pair(int gid) {
+  return D >= 128 ? 0 : 4 * (gid & 1);
+}
+
+// V lane: level-1 pairs p0 .. p0 + kPairs - 1 of block u (kPairs = 8: the whole block, p0 = 0;
+// 4: the half p0 / 4) for the quad of slots 16 grp + i + 4k (k = 0..3), levels 4..2 in half2 on
+// the token pairs (i, i + 4) and (i + 8, i + 12) (nibbles 0 and 1 of byte i of a code word).
+// Calls emit(p, a) for p = 0 .. kPairs - 1 with the A fragment of O^T += V^T P^T for the group's
+// 16 x 16 tile: rows gid, gid + 8 are coordinates 2 (p0 + p), 2 (p0 + p) + 1 of the block, k the
+// group's slots in sigma order.
+template <int D, int kPairs, class Emit>
 __device__ __forceinline__ void decode_quad_paper(const uint8_t* region, uint32_t tab, int u,
-                                                  int grp, int i, Emit&& emit) {
+                                                  int p0, int grp, int i, Emit&& emit) {
+  static_assert(kPairs == 8 || kPairs == 4, "a whole or a half block");
   using Lay = PaperLayout<D>;
   const __half* radii = reinterpret_cast<const __half*>(region + Lay::kRadii) + u * 32;
   const int flip = paper_frag_radius_flip(u), slot = 16 * grp + i;
   const uint32_t rot8a = (8 * i + 29) & 31, rot8b = 8 * i + 1;  // nibbles 0, 1 of byte i, x 8
   const uint32_t rot4a = (8 * i + 30) & 31, rot4b = 8 * i + 2;  // the same, x 4
-  __half2 n[2][8];  // [pair (i, i+4) / (i+8, i+12)][level-1 pair], split in place as in K
+  const int half = p0 / 4;                                      // kPairs == 4: the level-4 side
+  __half2 n[2][kPairs];  // [pair (i, i+4) / (i+8, i+12)][level-1 pair], split in place as in K
   n[0][0] = __halves2half2(radii[slot ^ flip], radii[(slot + 4) ^ flip]);
   n[1][0] = __halves2half2(radii[(slot + 8) ^ flip], radii[(slot + 12) ^ flip]);
-  const auto split = [&](int level, int offset, int j, int half) {
+  const auto entries = [&](int level, int offset, uint2* e0, uint2* e1) {
     const uint32_t word = *reinterpret_cast<const uint32_t*>(region + offset + 4 * grp);
-    const uint2 e0 = pair_entry(tab, level, __funnelshift_r(word, word, rot8a));
-    const uint2 e1 = pair_entry(tab, level, __funnelshift_r(word, word, rot8b));
-    const __half2 p0 = n[0][j], p1 = n[1][j];
-    n[0][j] = __hmul2(p0, bits_half2(e0.x));
-    n[0][j + half] = __hmul2(p0, bits_half2(e0.y));
-    n[1][j] = __hmul2(p1, bits_half2(e1.x));
-    n[1][j + half] = __hmul2(p1, bits_half2(e1.y));
+    *e0 = pair_entry(tab, level, __funnelshift_r(word, word, rot8a));
+    *e1 = pair_entry(tab, level, __funnelshift_r(word, word, rot8b));
   };
-  split(2, Lay::kLevel4 + 8 * u, 0, 4);
-#pragma unroll
-  for (int j = 0; j < 2; ++j) split(1, Lay::kLevel3 + 8 * (2 * u + j), 4 * j, 2);
+  const auto split = [&](int level, int offset, int j, int w) {
+    uint2 e0, e1;
+    entries(level, offset, &e0, &e1);
+    const __half2 q0 = n[0][j], q1 = n[1][j];
+    n[0][j] = __hmul2(q0, bits_half2(e0.x));
+    n[0][j + w] = __hmul2(q0, bits_half2(e0.y));
+    n[1][j] = __hmul2(q1, bits_half2(e1.x));
+    n[1][j + w] = __hmul2(q1, bits_half2(e1.y));
+  };
   const int l2 = paper_frag_level2_flip(u);
+  if constexpr (kPairs == 8) {
+    split(2, Lay::kLevel4 + 8 * u, 0, 4);
 #pragma unroll
-  for (int j = 0; j < 4; ++j) split(0, Lay::kLevel2 + 8 * (4 * u + (j ^ l2)), 2 * j, 1);
+    for (int j = 0; j < 2; ++j) split(1, Lay::kLevel3 + 8 * (2 * u + j), 4 * j, 2);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) split(0, Lay::kLevel2 + 8 * (4 * u + (j ^ l2)), 2 * j, 1);
+  } else {
+    uint2 e0, e1;  // level 4: only this half's side (cos for pairs 0..3, sin for 4..7)
+    entries(2, Lay::kLevel4 + 8 * u, &e0, &e1);
+    n[0][0] = __hmul2(n[0][0], bits_half2(half ? e0.y : e0.x));
+    n[1][0] = __hmul2(n[1][0], bits_half2(half ? e1.y : e1.x));
+    split(1, Lay::kLevel3 + 8 * (2 * u + half), 0, 2);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      split(0, Lay::kLevel2 + 8 * (4 * u + ((2 * half + j) ^ l2)), 2 * j, 1);
+    }
+  }
   const uint8_t* l1 = region + Lay::kLevel1 + 128 * u + 8 * grp;
 #pragma unroll
-  for (int p = 0; p < 8; ++p) {
+  for (int p = 0; p < kPairs; ++p) {
     // Byte i of word x holds slots (i, i + 8), of word y slots (i + 4, i + 12).
-    const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * (p ^ (u & 7)));
+    const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * ((p0 + p) ^ (u & 7)));
     const __half2 c0 = level1_entry(tab, __funnelshift_r(w.x, w.x, rot4a));
     const __half2 c8 = level1_entry(tab, __funnelshift_r(w.x, w.x, rot4b));
     const __half2 c4 = level1_entry(tab, __funnelshift_r(w.y, w.y, rot4a));
