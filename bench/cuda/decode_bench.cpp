@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
   bool quick = false;
   std::string preset = "paper";
   int only_batch = 0, only_context = 0;  // 0: every shape
-  int dim = 128;
+  int dim = 128, n_q = 32;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
@@ -99,15 +99,17 @@ int main(int argc, char** argv) {
       only_context = std::atoi(argv[++i]);
     } else if (arg == "--dim" && i + 1 < argc) {
       dim = std::atoi(argv[++i]);
+    } else if (arg == "--q-heads" && i + 1 < argc) {
+      n_q = std::atoi(argv[++i]);
     } else {
-      std::fprintf(
-          stderr,
-          "usage: %s [--quick] [--preset NAME] [--batch N] [--context N] [--dim 64|128|256]\n",
-          argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--quick] [--preset NAME] [--batch N] [--context N] [--dim "
+                   "64|128|256] [--q-heads N]\n",
+                   argv[0]);
       return 2;
     }
   }
-  const int n_kv = 8, n_q = 32, T = 32;
+  const int n_kv = 8, T = 32;
   const PolarCodec codec(polar_preset(preset, dim));
   cuda::CudaPolarCodec gpu(codec, T, n_kv);
   cudaDeviceProp prop{};
@@ -117,8 +119,8 @@ int main(int argc, char** argv) {
   cudaRuntimeGetVersion(&runtime);
   std::printf(
       "{\"kind\":\"device\",\"name\":\"%s\",\"sms\":%d,\"driver_api\":%d,\"runtime\":%d,"
-      "\"preset\":\"%s\",\"head_dim\":%d}\n",
-      prop.name, prop.multiProcessorCount, driver, runtime, preset.c_str(), dim);
+      "\"preset\":\"%s\",\"head_dim\":%d,\"q_heads\":%d}\n",
+      prop.name, prop.multiProcessorCount, driver, runtime, preset.c_str(), dim, n_q);
 
   const std::vector<int> contexts =
       quick ? std::vector<int>{4096, 131072} : std::vector<int>{4096, 16384, 65536, 131072};

@@ -2,6 +2,7 @@
 # The GPU benchmark in one command, for the GPU machine: builds the CUDA targets if BUILD lacks
 # them, then runs decode_bench beside PyTorch SDPA (bench/cuda/sdpa_compare.py).
 # Usage: bench/cuda/run.sh [BUILD_DIR] [--quick] [--preset NAME] [--batch N] [--context N] [--dim D]
+#        [--q-heads N]
 set -euo pipefail
 build=${1:-build/cuda}
 shift || true

@@ -2,8 +2,9 @@
 fp16 K/V of the same shapes; prints one table with times, bandwidth and speedups.
 
 Usage (on the GPU machine): python3 bench/cuda/sdpa_compare.py BUILD/polarquant_cuda_bench [--quick]
-       [--preset NAME] [--batch N] [--context N] [--dim D]   (passed to the benchmark; default: the
-       `paper` preset, head_dim 128, every batch and context; SDPA runs at the same shapes)
+       [--preset NAME] [--batch N] [--context N] [--dim D] [--q-heads N]   (passed to the benchmark;
+       default: the `paper` preset, head_dim 128, 32 query heads over 8 KV heads, every batch and
+       context; SDPA runs at the same shapes)
 Timing as in decode_bench: CUDA events per call, median; K/V copies cycled so that every call
 reads HBM (>= 256 MiB of inputs in all, over 4x the 60 MB L2).
 """
@@ -79,15 +80,15 @@ def sdpa_prefill_ms(tokens):
 
 
 def main():
-    global DIM
+    global DIM, N_Q
     exe = sys.argv[1]
     quick = "--quick" in sys.argv
     out = subprocess.run([exe] + sys.argv[2:], check=True, capture_output=True, text=True)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     dev = next(r for r in rows if r["kind"] == "device")
-    DIM = dev["head_dim"]
+    DIM, N_Q = dev["head_dim"], dev["q_heads"]
     print(f"GPU {dev['name']} ({dev['sms']} SMs), CUDA driver API {dev['driver_api']}, runtime {dev['runtime']}, "
-          f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}), preset {dev['preset']}, head_dim {DIM}")
+          f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}), preset {dev['preset']}, head_dim {DIM}, {N_Q} query heads")
     print("| batch | context | ours (ms) | our GB/s on pages | SDPA fp16 (ms) | SDPA GB/s | speedup |")
     print("|---|---|---|---|---|---|---|")
     results = []

@@ -69,12 +69,12 @@ struct SmemPlan {
   size_t tables = 0, q = 0, warp = 0, total = 0;
 };
 
-// Per block: the generic cos/sin tables, the fast path's tables, the query tile; per warp: two
-// buffers of (K region, V region) for the copy of the next page in flight, and the fp16 tile.
+// Tile kernel. Per block: the generic cos/sin tables, polar37's tables, the query tile; per warp:
+// two buffers of (K region, V region) for the copy of the next page in flight, and the fp16 tile.
 __host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
   SmemPlan s;
-  s.tables = align_up(2 * c.table_entries * sizeof(float), 16) +
-             align_up(std::max(sizeof(PaperTables), sizeof(Polar37Tables)), 16);
+  s.tables =
+      align_up(2 * c.table_entries * sizeof(float), 16) + align_up(sizeof(Polar37Tables), 16);
   s.q = static_cast<size_t>(kRows) * (dim + 8) * sizeof(__half);
   s.warp = 2 * kStages * static_cast<size_t>(c.head_bytes) + kTile * (dim + 8) * sizeof(__half);
   s.total = s.tables + s.q + kWarps * s.warp;
@@ -83,27 +83,25 @@ __host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
 
 // Decodes the K or V rows of slots [slot - lane, slot - lane + 32) of a head region (shared memory)
 // into an fp16 tile of 32 rows of D (+8 padding) halves: one token per lane in the generic path,
-// two per lane (sharing code bytes) in the paper path.
-// Decoders, chosen once per launch: the `paper` layout (paper_decode.cuh), the `polar37` layout
-// (polar37_decode.cuh), levels 1..4 of widths 4/3/3/3 at compile time (other polar37 relatives: the
-// generic decoder with constant widths), or every width at run time.
+// an octet per lane and unit in the polar37 path.
+// Decoders of the tile kernel, chosen once per launch: the `polar37` layout (polar37_decode.cuh),
+// levels 1..4 of widths 4/3/3/3 at compile time (other polar37 relatives: the generic decoder with
+// constant widths), or every width at run time. `paper` has its own kernel (register fragments).
 enum Decoder {
   kGenericDecoder = 0,
-  kPaperDecoder = 1,
+  kPaperDecoder = 1,  // attention_kernel_paper (for the page copy's chunk order only)
   kWide3Decoder = 2,
   kPolar37Decoder = 3,
-  kPaperFragDecoder = 4,  // attention_kernel_paper: fragments decoded in registers
 };
 
 template <int D, int kDecoder>
 __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t* region,
                                             const float* cos_s, const float* sin_s,
-                                            const void* tables, int slot, __half* tile, int lane) {
-  // 32-slot pages in the specialised decoders: the tile is the page.
-  if constexpr (kDecoder == kPaperDecoder) {
-    decode_tile_paper<D>(region, *static_cast<const PaperTables*>(tables), lane, tile);
-  } else if constexpr (kDecoder == kPolar37Decoder) {
-    decode_tile_polar37<D>(c, region, *static_cast<const Polar37Tables*>(tables), lane, tile);
+                                            const Polar37Tables* tables, int slot, __half* tile,
+                                            int lane) {
+  // 32-slot pages in the specialised decoder: the tile is the page.
+  if constexpr (kDecoder == kPolar37Decoder) {
+    decode_tile_polar37<D>(c, region, *tables, lane, tile);
   } else {
     uint4* row = reinterpret_cast<uint4*>(tile + lane * (D + 8));
 #pragma unroll 1
@@ -145,8 +143,7 @@ __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, in
   const size_t off = page_id * c.page_bytes + static_cast<size_t>(h) * c.head_bytes;
   const int chunks = c.head_bytes / 16;
   for (int i = lane; i < chunks; i += 32) {
-    const int to = kDecoder == kPaperDecoder       ? paper_smem_chunk<D>(i)
-                   : kDecoder == kPaperFragDecoder ? paper_frag_chunk<D>(i)
+    const int to = kDecoder == kPaperDecoder     ? paper_smem_chunk<D>(i)
                    : kDecoder == kPolar37Decoder ? polar37_smem_chunk<D>(i, c.level_offset[0] / 16)
                                                  : i;
     cp_async16(raw + 16 * to, p.k_pool + off + 16 * i);
@@ -185,7 +182,6 @@ __device__ __forceinline__ void write_block_state(const AttnParams& p, int rows,
 
 template <int D, int kDecoder>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnParams p) {
-  constexpr bool kPaper = kDecoder == kPaperDecoder;
   extern __shared__ __align__(16) uint8_t smem[];
   const DeviceCodec& c = p.c;
   const SmemPlan plan = smem_plan(c, D);
@@ -196,8 +192,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
 
   float* cos_s = reinterpret_cast<float*>(smem);
   float* sin_s = cos_s + c.table_entries;
-  PaperTables* paper =
-      reinterpret_cast<PaperTables*>(smem + align_up(2 * c.table_entries * sizeof(float), 16));
+  Polar37Tables* tables37 =
+      reinterpret_cast<Polar37Tables*>(smem + align_up(2 * c.table_entries * sizeof(float), 16));
   __half* qs = reinterpret_cast<__half*>(smem + plan.tables);
   uint8_t* wbase = smem + plan.tables + plan.q + warp * plan.warp;
   // Buffers are addressed as offsets from the shared array (not through a pointer array), so the
@@ -219,9 +215,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
     cos_s[i] = c.cos_table[i];
     sin_s[i] = c.sin_table[i];
   }
-  if constexpr (kPaper) load_paper_tables(c, paper, threadIdx.x, kThreads);
   if constexpr (kDecoder == kPolar37Decoder) {
-    load_polar37_tables(c, reinterpret_cast<Polar37Tables*>(paper), threadIdx.x, kThreads);
+    load_polar37_tables(c, tables37, threadIdx.x, kThreads);
   }
   const __half* qb = p.q_rot + (static_cast<size_t>(b) * p.n_q_heads + h * p.g) * D;
   for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
@@ -255,7 +250,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
     const int valid = min(c.page_tokens, len - pg * c.page_tokens);
     for (int tile0 = 0; tile0 < valid; tile0 += kTile) {
       const int valid_t = min(kTile, valid - tile0);
-      decode_tile<D, kDecoder>(c, raw_k, cos_s, sin_s, paper, tile0 + lane, tile, lane);
+      decode_tile<D, kDecoder>(c, raw_k, cos_s, sin_s, tables37, tile0 + lane, tile, lane);
       __syncwarp();
       // Scores: S (16 rows x 32 tokens) = Q' K^T, four n-tiles of 8 tokens.
       float s[4][4];
@@ -319,7 +314,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
       }
 
       __syncwarp();  // every lane has read the K tile
-      decode_tile<D, kDecoder>(c, raw_v, cos_s, sin_s, paper, tile0 + lane, tile, lane);
+      decode_tile<D, kDecoder>(c, raw_v, cos_s, sin_s, tables37, tile0 + lane, tile, lane);
       __syncwarp();
 
       // O (16 x D) += P (16 x 32) V (32 x D): two k-steps of 16 tokens.
@@ -372,23 +367,33 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   });
 }
 
-// The `paper` kernel for head_dim >= 128 and up to 8 query heads per KV head: the decoders write
-// MMA fragments in registers (paper_decode.cuh), so no fp16 tile goes through shared memory.
-// Per warp and page, for each 16-slot group: S^T (16 slots x 8 heads) = K Q'^T, K lane (g, t)
-// decoding blocks t + 4 beta of the group's slots sigma(g) and sigma(g + 8); then the online
-// softmax on S^T's columns (a lane holds heads 2t and 2t + 1 throughout); then per group
-// O^T (D x 8 heads) += V^T P^T, P^T transposed from S^T by movmatrix, V lane (g, t) decoding block
-// g + 8 beta of the slots t + 4k. O^T tile 8 beta + p holds coordinates 16 u + 2p (row g) and
-// 16 u + 2p + 1 (row g + 8) of block u = g + 8 beta.
-constexpr int kFragHeads = 8;  // the MMAs' n: query heads per KV head in attention_kernel_paper
-#ifndef POLARQUANT_CUDA_PAPER_MIN_BLOCKS  // blocks per SM the registers are sized for, D = 128
-#define POLARQUANT_CUDA_PAPER_MIN_BLOCKS 4
-#endif
+// The `paper` kernel (up to 16 query heads per KV head): the decoders write MMA fragments in
+// registers (paper_decode.cuh), so no fp16 tile goes through shared memory. Per warp and page,
+// for each 16-slot group: S^T (16 slots x 8 heads per head tile) = K Q'^T, K lane (g, t) decoding
+// blocks t + 4 beta of the group's slots sigma(g) and sigma(g + 8); then the online softmax on
+// S^T's columns (a lane holds heads 2t and 2t + 1 of each head tile throughout); then per group
+// O^T (D x 8 heads) += V^T P^T, P^T transposed from S^T by movmatrix, V lane (g, t) decoding its
+// pairs of the slots t + 4k (v_block, v_first_pair). docs/design/cuda.md draws the mapping.
+constexpr int kFragHeads = 8;  // the MMAs' n: query heads per 8-column head tile
+// Blocks per SM the registers are sized for (measured on the H200: 128 registers and 4 blocks at
+// D <= 128 with one head tile; 3 blocks at D = 256 were 1.5% faster than 2; with two head tiles 2
+// blocks at D = 128 were 13% faster than 3 at 128k, and 3 spill heavily at D = 256).
+constexpr int paper_min_blocks(int d, int head_tiles) {
+  return head_tiles == 2 ? 2 : d <= 128 ? 4 : 3;
+}
 
-template <int D>
-__global__ void __launch_bounds__(kThreads, D <= 128 ? POLARQUANT_CUDA_PAPER_MIN_BLOCKS : 2)
+// Shared memory per warp: the page buffers, which also stage the warp's state at the end.
+__host__ __device__ inline size_t paper_warp_bytes(const DeviceCodec& c, int head_tiles) {
+  const size_t stage = (2 + static_cast<size_t>(c.dim)) * kFragHeads * head_tiles * sizeof(float);
+  const size_t pages = 2 * kStages * static_cast<size_t>(c.head_bytes);
+  return pages > stage ? pages : stage;
+}
+
+// kHeadTiles: 8-column tiles of query heads (1 for g <= 8, 2 for g <= 16).
+template <int D, int kHeadTiles>
+__global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
     attention_kernel_paper(AttnParams p) {
-  constexpr int kSlices = D / 16, kKBlocks = D / 64, kPairs = kVPairs<D>;
+  constexpr int kSlices = D / 16, kKBlocks = D / 64, kPairs = kVPairs<D>, NT = kHeadTiles;
   extern __shared__ __align__(16) uint8_t smem[];
   const DeviceCodec& c = p.c;
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -399,7 +404,7 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? POLARQUANT_CUDA_PAPER_MIN
   __shared__ __align__(512) PaperTables tables_s;  // 512-aligned: see pair_entry
   PaperTables* tables = &tables_s;
   const uint32_t tab = smem_address(tables);
-  const uint32_t warp_bytes = 2 * kStages * c.head_bytes;
+  const uint32_t warp_bytes = static_cast<uint32_t>(paper_warp_bytes(c, NT));
   uint8_t* wbase = smem + warp * warp_bytes;
   const uint32_t second = 2 * (kStages - 1) * c.head_bytes;
 
@@ -408,41 +413,50 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? POLARQUANT_CUDA_PAPER_MIN
   const int page_begin = split * p.pages_per_split;
   const int page_end = min(n_pages, page_begin + p.pages_per_split);
   if (kStages == 2 && page_begin + warp < page_end) {
-    fetch_page<D, kPaperFragDecoder>(p, b, h, page_begin + warp, wbase, lane);
+    fetch_page<D, kPaperDecoder>(p, b, h, page_begin + warp, wbase, lane);
   }
   cp_async_commit();
   load_paper_tables(c, tables, threadIdx.x, kThreads);
 
-  // B fragments of S^T = K Q'^T: head gid, coordinates 16u + 4q .. 16u + 4q + 3 of slice
+  // B fragments of S^T = K Q'^T: head 8 nt + gid, coordinates 16u + 4q .. 16u + 4q + 3 of slice
   // 4 beta + q, u = tq + 4 beta (the coordinates the K lanes of this tq decode).
-  uint32_t qf[kSlices][2];
+  uint32_t qf[NT][kSlices][2];
   const __half* qb = p.q_rot + (static_cast<size_t>(b) * p.n_q_heads + h * p.g) * D;
 #pragma unroll
-  for (int beta = 0; beta < kKBlocks; ++beta) {
+  for (int nt = 0; nt < NT; ++nt) {
+    const int head = 8 * nt + gid;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      uint2 v = make_uint2(0u, 0u);
-      if (gid < p.g) {
-        v = *reinterpret_cast<const uint2*>(qb + gid * D + 16 * (tq + 4 * beta) + 4 * q);
+    for (int beta = 0; beta < kKBlocks; ++beta) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        uint2 v = make_uint2(0u, 0u);
+        if (head < p.g) {
+          v = *reinterpret_cast<const uint2*>(qb + head * D + 16 * (tq + 4 * beta) + 4 * q);
+        }
+        qf[nt][4 * beta + q][0] = v.x;
+        qf[nt][4 * beta + q][1] = v.y;
       }
-      qf[4 * beta + q][0] = v.x;
-      qf[4 * beta + q][1] = v.y;
     }
   }
   __syncthreads();
 
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // heads 2tq, 2tq + 1
-  float o[kSlices][4];
+  // Online-softmax state of heads 8 nt + 2 tq + hc, and O^T tiles per head tile.
+  float m[NT][2], l[NT][2], o[NT][kSlices][4];
 #pragma unroll
-  for (int n = 0; n < kSlices; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  for (int nt = 0; nt < NT; ++nt) {
+    m[nt][0] = m[nt][1] = -INFINITY;
+    l[nt][0] = l[nt][1] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < kSlices; ++n) o[nt][n][0] = o[nt][n][1] = o[nt][n][2] = o[nt][n][3] = 0.0f;
+  }
 
   int cur = 0;
   for (int pg = page_begin + warp; pg < page_end; pg += kWarps, cur ^= 1) {
     if constexpr (kStages == 2) {
       if (pg + kWarps < page_end)
-        fetch_page<D, kPaperFragDecoder>(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
+        fetch_page<D, kPaperDecoder>(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
     } else {
-      fetch_page<D, kPaperFragDecoder>(p, b, h, pg, wbase, lane);
+      fetch_page<D, kPaperDecoder>(p, b, h, pg, wbase, lane);
     }
     cp_async_commit();
     if constexpr (kStages == 2) {
@@ -455,62 +469,77 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? POLARQUANT_CUDA_PAPER_MIN
     const uint8_t* raw_v = raw_k + c.head_bytes;
     const int valid = min(c.page_tokens, len - pg * c.page_tokens);
 
-    float s[2][4] = {};  // [group]: S^T rows gid, gid + 8 x heads 2tq, 2tq + 1
+    float s[NT][2][4] = {};  // [head tile][group]: S^T rows gid, gid + 8 x heads 2tq, 2tq + 1
 #pragma unroll
     for (int grp = 0; grp < 2; ++grp) {
 #pragma unroll
       for (int beta = 0; beta < kKBlocks; ++beta) {
-        decode_pair_paper<D>(raw_k, tab, tq + 4 * beta, grp, m4, e,
-                             [&](int q, const uint32_t a[4]) {
-                               mma_16816(s[grp], a, qf[4 * beta + q][0], qf[4 * beta + q][1]);
-                             });
-      }
-    }
+        decode_pair_paper<D>(
+            raw_k, tab, tq + 4 * beta, grp, m4, e, [&](int q, const uint32_t a[4]) {
 #pragma unroll
-    for (int grp = 0; grp < 2; ++grp) {
-      const int slot = 16 * grp + m4 + 8 * e;
-      if (slot >= valid) s[grp][0] = s[grp][1] = -INFINITY;
-      if (slot + 4 >= valid) s[grp][2] = s[grp][3] = -INFINITY;
+              for (int nt = 0; nt < NT; ++nt) {
+                mma_16816(s[nt][grp], a, qf[nt][4 * beta + q][0], qf[nt][4 * beta + q][1]);
+              }
+            });
+      }
     }
 
     // Online softmax (log2 domain) per head column; the lanes of one tq share the columns.
-    float alpha[2];
+    float alpha[NT][2];
+    bool settled = true;
 #pragma unroll
-    for (int hc = 0; hc < 2; ++hc) {
-      float mx = fmaxf(fmaxf(s[0][hc], s[0][2 + hc]), fmaxf(s[1][hc], s[1][2 + hc]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-      const float m_new = fmaxf(m[hc], mx);
-      alpha[hc] = exp2f(m[hc] - m_new);
-      float sum = 0.0f;
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int grp = 0; grp < 2; ++grp) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float& v = s[grp][2 * r + hc];
-          v = exp2f(v - m_new);
-          sum += v;
-        }
+        const int slot = 16 * grp + m4 + 8 * e;
+        if (slot >= valid) s[nt][grp][0] = s[nt][grp][1] = -INFINITY;
+        if (slot + 4 >= valid) s[nt][grp][2] = s[nt][grp][3] = -INFINITY;
       }
-      l[hc] = l[hc] * alpha[hc] + sum;
-      m[hc] = m_new;
-    }
-    if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
 #pragma unroll
-      for (int n = 0; n < kSlices; ++n) {
-        o[n][0] *= alpha[0];
-        o[n][1] *= alpha[1];
-        o[n][2] *= alpha[0];
-        o[n][3] *= alpha[1];
+      for (int hc = 0; hc < 2; ++hc) {
+        float mx =
+            fmaxf(fmaxf(s[nt][0][hc], s[nt][0][2 + hc]), fmaxf(s[nt][1][hc], s[nt][1][2 + hc]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+        const float m_new = fmaxf(m[nt][hc], mx);
+        alpha[nt][hc] = exp2f(m[nt][hc] - m_new);
+        settled = settled && alpha[nt][hc] == 1.0f;
+        float sum = 0.0f;
+#pragma unroll
+        for (int grp = 0; grp < 2; ++grp) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            float& v = s[nt][grp][2 * r + hc];
+            v = exp2f(v - m_new);
+            sum += v;
+          }
+        }
+        l[nt][hc] = l[nt][hc] * alpha[nt][hc] + sum;
+        m[nt][hc] = m_new;
+      }
+    }
+    if (!__all_sync(0xffffffffu, settled)) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int n = 0; n < kSlices; ++n) {
+          o[nt][n][0] *= alpha[nt][0];
+          o[nt][n][1] *= alpha[nt][1];
+          o[nt][n][2] *= alpha[nt][0];
+          o[nt][n][3] *= alpha[nt][1];
+        }
       }
     }
 
-    uint32_t pt[2][2];  // B fragments of P^T per group: rows (slots) 2t..2t+1, 2t+8..2t+9
+    uint32_t pt[NT][2][2];  // B fragments of P^T: rows (slots) 2t..2t+1, 2t+8..2t+9
 #pragma unroll
-    for (int grp = 0; grp < 2; ++grp) {
-      pt[grp][0] = movmatrix_trans(pack_half2(s[grp][0], s[grp][1]));
-      pt[grp][1] = movmatrix_trans(pack_half2(s[grp][2], s[grp][3]));
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int grp = 0; grp < 2; ++grp) {
+        pt[nt][grp][0] = movmatrix_trans(pack_half2(s[nt][grp][0], s[nt][grp][1]));
+        pt[nt][grp][1] = movmatrix_trans(pack_half2(s[nt][grp][2], s[nt][grp][3]));
+      }
     }
 #pragma unroll
     for (int grp = 0; grp < 2; ++grp) {
@@ -518,7 +547,11 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? POLARQUANT_CUDA_PAPER_MIN
       for (int unit = 0; unit < kVUnits<D>; ++unit) {
         decode_quad_paper<D, kPairs>(raw_v, tab, v_block<D>(gid, unit), v_first_pair<D>(gid), grp,
                                      tq, [&](int pr, const uint32_t a[4]) {
-                                       mma_16816(o[kPairs * unit + pr], a, pt[grp][0], pt[grp][1]);
+#pragma unroll
+                                       for (int nt = 0; nt < NT; ++nt) {
+                                         mma_16816(o[nt][kPairs * unit + pr], a, pt[nt][grp][0],
+                                                   pt[nt][grp][1]);
+                                       }
                                      });
       }
     }
@@ -526,46 +559,49 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? POLARQUANT_CUDA_PAPER_MIN
   }
 
 #pragma unroll
-  for (int hc = 0; hc < 2; ++hc) {
-    l[hc] += __shfl_xor_sync(0xffffffffu, l[hc], 4);
-    l[hc] += __shfl_xor_sync(0xffffffffu, l[hc], 8);
-    l[hc] += __shfl_xor_sync(0xffffffffu, l[hc], 16);
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int hc = 0; hc < 2; ++hc) {
+      l[nt][hc] += __shfl_xor_sync(0xffffffffu, l[nt][hc], 4);
+      l[nt][hc] += __shfl_xor_sync(0xffffffffu, l[nt][hc], 8);
+      l[nt][hc] += __shfl_xor_sync(0xffffffffu, l[nt][hc], 16);
+    }
   }
   cp_async_wait_all();
   __syncwarp();
-  float* stage = reinterpret_cast<float*>(wbase);  // kFragHeads x (m, l), then kFragHeads x D
+  constexpr int kStageRows = kFragHeads * NT;
+  float* stage = reinterpret_cast<float*>(wbase);  // kStageRows x (m, l), then kStageRows x D
 #pragma unroll
-  for (int hc = 0; hc < 2; ++hc) {
-    const int head = 2 * tq + hc;
-    if (head >= p.g) continue;
-    if (gid == 0) {
-      stage[2 * head] = m[hc];
-      stage[2 * head + 1] = l[hc];
-    }
+  for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-    for (int unit = 0; unit < kVUnits<D>; ++unit) {
+    for (int hc = 0; hc < 2; ++hc) {
+      const int head = 8 * nt + 2 * tq + hc;
+      if (head >= p.g) continue;
+      if (gid == 0) {
+        stage[2 * head] = m[nt][hc];
+        stage[2 * head + 1] = l[nt][hc];
+      }
 #pragma unroll
-      for (int pr = 0; pr < kPairs; ++pr) {
-        const int coord = 16 * v_block<D>(gid, unit) + 2 * (v_first_pair<D>(gid) + pr);
-        float* row = stage + 2 * kFragHeads + head * D + coord;
-        row[0] = o[kPairs * unit + pr][hc];
-        row[1] = o[kPairs * unit + pr][2 + hc];
+      for (int unit = 0; unit < kVUnits<D>; ++unit) {
+#pragma unroll
+        for (int pr = 0; pr < kPairs; ++pr) {
+          const int coord = 16 * v_block<D>(gid, unit) + 2 * (v_first_pair<D>(gid) + pr);
+          float* row = stage + 2 * kStageRows + head * D + coord;
+          row[0] = o[nt][kPairs * unit + pr][hc];
+          row[1] = o[nt][kPairs * unit + pr][2 + hc];
+        }
       }
     }
   }
   __syncthreads();
   write_block_state<D>(
-      p, kFragHeads, [&](int w) { return reinterpret_cast<const float*>(smem + w * warp_bytes); });
+      p, kStageRows, [&](int w) { return reinterpret_cast<const float*>(smem + w * warp_bytes); });
 }
 
 struct Geometry {
   int splits = 1, pages_per_split = 1;
   size_t q_bytes = 0, ml_bytes = 0, acc_bytes = 0;
 };
-
-#ifndef POLARQUANT_CUDA_PAPER_TILE  // 1: the `paper` layout through the fp16 tile (for A/B runs)
-#define POLARQUANT_CUDA_PAPER_TILE 0
-#endif
 
 using AttentionKernel = void (*)(AttnParams);
 struct Launch {
@@ -579,15 +615,15 @@ struct Launch {
 template <int D>
 Launch attention_launch(const DeviceCodec& c, int g) {
   Launch l;
-  if (!POLARQUANT_CUDA_PAPER_TILE && PaperLayout<D>::matches(c) && g <= kFragHeads) {
-    l.kernel = attention_kernel_paper<D>;
-    l.smem = kWarps * 2 * kStages * static_cast<size_t>(c.head_bytes);
+  if (PaperLayout<D>::matches(c)) {
+    const int tiles = g <= kFragHeads ? 1 : 2;
+    l.kernel = tiles == 1 ? attention_kernel_paper<D, 1> : attention_kernel_paper<D, 2>;
+    l.smem = kWarps * paper_warp_bytes(c, tiles);
   } else {
     const bool wide3 = c.bits[0] == 4 && c.bits[1] == 3 && c.bits[2] == 3 && c.bits[3] == 3;
-    l.kernel = PaperLayout<D>::matches(c)     ? attention_kernel<D, kPaperDecoder>
-               : Polar37Layout<D>::matches(c) ? attention_kernel<D, kPolar37Decoder>
-               : wide3                        ? attention_kernel<D, kWide3Decoder>
-                                              : attention_kernel<D, kGenericDecoder>;
+    l.kernel = Polar37Layout<D>::matches(c) ? attention_kernel<D, kPolar37Decoder>
+               : wide3                      ? attention_kernel<D, kWide3Decoder>
+                                            : attention_kernel<D, kGenericDecoder>;
     l.smem = smem_plan(c, D).total;
   }
   check_cuda(cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
