@@ -151,6 +151,47 @@ __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, in
   }
 }
 
+// This block's pages [begin, end) of sequence b, with the copy of the warp's first page started
+// (it overlaps the table and query set-up).
+struct PageRange {
+  int len, begin, end;
+};
+template <int D, int kDecoder>
+__device__ __forceinline__ PageRange start_pages(const AttnParams& p, int b, int h, int warp,
+                                                 uint8_t* wbase, int lane) {
+  const int len = p.lengths[b];
+  const int n_pages = (len + p.c.page_tokens - 1) / p.c.page_tokens;
+  const int begin = blockIdx.x * p.pages_per_split;
+  const PageRange r{len, begin, min(n_pages, begin + p.pages_per_split)};
+  if (kStages == 2 && begin + warp < r.end)
+    fetch_page<D, kDecoder>(p, b, h, begin + warp, wbase, lane);
+  cp_async_commit();
+  return r;
+}
+
+// Page pg's K region in shared memory (its V region follows), once its copy has landed; the copy
+// of the warp's next page into the other buffer is started first.
+template <int D, int kDecoder>
+__device__ __forceinline__ const uint8_t* wait_page(const AttnParams& p, int b, int h, int pg,
+                                                    int end, uint8_t* wbase, int cur,
+                                                    uint32_t second, int lane) {
+  if constexpr (kStages == 2) {
+    if (pg + kWarps < end) {
+      fetch_page<D, kDecoder>(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
+    }
+  } else {
+    fetch_page<D, kDecoder>(p, b, h, pg, wbase, lane);
+  }
+  cp_async_commit();
+  if constexpr (kStages == 2) {
+    cp_async_wait_one();  // this page's copies (all but the newest group) have landed
+  } else {
+    cp_async_wait_all();
+  }
+  __syncwarp();
+  return wbase + (cur ? second : 0);
+}
+
 // Merges the four warps' online-softmax states, staged in shared memory (warp w's at
 // stage_of(w): `rows` x (m, l), then rows x D accumulators), and writes the block's partial
 // state for query rows < g.
@@ -185,7 +226,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   extern __shared__ __align__(16) uint8_t smem[];
   const DeviceCodec& c = p.c;
   const SmemPlan plan = smem_plan(c, D);
-  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int h = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int gq = lane / 4, tq = lane % 4;
   constexpr int kStride = D + 8;
@@ -201,15 +242,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   const uint32_t second = 2 * (kStages - 1) * c.head_bytes;
   __half* tile = reinterpret_cast<__half*>(wbase + 2 * kStages * c.head_bytes);
 
-  const int len = p.lengths[b];
-  const int n_pages = (len + c.page_tokens - 1) / c.page_tokens;
-  const int page_begin = split * p.pages_per_split;
-  const int page_end = min(n_pages, page_begin + p.pages_per_split);
-  // The first page's copy overlaps the table and query set-up.
-  if (kStages == 2 && page_begin + warp < page_end) {
-    fetch_page<D, kDecoder>(p, b, h, page_begin + warp, wbase, lane);
-  }
-  cp_async_commit();
+  const PageRange pages = start_pages<D, kDecoder>(p, b, h, warp, wbase, lane);
 
   for (int i = threadIdx.x; i < c.table_entries; i += kThreads) {
     cos_s[i] = c.cos_table[i];
@@ -231,23 +264,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
 
   int cur = 0;
-  for (int pg = page_begin + warp; pg < page_end; pg += kWarps, cur ^= 1) {
-    if constexpr (kStages == 2) {
-      if (pg + kWarps < page_end)
-        fetch_page<D, kDecoder>(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
-    } else {
-      fetch_page<D, kDecoder>(p, b, h, pg, wbase, lane);
-    }
-    cp_async_commit();
-    if constexpr (kStages == 2) {
-      cp_async_wait_one();  // this page's copies (all but the newest group) have landed
-    } else {
-      cp_async_wait_all();
-    }
-    __syncwarp();
-    const uint8_t* raw_k = wbase + (cur ? second : 0);
+  for (int pg = pages.begin + warp; pg < pages.end; pg += kWarps, cur ^= 1) {
+    const uint8_t* raw_k = wait_page<D, kDecoder>(p, b, h, pg, pages.end, wbase, cur, second, lane);
     const uint8_t* raw_v = raw_k + c.head_bytes;
-    const int valid = min(c.page_tokens, len - pg * c.page_tokens);
+    const int valid = min(c.page_tokens, pages.len - pg * c.page_tokens);
     for (int tile0 = 0; tile0 < valid; tile0 += kTile) {
       const int valid_t = min(kTile, valid - tile0);
       decode_tile<D, kDecoder>(c, raw_k, cos_s, sin_s, tables37, tile0 + lane, tile, lane);
@@ -396,7 +416,7 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
   constexpr int kSlices = D / 16, kKBlocks = D / 64, kPairs = kVPairs<D>, NT = kHeadTiles;
   extern __shared__ __align__(16) uint8_t smem[];
   const DeviceCodec& c = p.c;
-  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int h = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int gid = lane / 4, tq = lane % 4;
   const int m4 = gid >> 1, e = gid & 1;  // K rows gid, gid + 8: slots m4 + 8e, m4 + 8e + 4
@@ -408,14 +428,7 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
   uint8_t* wbase = smem + warp * warp_bytes;
   const uint32_t second = 2 * (kStages - 1) * c.head_bytes;
 
-  const int len = p.lengths[b];
-  const int n_pages = (len + c.page_tokens - 1) / c.page_tokens;
-  const int page_begin = split * p.pages_per_split;
-  const int page_end = min(n_pages, page_begin + p.pages_per_split);
-  if (kStages == 2 && page_begin + warp < page_end) {
-    fetch_page<D, kPaperDecoder>(p, b, h, page_begin + warp, wbase, lane);
-  }
-  cp_async_commit();
+  const PageRange pages = start_pages<D, kPaperDecoder>(p, b, h, warp, wbase, lane);
   load_paper_tables(c, tables, threadIdx.x, kThreads);
 
   // B fragments of S^T = K Q'^T: head 8 nt + gid, coordinates 16u + 4q .. 16u + 4q + 3 of slice
@@ -451,23 +464,11 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
   }
 
   int cur = 0;
-  for (int pg = page_begin + warp; pg < page_end; pg += kWarps, cur ^= 1) {
-    if constexpr (kStages == 2) {
-      if (pg + kWarps < page_end)
-        fetch_page<D, kPaperDecoder>(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
-    } else {
-      fetch_page<D, kPaperDecoder>(p, b, h, pg, wbase, lane);
-    }
-    cp_async_commit();
-    if constexpr (kStages == 2) {
-      cp_async_wait_one();
-    } else {
-      cp_async_wait_all();
-    }
-    __syncwarp();
-    const uint8_t* raw_k = wbase + (cur ? second : 0);
+  for (int pg = pages.begin + warp; pg < pages.end; pg += kWarps, cur ^= 1) {
+    const uint8_t* raw_k =
+        wait_page<D, kPaperDecoder>(p, b, h, pg, pages.end, wbase, cur, second, lane);
     const uint8_t* raw_v = raw_k + c.head_bytes;
-    const int valid = min(c.page_tokens, len - pg * c.page_tokens);
+    const int valid = min(c.page_tokens, pages.len - pg * c.page_tokens);
 
     float s[NT][2][4] = {};  // [head tile][group]: S^T rows gid, gid + 8 x heads 2tq, 2tq + 1
 #pragma unroll
