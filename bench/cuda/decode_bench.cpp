@@ -1,9 +1,9 @@
 // GPU benchmark of the PolarQuant kernels (run by bench/cuda/run.sh, which puts PyTorch SDPA on
-// fp16 K/V beside it): decode attention at the Llama-3.1-8B shape (8 KV heads, 32 query heads
-// unless
-// --q-heads, head_dim 128 unless --dim gives 64 or 256, `paper` preset unless --preset names
-// another, 32-token pages) for batch 1/8/32 and context 4k..128k (--batch / --context pick one),
-// and the encode throughput of a 16k-token prefill. Prints one JSON object per line.
+// fp16 K/V beside it): decode attention at the Llama-3.1-8B shape (8 KV heads; 32 query heads
+// unless --q-heads; head_dim 128 unless --dim gives 64 or 256; the `paper` preset unless
+// --preset names another; 32-token pages) for batch 1/8/32 and context 4k..128k (--batch and
+// --context pick one), and the encode throughput of a 16k-token prefill. Prints one JSON object
+// per line.
 //
 // Timing: CUDA events around each call, median of the repetitions; the pages are replicated
 // into enough copies (>= 256 MiB in all, over 4x the 60 MB L2) and the calls cycle through them,
