@@ -2,11 +2,13 @@
 //
 // Kernel 1 (attention_steps.cu) rotates and scales each query once: q' = S q * scale * log2(e).
 // Kernel 2 (here): block (split, kv head, sequence) with 4 warps; each warp takes whole pages of
-// the split and keeps its own online-softmax state for the g query heads of the KV head (rows of a
-// 16-row MMA tile). Per page: 16-byte coalesced copy of the K and V head regions into shared
-// memory; per 32-slot tile, one lane per token decodes its K row (rotated domain, fp16) into a
-// shared tile, the scores Q'K^T run on tensor cores, the softmax stays in registers, then V is
-// decoded into the same tile and P.V runs on tensor cores. Scores never leave registers.
+// the split and keeps its own online-softmax state for the g query heads of the KV head. Per
+// page: 16-byte coalesced copy of the K and V head regions into shared memory, scores and P.V on
+// tensor cores, the softmax in registers; scores never leave registers. Two kernels:
+//  - attention_kernel_paper (the `paper` layout): the decoders write the MMA operands in
+//    registers, with S^T = K Q'^T and O^T = V^T P^T (paper_decode.cuh);
+//  - attention_kernel (every other layout): per 32-slot tile, K is decoded into an fp16 tile in
+//    shared memory, Q'K^T reads it with ldmatrix, then V is decoded into the same tile for P.V.
 // Kernel 3 (attention_steps.cu) merges the blocks' partial (m, l, acc) states and applies S^T
 // once per output.
 #include <polarquant/cuda.h>
