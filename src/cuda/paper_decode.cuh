@@ -32,7 +32,6 @@ struct PaperLayout {
   static constexpr int kLevel2 = kLevel1 + 8 * D;  // D/4 fields of 8 bytes
   static constexpr int kLevel3 = kLevel2 + 2 * D;  // D/8 fields of 8 bytes
   static constexpr int kLevel4 = kLevel3 + D;      // D/16 fields of 8 bytes
-  static constexpr int kBlocks = D / 16;
 
   // True when the codec's runtime layout is this one (the dispatcher falls back otherwise).
   static bool matches(const DeviceCodec& c) {
