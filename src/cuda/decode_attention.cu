@@ -601,11 +601,6 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
       p, kStageRows, [&](int w) { return reinterpret_cast<const float*>(smem + w * warp_bytes); });
 }
 
-struct Geometry {
-  int splits = 1, pages_per_split = 1;
-  size_t q_bytes = 0, ml_bytes = 0, acc_bytes = 0;
-};
-
 using AttentionKernel = void (*)(AttnParams);
 struct Launch {
   AttentionKernel kernel = nullptr;
@@ -635,15 +630,17 @@ Launch attention_launch(const DeviceCodec& c, int g) {
   return l;
 }
 
-int resident_blocks_per_sm(const DeviceCodec& c, int g) {
-  int blocks = 0;
-  with_dim(c.dim, [&](auto d) {
-    const Launch l = attention_launch<decltype(d)::value>(c, g);
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, l.kernel, kThreads, l.smem),
-               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  });
-  return std::max(1, blocks);
+Launch attention_launch_for(const DeviceCodec& c, int g) {
+  Launch l;
+  with_dim(c.dim, [&](auto d) { l = attention_launch<decltype(d)::value>(c, g); });
+  return l;
 }
+
+struct Geometry {
+  Launch launch;  // chosen (and its shared memory allowance set) once per call
+  int splits = 1, pages_per_split = 1;
+  size_t q_bytes = 0, ml_bytes = 0, acc_bytes = 0;
+};
 
 // Splits of the context: enough blocks to fill every SM even at batch 1, at least two pages per
 // warp, and a block count close to a whole number of waves (a last, nearly empty wave of blocks
@@ -653,8 +650,13 @@ Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
   Geometry geo;
   const int pages_max = std::max(1, (batch.max_length + c.page_tokens - 1) / c.page_tokens);
   const long heads = static_cast<long>(batch.batch) * c.n_kv_heads;
-  const long slots = static_cast<long>(resident_blocks_per_sm(c, batch.n_q_heads / c.n_kv_heads)) *
-                     std::max(1, codec.multiprocessors());
+  geo.launch = attention_launch_for(c, batch.n_q_heads / c.n_kv_heads);
+  int resident = 0;
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, geo.launch.kernel, kThreads,
+                                                           geo.launch.smem),
+             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  const long slots =
+      static_cast<long>(std::max(1, resident)) * std::max(1, codec.multiprocessors());
   const int floor_pages = std::min(2 * kWarps, pages_max);
   double best = -1.0;
   for (int waves = 1; waves <= 16; ++waves) {
@@ -745,10 +747,7 @@ void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, con
                       reinterpret_cast<__half*>(ws), stream);
 
   const dim3 grid(geo.splits, c.n_kv_heads, batch.batch);
-  with_dim(c.dim, [&](auto d) {
-    const Launch l = attention_launch<decltype(d)::value>(c, p.g);
-    l.kernel<<<grid, kThreads, l.smem, stream>>>(p);
-  });
+  geo.launch.kernel<<<grid, kThreads, geo.launch.smem, stream>>>(p);
   check_cuda(cudaGetLastError(), "launch(attention)");
 
   launch_merge(c, batch.batch, batch.n_q_heads, p.g, geo.splits, p.part_ml, p.part_acc, out,
