@@ -9,6 +9,7 @@
 // into enough copies (>= 256 MiB in all, over 4x the 60 MB L2) and the calls cycle through them,
 // so every call reads its K and V from HBM.
 #include <polarquant/cuda.h>
+#include <polarquant/error.h>
 #include <polarquant/polar_codec.h>
 
 #include <cuda_runtime.h>
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -79,11 +81,6 @@ std::vector<float> time_calls(int reps, F&& call) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string why;
-  if (!cuda::device_available(&why)) {
-    std::fprintf(stderr, "no CUDA device: %s\n", why.c_str());
-    return 2;
-  }
   bool quick = false;
   std::string preset = "paper";
   int only_batch = 0, only_context = 0;  // 0: every shape
@@ -111,8 +108,41 @@ int main(int argc, char** argv) {
     }
   }
   const int n_kv = 8, T = 32;
-  const PolarCodec codec(polar_preset(preset, dim));
-  cuda::CudaPolarCodec gpu(codec, T, n_kv);
+  if (dim != 64 && dim != 128 && dim != 256) {
+    std::fprintf(stderr, "--dim %d: the kernels take head_dim 64, 128 or 256\n", dim);
+    return 2;
+  }
+  if (n_q < n_kv || n_q > 16 * n_kv || n_q % n_kv != 0) {
+    std::fprintf(stderr, "--q-heads %d: give a multiple of %d from %d to %d (1..16 per KV head)\n",
+                 n_q, n_kv, n_kv, 16 * n_kv);
+    return 2;
+  }
+  if (only_batch < 0 || only_context < 0) {
+    std::fprintf(stderr, "--batch and --context must be positive (or absent: every shape)\n");
+    return 2;
+  }
+  std::unique_ptr<PolarCodec> codec_ptr;
+  try {
+    codec_ptr = std::make_unique<PolarCodec>(polar_preset(preset, dim));
+  } catch (const Error& e) {
+    std::fprintf(stderr, "--preset %s, head_dim %d: %s\n", preset.c_str(), dim, e.what());
+    return 2;
+  }
+  std::string why;
+  if (!cuda::device_available(&why)) {
+    std::fprintf(stderr, "no CUDA device: %s\n", why.c_str());
+    return 2;
+  }
+  std::unique_ptr<cuda::CudaPolarCodec> gpu_ptr;
+  try {
+    gpu_ptr = std::make_unique<cuda::CudaPolarCodec>(*codec_ptr, T, n_kv);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "--preset %s, head_dim %d on the GPU: %s\n", preset.c_str(), dim,
+                 e.what());
+    return 2;
+  }
+  const PolarCodec& codec = *codec_ptr;
+  cuda::CudaPolarCodec& gpu = *gpu_ptr;
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   int driver = 0, runtime = 0;
