@@ -150,8 +150,9 @@ int main(int argc, char** argv) {
   cudaRuntimeGetVersion(&runtime);
   std::printf(
       "{\"kind\":\"device\",\"name\":\"%s\",\"sms\":%d,\"driver_api\":%d,\"runtime\":%d,"
-      "\"preset\":\"%s\",\"head_dim\":%d,\"q_heads\":%d}\n",
-      prop.name, prop.multiProcessorCount, driver, runtime, preset.c_str(), dim, n_q);
+      "\"preset\":\"%s\",\"head_dim\":%d,\"q_heads\":%d,\"kernel\":\"%s\"}\n",
+      prop.name, prop.multiProcessorCount, driver, runtime, preset.c_str(), dim, n_q,
+      cuda::decode_kernel_name(gpu, n_q));
 
   const std::vector<int> contexts =
       quick ? std::vector<int>{4096, 131072} : std::vector<int>{4096, 16384, 65536, 131072};

@@ -88,7 +88,8 @@ def main():
     dev = next(r for r in rows if r["kind"] == "device")
     DIM, N_Q = dev["head_dim"], dev["q_heads"]
     print(f"GPU {dev['name']} ({dev['sms']} SMs), CUDA driver API {dev['driver_api']}, runtime {dev['runtime']}, "
-          f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}), preset {dev['preset']}, head_dim {DIM}, {N_Q} query heads")
+          f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}), preset {dev['preset']}, head_dim {DIM}, {N_Q} query heads, "
+          f"kernel {dev.get('kernel', '?')}")
     print("| batch | context | ours (ms) | our GB/s on pages | SDPA fp16 (ms) | SDPA GB/s | speedup |")
     print("|---|---|---|---|---|---|---|")
     results = []

@@ -94,13 +94,19 @@ struct DecodeBatch {
   float scale = 0.0f;  // 0: 1/sqrt(dim)
 };
 
+// Which attention kernel decode_attention runs for this codec and query-head count:
+// "paper-fragments" (the `paper` layout, decoded into tensor-core operands in registers), else the
+// tile kernel with its decoder: "tile-polar37", "tile-wide3" or "tile-generic". Throws
+// kInvalidArgument for a query-head count decode_attention would reject.
+const char* decode_kernel_name(const CudaPolarCodec& codec, int n_q_heads);
+
 // Bytes of workspace decode_attention needs for this shape (256-byte aligned pieces).
 size_t decode_workspace_bytes(const CudaPolarCodec& codec, const DecodeBatch& batch);
 
 // q (device): batch x n_q_heads x dim floats; out (device): the same shape. Query head h uses
 // KV head h / (n_q_heads / n_kv_heads). Runs three kernels: rotate q once, split-KV attention
-// in the rotated domain (scores and P.V on tensor cores over fp16 tiles decoded in shared
-// memory), and a merge of the partial softmax states that applies S^T once per output.
+// in the rotated domain (scores and P.V on tensor cores, decode_kernel_name says over what), and a
+// merge of the partial softmax states that applies S^T once per output.
 void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, const float* q,
                       float* out, void* workspace, size_t workspace_bytes, Stream stream);
 

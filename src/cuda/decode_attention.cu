@@ -91,7 +91,6 @@ __host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
 // constant widths), or every width at run time. `paper` has its own kernel (register fragments).
 enum Decoder {
   kGenericDecoder = 0,
-  kPaperDecoder = 1,  // attention_kernel_paper (for the page copy's chunk order only)
   kWide3Decoder = 2,
   kPolar37Decoder = 3,
 };
@@ -135,8 +134,17 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
 
+// 2^x for the online softmax, whose arguments are <= 0: the bare MUFU.EX2, flushing results
+// below 2^-126 to zero (exp2f adds a range fix-up of three instructions around it).
+__device__ __forceinline__ float softmax_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair (the
-// specialised decoders permute chunks: paper_smem_chunk, polar37_smem_chunk).
+// specialised decoders permute chunks: paper_smem_chunk, polar37_smem_chunk). The tile kernel's
+// copy, for any layout (head_bytes at run time).
 template <int D, int kDecoder>
 __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, int pg, uint8_t* raw,
                                            int lane) {
@@ -145,44 +153,78 @@ __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, in
   const size_t off = page_id * c.page_bytes + static_cast<size_t>(h) * c.head_bytes;
   const int chunks = c.head_bytes / 16;
   for (int i = lane; i < chunks; i += 32) {
-    const int to = kDecoder == kPaperDecoder     ? paper_smem_chunk<D>(i)
-                   : kDecoder == kPolar37Decoder ? polar37_smem_chunk<D>(i, c.level_offset[0] / 16)
-                                                 : i;
+    const int to =
+        kDecoder == kPolar37Decoder ? polar37_smem_chunk<D>(i, c.level_offset[0] / 16) : i;
     cp_async16(raw + 16 * to, p.k_pool + off + 16 * i);
     cp_async16(raw + c.head_bytes + 16 * to, p.v_pool + off + 16 * i);
   }
 }
+
+// The `paper` kernel's copy: with the layout known at compile time, each lane's chunks
+// (lane + 32 j) and their places in the shared-memory image (PaperSmem) are fixed, so they are
+// worked out once per kernel; a page then costs its page-table load, two 64-bit adds and the
+// copies. Buffers hold the K image, then the V image.
+template <int D>
+struct PaperCopy {
+  static constexpr int kBytes = PaperLayout<D>::kUsedBytes;  // copied from a head region
+  static constexpr int kImage = PaperSmem<D>::kBytes;        // in shared memory
+  static constexpr int kChunks = kBytes / 16, kPerLane = (kChunks + 31) / 32;
+  uint32_t to[kPerLane];  // byte offset in an image of chunk lane + 32 j
+  size_t lane_off;        // h * head_bytes + 16 lane: the lane's first chunk in a page
+  bool last;              // whether chunk lane + 32 (kPerLane - 1) exists
+
+  __device__ PaperCopy(const DeviceCodec& c, int h, int lane)
+      : lane_off(static_cast<size_t>(h) * c.head_bytes + 16 * lane),
+        last(lane + 32 * (kPerLane - 1) < kChunks) {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int i = lane + 32 * j;
+      to[j] = PaperSmem<D>::chunk(i < kChunks ? i : 0);
+    }
+  }
+
+  __device__ __forceinline__ void operator()(const AttnParams& p, int b, int pg,
+                                             uint8_t* raw) const {
+    const size_t page_id = static_cast<size_t>(p.tables[static_cast<size_t>(b) * p.max_pages + pg]);
+    const size_t off = page_id * p.c.page_bytes + lane_off;
+    const uint8_t* k = p.k_pool + off;
+    const uint8_t* v = p.v_pool + off;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      if (j < kPerLane - 1 || last) {
+        cp_async16(raw + to[j], k + 512 * j);
+        cp_async16(raw + kImage + to[j], v + 512 * j);
+      }
+    }
+  }
+};
 
 // This block's pages [begin, end) of sequence b, with the copy of the warp's first page started
 // (it overlaps the table and query set-up).
 struct PageRange {
   int len, begin, end;
 };
-template <int D, int kDecoder>
-__device__ __forceinline__ PageRange start_pages(const AttnParams& p, int b, int h, int warp,
-                                                 uint8_t* wbase, int lane) {
+template <class Fetch>
+__device__ __forceinline__ PageRange start_pages(const AttnParams& p, int b, int warp,
+                                                 uint8_t* wbase, Fetch&& fetch) {
   const int len = p.lengths[b];
   const int n_pages = (len + p.c.page_tokens - 1) / p.c.page_tokens;
   const int begin = blockIdx.x * p.pages_per_split;
   const PageRange r{len, begin, min(n_pages, begin + p.pages_per_split)};
-  if (kStages == 2 && begin + warp < r.end)
-    fetch_page<D, kDecoder>(p, b, h, begin + warp, wbase, lane);
+  if (kStages == 2 && begin + warp < r.end) fetch(begin + warp, wbase);
   cp_async_commit();
   return r;
 }
 
 // Page pg's K region in shared memory (its V region follows), once its copy has landed; the copy
 // of the warp's next page into the other buffer is started first.
-template <int D, int kDecoder>
-__device__ __forceinline__ const uint8_t* wait_page(const AttnParams& p, int b, int h, int pg,
-                                                    int end, uint8_t* wbase, int cur,
-                                                    uint32_t second, int lane) {
+template <class Fetch>
+__device__ __forceinline__ const uint8_t* wait_page(int pg, int end, uint8_t* wbase, int cur,
+                                                    uint32_t second, Fetch&& fetch) {
   if constexpr (kStages == 2) {
-    if (pg + kWarps < end) {
-      fetch_page<D, kDecoder>(p, b, h, pg + kWarps, wbase + (cur ? 0 : second), lane);
-    }
+    if (pg + kWarps < end) fetch(pg + kWarps, wbase + (cur ? 0 : second));
   } else {
-    fetch_page<D, kDecoder>(p, b, h, pg, wbase, lane);
+    fetch(pg, wbase);
   }
   cp_async_commit();
   if constexpr (kStages == 2) {
@@ -244,7 +286,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   const uint32_t second = 2 * (kStages - 1) * c.head_bytes;
   __half* tile = reinterpret_cast<__half*>(wbase + 2 * kStages * c.head_bytes);
 
-  const PageRange pages = start_pages<D, kDecoder>(p, b, h, warp, wbase, lane);
+  const auto fetch = [&](int pg, uint8_t* raw) { fetch_page<D, kDecoder>(p, b, h, pg, raw, lane); };
+  const PageRange pages = start_pages(p, b, warp, wbase, fetch);
 
   for (int i = threadIdx.x; i < c.table_entries; i += kThreads) {
     cos_s[i] = c.cos_table[i];
@@ -267,7 +310,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
 
   int cur = 0;
   for (int pg = pages.begin + warp; pg < pages.end; pg += kWarps, cur ^= 1) {
-    const uint8_t* raw_k = wait_page<D, kDecoder>(p, b, h, pg, pages.end, wbase, cur, second, lane);
+    const uint8_t* raw_k = wait_page(pg, pages.end, wbase, cur, second, fetch);
     const uint8_t* raw_v = raw_k + c.head_bytes;
     const int valid = min(c.page_tokens, pages.len - pg * c.page_tokens);
     for (int tile0 = 0; tile0 < valid; tile0 += kTile) {
@@ -404,10 +447,12 @@ constexpr int paper_min_blocks(int d, int head_tiles) {
   return head_tiles == 2 ? 2 : d <= 128 ? 4 : 3;
 }
 
-// Shared memory per warp: the page buffers, which also stage the warp's state at the end.
-__host__ __device__ inline size_t paper_warp_bytes(const DeviceCodec& c, int head_tiles) {
-  const size_t stage = (2 + static_cast<size_t>(c.dim)) * kFragHeads * head_tiles * sizeof(float);
-  const size_t pages = 2 * kStages * static_cast<size_t>(c.head_bytes);
+// Shared memory per warp: the page buffers (K and V images, PaperSmem), which also stage the
+// warp's state at the end.
+template <int D>
+__host__ __device__ constexpr size_t paper_warp_bytes(int head_tiles) {
+  const size_t stage = (2 + static_cast<size_t>(D)) * kFragHeads * head_tiles * sizeof(float);
+  const size_t pages = 2 * kStages * static_cast<size_t>(PaperSmem<D>::kBytes);
   return pages > stage ? pages : stage;
 }
 
@@ -416,6 +461,7 @@ template <int D, int kHeadTiles>
 __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
     attention_kernel_paper(AttnParams p) {
   constexpr int kSlices = D / 16, kKBlocks = D / 64, kPairs = kVPairs<D>, NT = kHeadTiles;
+  constexpr int kPageTokens = PaperLayout<D>::kTokens;
   extern __shared__ __align__(16) uint8_t smem[];
   const DeviceCodec& c = p.c;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -426,11 +472,14 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
   __shared__ __align__(512) PaperTables tables_s;  // 512-aligned: see pair_entry
   PaperTables* tables = &tables_s;
   const uint32_t tab = smem_address(tables);
-  const uint32_t warp_bytes = static_cast<uint32_t>(paper_warp_bytes(c, NT));
+  constexpr uint32_t warp_bytes = static_cast<uint32_t>(paper_warp_bytes<D>(NT));
+  constexpr int kImage = PaperSmem<D>::kBytes;
   uint8_t* wbase = smem + warp * warp_bytes;
-  const uint32_t second = 2 * (kStages - 1) * c.head_bytes;
+  constexpr uint32_t second = 2 * (kStages - 1) * kImage;
 
-  const PageRange pages = start_pages<D, kPaperDecoder>(p, b, h, warp, wbase, lane);
+  const PaperCopy<D> copy(c, h, lane);
+  const auto fetch = [&](int pg, uint8_t* raw) { copy(p, b, pg, raw); };
+  const PageRange pages = start_pages(p, b, warp, wbase, fetch);
   load_paper_tables(c, tables, threadIdx.x, kThreads);
 
   // B fragments of S^T = K Q'^T: head 8 nt + gid, coordinates 16u + 4q .. 16u + 4q + 3 of slice
@@ -467,10 +516,9 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
 
   int cur = 0;
   for (int pg = pages.begin + warp; pg < pages.end; pg += kWarps, cur ^= 1) {
-    const uint8_t* raw_k =
-        wait_page<D, kPaperDecoder>(p, b, h, pg, pages.end, wbase, cur, second, lane);
-    const uint8_t* raw_v = raw_k + c.head_bytes;
-    const int valid = min(c.page_tokens, pages.len - pg * c.page_tokens);
+    const uint8_t* raw_k = wait_page(pg, pages.end, wbase, cur, second, fetch);
+    const uint8_t* raw_v = raw_k + kImage;
+    const int valid = min(kPageTokens, pages.len - pg * kPageTokens);
 
     float s[NT][2][4] = {};  // [head tile][group]: S^T rows gid, gid + 8 x heads 2tq, 2tq + 1
 #pragma unroll
@@ -492,11 +540,13 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
     bool settled = true;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
+      if (valid < kPageTokens) {  // only a sequence's last page is partial
 #pragma unroll
-      for (int grp = 0; grp < 2; ++grp) {
-        const int slot = 16 * grp + m4 + 8 * e;
-        if (slot >= valid) s[nt][grp][0] = s[nt][grp][1] = -INFINITY;
-        if (slot + 4 >= valid) s[nt][grp][2] = s[nt][grp][3] = -INFINITY;
+        for (int grp = 0; grp < 2; ++grp) {
+          const int slot = 16 * grp + m4 + 8 * e;
+          if (slot >= valid) s[nt][grp][0] = s[nt][grp][1] = -INFINITY;
+          if (slot + 4 >= valid) s[nt][grp][2] = s[nt][grp][3] = -INFINITY;
+        }
       }
 #pragma unroll
       for (int hc = 0; hc < 2; ++hc) {
@@ -506,7 +556,7 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
         const float m_new = fmaxf(m[nt][hc], mx);
-        alpha[nt][hc] = exp2f(m[nt][hc] - m_new);
+        alpha[nt][hc] = softmax_exp2(m[nt][hc] - m_new);
         settled = settled && alpha[nt][hc] == 1.0f;
         float sum = 0.0f;
 #pragma unroll
@@ -514,7 +564,7 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             float& v = s[nt][grp][2 * r + hc];
-            v = exp2f(v - m_new);
+            v = softmax_exp2(v - m_new);
             sum += v;
           }
         }
@@ -605,25 +655,35 @@ using AttentionKernel = void (*)(AttnParams);
 struct Launch {
   AttentionKernel kernel = nullptr;
   size_t smem = 0;
+  const char* name = "";  // decode_kernel_name
 };
 
-// The kernel for the codec's shape and g query heads per KV head (the register-fragment `paper`
-// kernel where it applies, else the tile kernel with the fastest decoder for the layout), with
-// its shared memory allowance set.
+// The kernel for the codec's shape and g query heads per KV head: the register-fragment `paper`
+// kernel where it applies, else the tile kernel with the fastest decoder for the layout.
 template <int D>
-Launch attention_launch(const DeviceCodec& c, int g) {
+Launch attention_choice(const DeviceCodec& c, int g) {
   Launch l;
   if (PaperLayout<D>::matches(c)) {
     const int tiles = g <= kFragHeads ? 1 : 2;
     l.kernel = tiles == 1 ? attention_kernel_paper<D, 1> : attention_kernel_paper<D, 2>;
-    l.smem = kWarps * paper_warp_bytes(c, tiles);
+    l.smem = kWarps * paper_warp_bytes<D>(tiles);
+    l.name = "paper-fragments";
   } else {
     const bool wide3 = c.bits[0] == 4 && c.bits[1] == 3 && c.bits[2] == 3 && c.bits[3] == 3;
-    l.kernel = Polar37Layout<D>::matches(c) ? attention_kernel<D, kPolar37Decoder>
-               : wide3                      ? attention_kernel<D, kWide3Decoder>
-                                            : attention_kernel<D, kGenericDecoder>;
+    const bool polar37 = Polar37Layout<D>::matches(c);
+    l.kernel = polar37 ? attention_kernel<D, kPolar37Decoder>
+               : wide3 ? attention_kernel<D, kWide3Decoder>
+                       : attention_kernel<D, kGenericDecoder>;
+    l.name = polar37 ? "tile-polar37" : wide3 ? "tile-wide3" : "tile-generic";
     l.smem = smem_plan(c, D).total;
   }
+  return l;
+}
+
+// The same, with its shared memory allowance set.
+template <int D>
+Launch attention_launch(const DeviceCodec& c, int g) {
+  const Launch l = attention_choice<D>(c, g);
   check_cuda(cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(l.smem)),
              "cudaFuncSetAttribute(attention)");
@@ -708,6 +768,20 @@ void check_batch(const CudaPolarCodec& codec, const DecodeBatch& batch) {
 }
 
 }  // namespace
+
+const char* decode_kernel_name(const CudaPolarCodec& codec, int n_q_heads) {
+  const int n_kv = codec.n_kv_heads();
+  if (n_q_heads < n_kv || n_q_heads % n_kv != 0 || n_q_heads / n_kv > kRows) {
+    throw_invalid("decode_kernel_name: n_q_heads " + std::to_string(n_q_heads) +
+                  " is not a multiple of n_kv_heads " + std::to_string(n_kv) + " from 1 to " +
+                  std::to_string(kRows) + " times it");
+  }
+  const char* name = "";
+  with_dim(codec.dim(), [&](auto d) {
+    name = attention_choice<decltype(d)::value>(codec.device(), n_q_heads / n_kv).name;
+  });
+  return name;
+}
 
 size_t decode_workspace_bytes(const CudaPolarCodec& codec, const DecodeBatch& batch) {
   check_batch(codec, batch);

@@ -27,11 +27,12 @@ namespace polarquant::cuda {
 template <int D>
 struct PaperLayout {
   static constexpr int kTokens = 32;
-  static constexpr int kRadii = 0;                 // D/16 fields of 32 fp16 radii
-  static constexpr int kLevel1 = 4 * D;            // D/2 fields of 16 bytes
-  static constexpr int kLevel2 = kLevel1 + 8 * D;  // D/4 fields of 8 bytes
-  static constexpr int kLevel3 = kLevel2 + 2 * D;  // D/8 fields of 8 bytes
-  static constexpr int kLevel4 = kLevel3 + D;      // D/16 fields of 8 bytes
+  static constexpr int kRadii = 0;                    // D/16 fields of 32 fp16 radii
+  static constexpr int kLevel1 = 4 * D;               // D/2 fields of 16 bytes
+  static constexpr int kLevel2 = kLevel1 + 8 * D;     // D/4 fields of 8 bytes
+  static constexpr int kLevel3 = kLevel2 + 2 * D;     // D/8 fields of 8 bytes
+  static constexpr int kLevel4 = kLevel3 + D;         // D/16 fields of 8 bytes
+  static constexpr int kUsedBytes = kLevel4 + D / 2;  // a head region holds these and padding
 
   // True when the codec's runtime layout is this one (the dispatcher falls back otherwise).
   static bool matches(const DeviceCodec& c) {
@@ -39,7 +40,8 @@ struct PaperLayout {
            c.radius_kind == 0 && c.page_tokens == kTokens && c.dim == D &&
            c.radii_offset == kRadii && c.level_offset[0] == kLevel1 &&
            c.level_offset[1] == kLevel2 && c.level_offset[2] == kLevel3 &&
-           c.level_offset[3] == kLevel4 && c.field_bytes[0] == 16 && c.field_bytes[1] == 8;
+           c.level_offset[3] == kLevel4 && c.field_bytes[0] == 16 && c.field_bytes[1] == 8 &&
+           c.head_bytes >= kUsedBytes;
   }
 };
 
@@ -85,27 +87,48 @@ __device__ __forceinline__ void load_paper_tables(const DeviceCodec& c, PaperTab
   }
 }
 
-// Where the page copy puts 16-byte chunk `chunk` of a head region, so that the fragment lanes hit
-// distinct banks: radii field u (4 chunks) swaps chunk pairs (c ^ 2) when bit 1 of u is set; in
-// the level-1 area field 8u + p goes to 8u + (p ^ (u mod 8)); in the level-2 area (two 8-byte
-// fields per chunk, blocks of two chunks) the two chunks of block u swap when bit 2 of u is set.
-__device__ __forceinline__ int paper_radius_flip(int u) {
-  return 16 * ((u >> 1) & 1);  // in radius slots
-}
-__device__ __forceinline__ int paper_level2_flip(int u) {
-  return 2 * ((u >> 2) & 1);  // in fields: field 4u + j is stored at 4u + (j ^ flip)
-}
+// The shared-memory image of a head region, as the page copy (PaperCopy in decode_attention.cu)
+// lays it out: every 16-byte chunk keeps its place inside its block's record, and the records are
+// *skewed* (a gap of whole chunks before some of them) so that the lanes of one load hit distinct
+// banks while each lane's address stays its own base plus a compile-time offset. (A permutation
+// inside the records, the earlier scheme, needed an XOR and an add per load.) Per 16-coordinate
+// block u: K lanes load blocks u = t + 4 beta together (t = 0..3), V lanes blocks u = g + 8 unit
+// (g = 0..7), so the skews separate u = 0..7 modulo 128 bytes:
+//  - radii (64-byte fields, K lanes use 4 of 8 words per 32, V lanes 2): field u at
+//    64 u + 16 (2 (u >> 1) + (u >> 2)), whose 32-bank offsets are 0, 16, 8, 24, 20, 4, 28, 12
+//    words;
+//  - level 1 (blocks of eight 16-byte fields): block u at 144 u;
+//  - level 2 (blocks of four 8-byte fields): block u at 32 u + 16 (u >> 2);
+//  - levels 3 and 4 as in the page (their lanes already fall in distinct banks).
 template <int D>
-__device__ __forceinline__ int paper_smem_chunk(int chunk) {
+struct PaperSmem {
   using Lay = PaperLayout<D>;
-  constexpr int kRadii = Lay::kLevel1 / 16, kLevel1 = D / 2, kLevel2 = D / 8;
-  if (chunk < kRadii) return chunk ^ (paper_radius_flip(chunk / 4) / 8);
-  int f = chunk - kRadii;
-  if (f < kLevel1) return kRadii + (f ^ ((f >> 3) & 7));
-  f -= kLevel1;
-  if (f < kLevel2) return kRadii + kLevel1 + (f ^ (paper_level2_flip(f / 2) / 2));
-  return chunk;
-}
+  static constexpr int kUnits = D / 16;
+  __host__ __device__ static constexpr int radius(int u) {
+    return 64 * u + 16 * (2 * (u >> 1) + (u >> 2));
+  }
+  static constexpr int kLevel1 = radius(kUnits - 1) + 64;
+  __host__ __device__ static constexpr int level1(int u) { return kLevel1 + 144 * u; }
+  static constexpr int kLevel2 = level1(kUnits);
+  __host__ __device__ static constexpr int level2(int u) {
+    return kLevel2 + 32 * u + 16 * (u >> 2);
+  }
+  static constexpr int kLevel3 = level2(kUnits - 1) + 32;
+  __host__ __device__ static constexpr int level3(int u) { return kLevel3 + 16 * u; }
+  static constexpr int kLevel4 = kLevel3 + 16 * kUnits;
+  __host__ __device__ static constexpr int level4(int u) { return kLevel4 + 8 * u; }
+  static constexpr int kBytes = kLevel4 + 8 * kUnits;
+
+  // Byte offset of the region's 16-byte chunk c in the image.
+  __host__ __device__ static constexpr int chunk(int c) {
+    const int at = 16 * c;
+    if (at < Lay::kLevel1) return radius(at / 64) + at % 64;
+    if (at < Lay::kLevel2) return level1((at - Lay::kLevel1) / 128) + (at - Lay::kLevel1) % 128;
+    if (at < Lay::kLevel3) return level2((at - Lay::kLevel2) / 32) + (at - Lay::kLevel2) % 32;
+    return kLevel3 + (at - Lay::kLevel3);
+  }
+  static_assert(kBytes % 16 == 0 && Lay::kUsedBytes % 16 == 0, "whole chunks");
+};
 
 // Both decoders read a 16-slot group grp's code bytes as words: in a 2-bit field the group's
 // 4 bytes (byte i holds slots i + 4k at bits 2k), in a level-1 field its 8 bytes (byte b holds
@@ -119,15 +142,15 @@ __device__ __forceinline__ int paper_smem_chunk(int chunk) {
 template <int D, class Emit>
 __device__ __forceinline__ void decode_pair_paper(const uint8_t* region, uint32_t tab, int u,
                                                   int grp, int m, int e, Emit&& emit) {
-  using Lay = PaperLayout<D>;
-  const __half* radii = reinterpret_cast<const __half*>(region + Lay::kRadii) + u * 32;
-  const int flip = paper_radius_flip(u), slot = 16 * grp + m + 8 * e;
+  using Smem = PaperSmem<D>;
+  const __half* radii = reinterpret_cast<const __half*>(region + Smem::radius(u));
+  const int slot = 16 * grp + m + 8 * e;
   const uint32_t rot8 = (8 * m + 4 * e + 29) & 31;  // nibble (m, e) of a code word, times 8
   const uint32_t rot4 = (8 * m + 4 * e + 30) & 31;  // of a level-1 word, times 4
   // n[p]: the two slots' product from the radius down to level-1 pair p. Levels 4, 3, 2 split in
   // place: node n[j] (width w pairs) becomes n[j] (cos side) and n[j + w/2] (sin side).
   __half2 n[8];
-  n[0] = __halves2half2(radii[slot ^ flip], radii[(slot + 4) ^ flip]);
+  n[0] = __halves2half2(radii[slot], radii[slot + 4]);
   const auto split = [&](int level, int offset, int j, int half) {
     const uint32_t word = *reinterpret_cast<const uint32_t*>(region + offset + 4 * grp);
     const uint2 en = pair_entry(tab, level, __funnelshift_r(word, word, rot8));
@@ -135,21 +158,20 @@ __device__ __forceinline__ void decode_pair_paper(const uint8_t* region, uint32_
     n[j] = __hmul2(parent, bits_half2(en.x));
     n[j + half] = __hmul2(parent, bits_half2(en.y));
   };
-  split(2, Lay::kLevel4 + 8 * u, 0, 4);
+  split(2, Smem::level4(u), 0, 4);
 #pragma unroll
-  for (int j = 0; j < 2; ++j) split(1, Lay::kLevel3 + 8 * (2 * u + j), 4 * j, 2);
-  const int l2 = paper_level2_flip(u);
+  for (int j = 0; j < 2; ++j) split(1, Smem::level3(u) + 8 * j, 4 * j, 2);
 #pragma unroll
-  for (int j = 0; j < 4; ++j) split(0, Lay::kLevel2 + 8 * (4 * u + (j ^ l2)), 2 * j, 1);
+  for (int j = 0; j < 4; ++j) split(0, Smem::level2(u) + 8 * j, 2 * j, 1);
   // Level 1: bytes m and m + 4 of the group's 8 bytes hold the two slots (nibble e).
-  const uint8_t* l1 = region + Lay::kLevel1 + 128 * u + 8 * grp;
+  const uint8_t* l1 = region + Smem::level1(u) + 8 * grp;
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     uint32_t a[4];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int p = 2 * q + h;
-      const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * (p ^ (u & 7)));
+      const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * p);
       a[2 * h] = half2_bits(
           __hmul2(__low2half2(n[p]), level1_entry(tab, __funnelshift_r(w.x, w.x, rot4))));
       a[2 * h + 1] = half2_bits(
@@ -186,15 +208,15 @@ template <int D, int kPairs, class Emit>
 __device__ __forceinline__ void decode_quad_paper(const uint8_t* region, uint32_t tab, int u,
                                                   int p0, int grp, int i, Emit&& emit) {
   static_assert(kPairs == 8 || kPairs == 4, "a whole or a half block");
-  using Lay = PaperLayout<D>;
-  const __half* radii = reinterpret_cast<const __half*>(region + Lay::kRadii) + u * 32;
-  const int flip = paper_radius_flip(u), slot = 16 * grp + i;
+  using Smem = PaperSmem<D>;
+  const __half* radii = reinterpret_cast<const __half*>(region + Smem::radius(u));
+  const int slot = 16 * grp + i;
   const uint32_t rot8a = (8 * i + 29) & 31, rot8b = 8 * i + 1;  // nibbles 0, 1 of byte i, x 8
   const uint32_t rot4a = (8 * i + 30) & 31, rot4b = 8 * i + 2;  // the same, x 4
   const int half = p0 / 4;                                      // kPairs == 4: the level-4 side
   __half2 n[2][kPairs];  // [pair (i, i+4) / (i+8, i+12)][level-1 pair], split in place as in K
-  n[0][0] = __halves2half2(radii[slot ^ flip], radii[(slot + 4) ^ flip]);
-  n[1][0] = __halves2half2(radii[(slot + 8) ^ flip], radii[(slot + 12) ^ flip]);
+  n[0][0] = __halves2half2(radii[slot], radii[slot + 4]);
+  n[1][0] = __halves2half2(radii[slot + 8], radii[slot + 12]);
   const auto entries = [&](int level, int offset, uint2* e0, uint2* e1) {
     const uint32_t word = *reinterpret_cast<const uint32_t*>(region + offset + 4 * grp);
     *e0 = pair_entry(tab, level, __funnelshift_r(word, word, rot8a));
@@ -209,29 +231,26 @@ __device__ __forceinline__ void decode_quad_paper(const uint8_t* region, uint32_
     n[1][j] = __hmul2(q1, bits_half2(e1.x));
     n[1][j + w] = __hmul2(q1, bits_half2(e1.y));
   };
-  const int l2 = paper_level2_flip(u);
   if constexpr (kPairs == 8) {
-    split(2, Lay::kLevel4 + 8 * u, 0, 4);
+    split(2, Smem::level4(u), 0, 4);
 #pragma unroll
-    for (int j = 0; j < 2; ++j) split(1, Lay::kLevel3 + 8 * (2 * u + j), 4 * j, 2);
+    for (int j = 0; j < 2; ++j) split(1, Smem::level3(u) + 8 * j, 4 * j, 2);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) split(0, Lay::kLevel2 + 8 * (4 * u + (j ^ l2)), 2 * j, 1);
+    for (int j = 0; j < 4; ++j) split(0, Smem::level2(u) + 8 * j, 2 * j, 1);
   } else {
     uint2 e0, e1;  // level 4: only this half's side (cos for pairs 0..3, sin for 4..7)
-    entries(2, Lay::kLevel4 + 8 * u, &e0, &e1);
+    entries(2, Smem::level4(u), &e0, &e1);
     n[0][0] = __hmul2(n[0][0], bits_half2(half ? e0.y : e0.x));
     n[1][0] = __hmul2(n[1][0], bits_half2(half ? e1.y : e1.x));
-    split(1, Lay::kLevel3 + 8 * (2 * u + half), 0, 2);
+    split(1, Smem::level3(u) + 8 * half, 0, 2);
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      split(0, Lay::kLevel2 + 8 * (4 * u + ((2 * half + j) ^ l2)), 2 * j, 1);
-    }
+    for (int j = 0; j < 2; ++j) split(0, Smem::level2(u) + 8 * (2 * half + j), 2 * j, 1);
   }
-  const uint8_t* l1 = region + Lay::kLevel1 + 128 * u + 8 * grp;
+  const uint8_t* l1 = region + Smem::level1(u) + 16 * p0 + 8 * grp;
 #pragma unroll
   for (int p = 0; p < kPairs; ++p) {
     // Byte i of word x holds slots (i, i + 8), of word y slots (i + 4, i + 12).
-    const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * ((p0 + p) ^ (u & 7)));
+    const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * p);
     const __half2 c0 = level1_entry(tab, __funnelshift_r(w.x, w.x, rot4a));
     const __half2 c8 = level1_entry(tab, __funnelshift_r(w.x, w.x, rot4b));
     const __half2 c4 = level1_entry(tab, __funnelshift_r(w.y, w.y, rot4a));

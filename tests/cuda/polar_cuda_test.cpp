@@ -227,6 +227,12 @@ TEST(CudaDequantize, MatchesTheCpuCacheExactly) {
 using AttnParam = std::tuple<int, int, std::string>;  // dim, query heads per KV head, preset
 class CudaAttention : public ::testing::TestWithParam<AttnParam> {};
 
+// The kernel decode_attention should pick: a preset silently falling back to a slower kernel (as
+// `paper` once did when its layout check missed the region padding) passes every accuracy test.
+std::string expected_kernel(const std::string& preset) {
+  return preset == "paper" ? "paper-fragments" : preset == "polar37" ? "tile-polar37" : "tile-";
+}
+
 // Runs the GPU decode over CPU-written pages of a ragged batch and compares each sequence's
 // output with cache_attention. Returns the largest NMSE over the batch.
 // With via_graph the decode is captured into a CUDA graph on its own stream and the graph is
@@ -256,6 +262,8 @@ double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
     export_pages(*f.cache, f.seqs[b], false, ids, vh);
   }
   const int n_q = g * n_kv;
+  const std::string kernel = decode_kernel_name(gpu, n_q);
+  EXPECT_EQ(0u, kernel.rfind(expected_kernel(preset), 0)) << preset << " ran " << kernel;
   const std::vector<float> q = gaussian(static_cast<size_t>(batch) * n_q * dim, 99);
   DeviceBuffer<uint8_t> kp(kh.size()), vp(vh.size());
   kp.upload(kh);
@@ -407,6 +415,9 @@ TEST(CudaAttention, RejectsBadShapesAndSmallWorkspace) {
   db.max_length = 32;
   db.n_q_heads = 6;  // not a multiple of 4
   EXPECT_THROW(decode_workspace_bytes(gpu, db), Error);
+  EXPECT_THROW(decode_kernel_name(gpu, 6), Error);
+  EXPECT_THROW(decode_kernel_name(gpu, 68), Error);  // 17 per KV head
+  EXPECT_STREQ("paper-fragments", decode_kernel_name(gpu, 64));
   db.n_q_heads = 8;
   db.max_length = 33;  // more than one page
   EXPECT_THROW(decode_workspace_bytes(gpu, db), Error);
