@@ -5,8 +5,9 @@
 // the split and keeps its own online-softmax state for the g query heads of the KV head. Per
 // page: 16-byte coalesced copy of the K and V head regions into shared memory, scores and P.V on
 // tensor cores, the softmax in registers; scores never leave registers. Two kernels:
-//  - attention_kernel_paper (the `paper` layout): the decoders write the MMA operands in
-//    registers, with S^T = K Q'^T and O^T = V^T P^T (paper_decode.cuh);
+//  - attention_kernel_frag<D, head tiles, Fmt> (the `paper` and `polar37` layouts, Fmt = PaperFmt
+//    in paper_decode.cuh, Polar37Fmt in polar37_frag.cuh): the decoders write the MMA operands in
+//    registers, with S^T = K Q'^T and O^T = V^T P^T;
 //  - attention_kernel (every other layout): per 32-slot tile, K is decoded into an fp16 tile in
 //    shared memory, Q'K^T reads it with ldmatrix, then V is decoded into the same tile for P.V.
 // Kernel 3 (attention_steps.cu) merges the blocks' partial (m, l, acc) states and applies S^T
@@ -26,7 +27,7 @@
 #include "cuda/dispatch.h"
 #include "cuda/mma.cuh"
 #include "cuda/paper_decode.cuh"
-#include "cuda/polar37_decode.cuh"
+#include "cuda/polar37_frag.cuh"
 
 namespace polarquant::cuda {
 namespace {
@@ -71,53 +72,43 @@ struct SmemPlan {
   size_t tables = 0, q = 0, warp = 0, total = 0;
 };
 
-// Tile kernel. Per block: the generic cos/sin tables, polar37's tables, the query tile; per warp:
-// two buffers of (K region, V region) for the copy of the next page in flight, and the fp16 tile.
+// Tile kernel. Per block: the generic cos/sin tables and the query tile; per warp: two buffers of
+// (K region, V region) for the copy of the next page in flight, and the fp16 tile.
 __host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
   SmemPlan s;
-  s.tables =
-      align_up(2 * c.table_entries * sizeof(float), 16) + align_up(sizeof(Polar37Tables), 16);
+  s.tables = align_up(2 * c.table_entries * sizeof(float), 16);
   s.q = static_cast<size_t>(kRows) * (dim + 8) * sizeof(__half);
   s.warp = 2 * kStages * static_cast<size_t>(c.head_bytes) + kTile * (dim + 8) * sizeof(__half);
   s.total = s.tables + s.q + kWarps * s.warp;
   return s;
 }
 
-// Decodes the K or V rows of slots [slot - lane, slot - lane + 32) of a head region (shared memory)
-// into an fp16 tile of 32 rows of D (+8 padding) halves: one token per lane in the generic path,
-// an octet per lane and unit in the polar37 path.
-// Decoders of the tile kernel, chosen once per launch: the `polar37` layout (polar37_decode.cuh),
-// levels 1..4 of widths 4/3/3/3 at compile time (other polar37 relatives: the generic decoder with
-// constant widths), or every width at run time. `paper` has its own kernel (register fragments).
+// The tile kernel's decoders, chosen once per launch: levels 1..4 of widths 4/3/3/3 at compile
+// time (`polar39` and other `polar37` relatives), or every width at run time; one token per lane
+// and 16-coordinate unit, into an fp16 tile of 32 rows of D (+8 padding) halves. (`paper` and
+// `polar37` have the register-fragment kernel.)
 enum Decoder {
   kGenericDecoder = 0,
   kWide3Decoder = 2,
-  kPolar37Decoder = 3,
 };
 
 template <int D, int kDecoder>
 __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t* region,
-                                            const float* cos_s, const float* sin_s,
-                                            const Polar37Tables* tables, int slot, __half* tile,
-                                            int lane) {
-  // 32-slot pages in the specialised decoder: the tile is the page.
-  if constexpr (kDecoder == kPolar37Decoder) {
-    decode_tile_polar37<D>(c, region, *tables, lane, tile);
-  } else {
-    uint4* row = reinterpret_cast<uint4*>(tile + lane * (D + 8));
+                                            const float* cos_s, const float* sin_s, int slot,
+                                            __half* tile, int lane) {
+  uint4* row = reinterpret_cast<uint4*>(tile + lane * (D + 8));
 #pragma unroll 1
-    for (int u = 0; u < D / 16; ++u) {
-      float v[16];
-      if constexpr (kDecoder == kWide3Decoder) {
-        decode_unit<4, 3, 3, 3>(c, region, cos_s, sin_s, slot, u, v);
-      } else {
-        decode_unit<0, 0, 0, 0>(c, region, cos_s, sin_s, slot, u, v);
-      }
-      row[2 * u] = make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]),
-                              pack_half2(v[4], v[5]), pack_half2(v[6], v[7]));
-      row[2 * u + 1] = make_uint4(pack_half2(v[8], v[9]), pack_half2(v[10], v[11]),
-                                  pack_half2(v[12], v[13]), pack_half2(v[14], v[15]));
+  for (int u = 0; u < D / 16; ++u) {
+    float v[16];
+    if constexpr (kDecoder == kWide3Decoder) {
+      decode_unit<4, 3, 3, 3>(c, region, cos_s, sin_s, slot, u, v);
+    } else {
+      decode_unit<0, 0, 0, 0>(c, region, cos_s, sin_s, slot, u, v);
     }
+    row[2 * u] = make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]), pack_half2(v[4], v[5]),
+                            pack_half2(v[6], v[7]));
+    row[2 * u + 1] = make_uint4(pack_half2(v[8], v[9]), pack_half2(v[10], v[11]),
+                                pack_half2(v[12], v[13]), pack_half2(v[14], v[15]));
   }
 }
 
@@ -142,10 +133,8 @@ __device__ __forceinline__ float softmax_exp2(float x) {
   return y;
 }
 
-// Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair (the
-// specialised decoders permute chunks: paper_smem_chunk, polar37_smem_chunk). The tile kernel's
-// copy, for any layout (head_bytes at run time).
-template <int D, int kDecoder>
+// Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair: the tile
+// kernel's copy, for any layout (head_bytes at run time), chunks in place.
 __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, int pg, uint8_t* raw,
                                            int lane) {
   const DeviceCodec& c = p.c;
@@ -153,33 +142,31 @@ __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, in
   const size_t off = page_id * c.page_bytes + static_cast<size_t>(h) * c.head_bytes;
   const int chunks = c.head_bytes / 16;
   for (int i = lane; i < chunks; i += 32) {
-    const int to =
-        kDecoder == kPolar37Decoder ? polar37_smem_chunk<D>(i, c.level_offset[0] / 16) : i;
-    cp_async16(raw + 16 * to, p.k_pool + off + 16 * i);
-    cp_async16(raw + c.head_bytes + 16 * to, p.v_pool + off + 16 * i);
+    cp_async16(raw + 16 * i, p.k_pool + off + 16 * i);
+    cp_async16(raw + c.head_bytes + 16 * i, p.v_pool + off + 16 * i);
   }
 }
 
-// The `paper` kernel's copy: with the layout known at compile time, each lane's chunks
-// (lane + 32 j) and their places in the shared-memory image (PaperSmem) are fixed, so they are
+// The fragment kernel's copy: with the layout known at compile time, each lane's chunks
+// (lane + 32 j) and their places in the shared-memory image (Fmt::chunk) are fixed, so they are
 // worked out once per kernel; a page then costs its page-table load, two 64-bit adds and the
 // copies. Buffers hold the K image, then the V image.
-template <int D>
-struct PaperCopy {
-  static constexpr int kBytes = PaperLayout<D>::kUsedBytes;  // copied from a head region
-  static constexpr int kImage = PaperSmem<D>::kBytes;        // in shared memory
+template <class Fmt>
+struct FragCopy {
+  static constexpr int kBytes = Fmt::kUsedBytes;  // copied from a head region
+  static constexpr int kImage = Fmt::kImage;      // in shared memory
   static constexpr int kChunks = kBytes / 16, kPerLane = (kChunks + 31) / 32;
   uint32_t to[kPerLane];  // byte offset in an image of chunk lane + 32 j
   size_t lane_off;        // h * head_bytes + 16 lane: the lane's first chunk in a page
   bool last;              // whether chunk lane + 32 (kPerLane - 1) exists
 
-  __device__ PaperCopy(const DeviceCodec& c, int h, int lane)
+  __device__ FragCopy(const DeviceCodec& c, int h, int lane)
       : lane_off(static_cast<size_t>(h) * c.head_bytes + 16 * lane),
         last(lane + 32 * (kPerLane - 1) < kChunks) {
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       const int i = lane + 32 * j;
-      to[j] = PaperSmem<D>::chunk(i < kChunks ? i : 0);
+      to[j] = Fmt::chunk(i < kChunks ? i : 0);
     }
   }
 
@@ -277,8 +264,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
 
   float* cos_s = reinterpret_cast<float*>(smem);
   float* sin_s = cos_s + c.table_entries;
-  Polar37Tables* tables37 =
-      reinterpret_cast<Polar37Tables*>(smem + align_up(2 * c.table_entries * sizeof(float), 16));
   __half* qs = reinterpret_cast<__half*>(smem + plan.tables);
   uint8_t* wbase = smem + plan.tables + plan.q + warp * plan.warp;
   // Buffers are addressed as offsets from the shared array (not through a pointer array), so the
@@ -286,15 +271,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   const uint32_t second = 2 * (kStages - 1) * c.head_bytes;
   __half* tile = reinterpret_cast<__half*>(wbase + 2 * kStages * c.head_bytes);
 
-  const auto fetch = [&](int pg, uint8_t* raw) { fetch_page<D, kDecoder>(p, b, h, pg, raw, lane); };
+  const auto fetch = [&](int pg, uint8_t* raw) { fetch_page(p, b, h, pg, raw, lane); };
   const PageRange pages = start_pages(p, b, warp, wbase, fetch);
 
   for (int i = threadIdx.x; i < c.table_entries; i += kThreads) {
     cos_s[i] = c.cos_table[i];
     sin_s[i] = c.sin_table[i];
-  }
-  if constexpr (kDecoder == kPolar37Decoder) {
-    load_polar37_tables(c, tables37, threadIdx.x, kThreads);
   }
   const __half* qb = p.q_rot + (static_cast<size_t>(b) * p.n_q_heads + h * p.g) * D;
   for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
@@ -315,7 +297,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
     const int valid = min(c.page_tokens, pages.len - pg * c.page_tokens);
     for (int tile0 = 0; tile0 < valid; tile0 += kTile) {
       const int valid_t = min(kTile, valid - tile0);
-      decode_tile<D, kDecoder>(c, raw_k, cos_s, sin_s, tables37, tile0 + lane, tile, lane);
+      decode_tile<D, kDecoder>(c, raw_k, cos_s, sin_s, tile0 + lane, tile, lane);
       __syncwarp();
       // Scores: S (16 rows x 32 tokens) = Q' K^T, four n-tiles of 8 tokens.
       float s[4][4];
@@ -379,7 +361,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
       }
 
       __syncwarp();  // every lane has read the K tile
-      decode_tile<D, kDecoder>(c, raw_v, cos_s, sin_s, tables37, tile0 + lane, tile, lane);
+      decode_tile<D, kDecoder>(c, raw_v, cos_s, sin_s, tile0 + lane, tile, lane);
       __syncwarp();
 
       // O (16 x D) += P (16 x 32) V (32 x D): two k-steps of 16 tokens.
@@ -432,8 +414,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   });
 }
 
-// The `paper` kernel (up to 16 query heads per KV head): the decoders write MMA fragments in
-// registers (paper_decode.cuh), so no fp16 tile goes through shared memory. Per warp and page,
+// The register-fragment kernel (the `paper` and `polar37` layouts, up to 16 query heads per KV
+// head): the format's decoders (Fmt::decode_k, Fmt::decode_v) write MMA fragments in registers,
+// so no fp16 tile goes through shared memory. Per warp and page,
 // for each 16-slot group: S^T (16 slots x 8 heads per head tile) = K Q'^T, K lane (g, t) decoding
 // blocks t + 4 beta of the group's slots sigma(g) and sigma(g + 8); then the online softmax on
 // S^T's columns (a lane holds heads 2t and 2t + 1 of each head tile throughout); then per group
@@ -443,25 +426,25 @@ constexpr int kFragHeads = 8;  // the MMAs' n: query heads per 8-column head til
 // Blocks per SM the registers are sized for (measured on the H200: 128 registers and 4 blocks at
 // D <= 128 with one head tile; 3 blocks at D = 256 were 1.5% faster than 2; with two head tiles 2
 // blocks at D = 128 were 13% faster than 3 at 128k, and 3 spill heavily at D = 256).
-constexpr int paper_min_blocks(int d, int head_tiles) {
+constexpr int frag_min_blocks(int d, int head_tiles) {
   return head_tiles == 2 ? 2 : d <= 128 ? 4 : 3;
 }
 
-// Shared memory per warp: the page buffers (K and V images, PaperSmem), which also stage the
+// Shared memory per warp: the page buffers (K and V images, Fmt::kImage), which also stage the
 // warp's state at the end.
-template <int D>
-__host__ __device__ constexpr size_t paper_warp_bytes(int head_tiles) {
+template <int D, class Fmt>
+__host__ __device__ constexpr size_t frag_warp_bytes(int head_tiles) {
   const size_t stage = (2 + static_cast<size_t>(D)) * kFragHeads * head_tiles * sizeof(float);
-  const size_t pages = 2 * kStages * static_cast<size_t>(PaperSmem<D>::kBytes);
+  const size_t pages = 2 * kStages * static_cast<size_t>(Fmt::kImage);
   return pages > stage ? pages : stage;
 }
 
 // kHeadTiles: 8-column tiles of query heads (1 for g <= 8, 2 for g <= 16).
-template <int D, int kHeadTiles>
-__global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
-    attention_kernel_paper(AttnParams p) {
+template <int D, int kHeadTiles, class Fmt>
+__global__ void __launch_bounds__(kThreads, frag_min_blocks(D, kHeadTiles))
+    attention_kernel_frag(AttnParams p) {
   constexpr int kSlices = D / 16, kKBlocks = D / 64, kPairs = kVPairs<D>, NT = kHeadTiles;
-  constexpr int kPageTokens = PaperLayout<D>::kTokens;
+  constexpr int kPageTokens = Fmt::kTokens;
   extern __shared__ __align__(16) uint8_t smem[];
   const DeviceCodec& c = p.c;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -469,18 +452,18 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
   const int gid = lane / 4, tq = lane % 4;
   const int m4 = gid >> 1, e = gid & 1;  // K rows gid, gid + 8: slots m4 + 8e, m4 + 8e + 4
 
-  __shared__ __align__(512) PaperTables tables_s;  // 512-aligned: see pair_entry
-  PaperTables* tables = &tables_s;
+  __shared__ __align__(512) typename Fmt::Tables tables_s;  // 512-aligned: see pair_entry
+  typename Fmt::Tables* tables = &tables_s;
   const uint32_t tab = smem_address(tables);
-  constexpr uint32_t warp_bytes = static_cast<uint32_t>(paper_warp_bytes<D>(NT));
-  constexpr int kImage = PaperSmem<D>::kBytes;
+  constexpr uint32_t warp_bytes = static_cast<uint32_t>(frag_warp_bytes<D, Fmt>(NT));
+  constexpr int kImage = Fmt::kImage;
   uint8_t* wbase = smem + warp * warp_bytes;
   constexpr uint32_t second = 2 * (kStages - 1) * kImage;
 
-  const PaperCopy<D> copy(c, h, lane);
+  const FragCopy<Fmt> copy(c, h, lane);
   const auto fetch = [&](int pg, uint8_t* raw) { copy(p, b, pg, raw); };
   const PageRange pages = start_pages(p, b, warp, wbase, fetch);
-  load_paper_tables(c, tables, threadIdx.x, kThreads);
+  Fmt::load_tables(c, tables, threadIdx.x, kThreads);
 
   // B fragments of S^T = K Q'^T: head 8 nt + gid, coordinates 16u + 4q .. 16u + 4q + 3 of slice
   // 4 beta + q, u = tq + 4 beta (the coordinates the K lanes of this tq decode).
@@ -525,13 +508,12 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
     for (int grp = 0; grp < 2; ++grp) {
 #pragma unroll
       for (int beta = 0; beta < kKBlocks; ++beta) {
-        decode_pair_paper<D>(
-            raw_k, tab, tq + 4 * beta, grp, m4, e, [&](int q, const uint32_t a[4]) {
+        Fmt::decode_k(raw_k, tab, tq + 4 * beta, grp, m4, e, [&](int q, const uint32_t a[4]) {
 #pragma unroll
-              for (int nt = 0; nt < NT; ++nt) {
-                mma_16816(s[nt][grp], a, qf[nt][4 * beta + q][0], qf[nt][4 * beta + q][1]);
-              }
-            });
+          for (int nt = 0; nt < NT; ++nt) {
+            mma_16816(s[nt][grp], a, qf[nt][4 * beta + q][0], qf[nt][4 * beta + q][1]);
+          }
+        });
       }
     }
 
@@ -598,14 +580,14 @@ __global__ void __launch_bounds__(kThreads, paper_min_blocks(D, kHeadTiles))
     for (int grp = 0; grp < 2; ++grp) {
 #pragma unroll
       for (int unit = 0; unit < kVUnits<D>; ++unit) {
-        decode_quad_paper<D, kPairs>(raw_v, tab, v_block<D>(gid, unit), v_first_pair<D>(gid), grp,
-                                     tq, [&](int pr, const uint32_t a[4]) {
+        Fmt::template decode_v<kPairs>(raw_v, tab, v_block<D>(gid, unit), v_first_pair<D>(gid), grp,
+                                       tq, [&](int pr, const uint32_t a[4]) {
 #pragma unroll
-                                       for (int nt = 0; nt < NT; ++nt) {
-                                         mma_16816(o[nt][kPairs * unit + pr], a, pt[nt][grp][0],
-                                                   pt[nt][grp][1]);
-                                       }
-                                     });
+                                         for (int nt = 0; nt < NT; ++nt) {
+                                           mma_16816(o[nt][kPairs * unit + pr], a, pt[nt][grp][0],
+                                                     pt[nt][grp][1]);
+                                         }
+                                       });
       }
     }
     __syncwarp();  // the buffer is refilled by the next iteration's copy
@@ -658,23 +640,30 @@ struct Launch {
   const char* name = "";  // decode_kernel_name
 };
 
-// The kernel for the codec's shape and g query heads per KV head: the register-fragment `paper`
-// kernel where it applies, else the tile kernel with the fastest decoder for the layout.
+template <int D, class Fmt>
+Launch frag_choice(int head_tiles) {
+  Launch l;
+  l.kernel = head_tiles == 1 ? attention_kernel_frag<D, 1, Fmt> : attention_kernel_frag<D, 2, Fmt>;
+  l.smem = kWarps * frag_warp_bytes<D, Fmt>(head_tiles);
+  l.name = Fmt::kName;
+  return l;
+}
+
+// The kernel for the codec's shape and g query heads per KV head: the register-fragment kernel
+// for the `paper` and `polar37` layouts, else the tile kernel with the fastest decoder for the
+// layout.
 template <int D>
 Launch attention_choice(const DeviceCodec& c, int g) {
   Launch l;
-  if (PaperLayout<D>::matches(c)) {
-    const int tiles = g <= kFragHeads ? 1 : 2;
-    l.kernel = tiles == 1 ? attention_kernel_paper<D, 1> : attention_kernel_paper<D, 2>;
-    l.smem = kWarps * paper_warp_bytes<D>(tiles);
-    l.name = "paper-fragments";
+  const int tiles = g <= kFragHeads ? 1 : 2;
+  if (PaperFmt<D>::matches(c)) {
+    l = frag_choice<D, PaperFmt<D>>(tiles);
+  } else if (Polar37Fmt<D>::matches(c)) {
+    l = frag_choice<D, Polar37Fmt<D>>(tiles);
   } else {
     const bool wide3 = c.bits[0] == 4 && c.bits[1] == 3 && c.bits[2] == 3 && c.bits[3] == 3;
-    const bool polar37 = Polar37Layout<D>::matches(c);
-    l.kernel = polar37 ? attention_kernel<D, kPolar37Decoder>
-               : wide3 ? attention_kernel<D, kWide3Decoder>
-                       : attention_kernel<D, kGenericDecoder>;
-    l.name = polar37 ? "tile-polar37" : wide3 ? "tile-wide3" : "tile-generic";
+    l.kernel = wide3 ? attention_kernel<D, kWide3Decoder> : attention_kernel<D, kGenericDecoder>;
+    l.name = wide3 ? "tile-wide3" : "tile-generic";
     l.smem = smem_plan(c, D).total;
   }
   return l;

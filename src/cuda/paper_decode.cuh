@@ -1,11 +1,11 @@
 // The decoders of the `paper` preset's pages (L = 4, bits 4/2/2/2, fp16 radius) at 32-token
-// pages, with the whole layout known at compile time, for attention_kernel_paper
-// (decode_attention.cu). They write the decoded values straight into the A fragments of the
-// tensor-core MMAs (mma.cuh), so nothing but the page and the tables passes through shared
-// memory: the K scores run as S^T = K Q'^T (A = K: rows tokens, k = coordinates) and the output
-// as O^T = V^T P^T (A = V^T: rows coordinates, k = tokens); docs/design/cuda.md draws the
-// mapping. Token order inside a 16-slot group: MMA row / k index r is slot
-// sigma(r) = r / 2 + 8 (r % 2), which lets both the K and the V lanes share code bytes:
+// pages, with the whole layout known at compile time, for attention_kernel_frag
+// (decode_attention.cu, through PaperFmt at the end of this file). They write the decoded values
+// straight into the A fragments of the tensor-core MMAs (mma.cuh), so nothing but the page and the
+// tables passes through shared memory: the K scores run as S^T = K Q'^T (A = K: rows tokens, k =
+// coordinates) and the output as O^T = V^T P^T (A = V^T: rows coordinates, k = tokens);
+// docs/design/cuda.md draws the mapping. Token order inside a 16-slot group: MMA row / k index r is
+// slot sigma(r) = r / 2 + 8 (r % 2), which lets both the K and the V lanes share code bytes:
 //  - K lane: two slots (i, i + 4), whose 2-bit codes are one nibble of a byte, for whole blocks.
 //  - V lane: a quad of slots (i, i + 4, i + 8, i + 12), one byte of every 2-bit field and the
 //    token pairs of the level-1 bytes.
@@ -359,5 +359,30 @@ __device__ __forceinline__ void decode_quad_paper(const uint8_t* region, uint32_
     emit(p, a);
   }
 }
+
+// The `paper` format for attention_kernel_frag (decode_attention.cu).
+template <int D>
+struct PaperFmt {
+  using Tables = PaperTables;
+  static constexpr int kTokens = PaperLayout<D>::kTokens;
+  static constexpr int kUsedBytes = PaperLayout<D>::kUsedBytes;
+  static constexpr int kImage = PaperSmem<D>::kBytes;
+  static constexpr const char* kName = "paper-fragments";
+  static bool matches(const DeviceCodec& c) { return PaperLayout<D>::matches(c); }
+  __device__ static int chunk(int c) { return PaperSmem<D>::chunk(c); }
+  __device__ static void load_tables(const DeviceCodec& c, Tables* t, int tid, int threads) {
+    load_paper_tables(c, t, tid, threads);
+  }
+  template <class Emit>
+  __device__ static void decode_k(const uint8_t* region, uint32_t tab, int u, int grp, int m, int e,
+                                  Emit&& emit) {
+    decode_pair_paper<D>(region, tab, u, grp, m, e, emit);
+  }
+  template <int kPairs, class Emit>
+  __device__ static void decode_v(const uint8_t* region, uint32_t tab, int u, int p0, int grp,
+                                  int i, Emit&& emit) {
+    decode_quad_paper<D, kPairs>(region, tab, u, p0, grp, i, emit);
+  }
+};
 
 }  // namespace polarquant::cuda

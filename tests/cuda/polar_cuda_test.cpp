@@ -230,7 +230,9 @@ class CudaAttention : public ::testing::TestWithParam<AttnParam> {};
 // The kernel decode_attention should pick: a preset silently falling back to a slower kernel (as
 // `paper` once did when its layout check missed the region padding) passes every accuracy test.
 std::string expected_kernel(const std::string& preset) {
-  return preset == "paper" ? "paper-fragments" : preset == "polar37" ? "tile-polar37" : "tile-";
+  return preset == "paper"     ? "paper-fragments"
+         : preset == "polar37" ? "polar37-fragments"
+                               : "tile-";
 }
 
 // Runs the GPU decode over CPU-written pages of a ragged batch and compares each sequence's
@@ -333,18 +335,16 @@ TEST_P(CudaAttention, RaggedBatchMatchesCpuCacheAttention) {
   EXPECT_LT(nmse, 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
-                         ::testing::Values(AttnParam{64, 1, "paper"}, AttnParam{64, 4, "paper"},
-                                           AttnParam{64, 8, "paper"}, AttnParam{128, 1, "paper"},
-                                           AttnParam{128, 4, "paper"}, AttnParam{128, 8, "paper"},
-                                           AttnParam{256, 1, "paper"}, AttnParam{256, 4, "paper"},
-                                           AttnParam{256, 8, "paper"}, AttnParam{128, 16, "paper"},
-                                           AttnParam{64, 12, "paper"}, AttnParam{256, 16, "paper"},
-                                           AttnParam{128, 4, "polar37"},
-                                           AttnParam{64, 8, "polar37"},
-                                           AttnParam{256, 1, "polar37"},
-                                           AttnParam{128, 4, "polar39"},
-                                           AttnParam{128, 16, "polar41"}));
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaAttention,
+    ::testing::Values(
+        AttnParam{64, 1, "paper"}, AttnParam{64, 4, "paper"}, AttnParam{64, 8, "paper"},
+        AttnParam{128, 1, "paper"}, AttnParam{128, 4, "paper"}, AttnParam{128, 8, "paper"},
+        AttnParam{256, 1, "paper"}, AttnParam{256, 4, "paper"}, AttnParam{256, 8, "paper"},
+        AttnParam{128, 16, "paper"}, AttnParam{64, 12, "paper"}, AttnParam{256, 16, "paper"},
+        AttnParam{128, 4, "polar37"}, AttnParam{64, 8, "polar37"}, AttnParam{256, 1, "polar37"},
+        AttnParam{128, 16, "polar37"}, AttnParam{256, 12, "polar37"}, AttnParam{128, 4, "polar39"},
+        AttnParam{128, 16, "polar41"}));
 
 TEST(CudaAttentionLong, Context128kMatchesCpu) {
   POLARQUANT_REQUIRE_GPU();
