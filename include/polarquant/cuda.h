@@ -48,11 +48,18 @@ class CudaPolarCodec {
   size_t page_bytes() const { return head_bytes() * static_cast<size_t>(n_kv_heads()); }
   const DeviceCodec& device() const { return *device_; }
   int multiprocessors() const { return multiprocessors_; }
+  // Blocks of the decode-attention kernel resident per SM, for up to 8 (head_tiles 1) or 16 (2)
+  // query heads per KV head: measured once here, with the kernels' shared-memory limits set, so
+  // that a decode call makes no CUDA API calls but its three launches.
+  int attention_resident(int head_tiles) const {
+    return attention_resident_[head_tiles == 1 ? 0 : 1];
+  }
 
  private:
   std::unique_ptr<DeviceCodec> device_;
   void* constants_ = nullptr;  // one cudaMalloc holding every table
   int multiprocessors_ = 0;
+  int attention_resident_[2] = {1, 1};
 };
 
 // One sequence's pages: page i of the sequence (positions [i*T, (i+1)*T)) is page

@@ -18,4 +18,9 @@ void launch_rotate_query(const DeviceCodec& c, const float* q, int rows, float q
 void launch_merge(const DeviceCodec& c, int batch, int n_q_heads, int g, int splits,
                   const float2* part_ml, const float* part_acc, float* out, Stream stream);
 
+// Sets the shared-memory limits of the decode-attention kernels this codec will run (up to 8 and
+// up to 16 query heads per KV head) and returns their resident blocks per SM (decode_attention.cu;
+// called once, by CudaPolarCodec's constructor).
+void configure_attention(const DeviceCodec& c, int resident[2]);
+
 }  // namespace polarquant::cuda

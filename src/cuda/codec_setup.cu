@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cache/page_format.h"
+#include "cuda/attention_steps.h"
 #include "cuda/device_codec.h"
 
 namespace polarquant::cuda {
@@ -155,6 +156,7 @@ CudaPolarCodec::CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_k
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device),
              "cudaDeviceGetAttribute(multiprocessors)");
+  configure_attention(d, attention_resident_);
 }
 
 CudaPolarCodec::~CudaPolarCodec() {

@@ -669,24 +669,30 @@ Launch attention_choice(const DeviceCodec& c, int g) {
   return l;
 }
 
-// The same, with its shared memory allowance set.
-template <int D>
-Launch attention_launch(const DeviceCodec& c, int g) {
-  const Launch l = attention_choice<D>(c, g);
-  check_cuda(cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(l.smem)),
-             "cudaFuncSetAttribute(attention)");
+Launch attention_choice_for(const DeviceCodec& c, int g) {
+  Launch l;
+  with_dim(c.dim, [&](auto d) { l = attention_choice<decltype(d)::value>(c, g); });
   return l;
 }
 
-Launch attention_launch_for(const DeviceCodec& c, int g) {
-  Launch l;
-  with_dim(c.dim, [&](auto d) { l = attention_launch<decltype(d)::value>(c, g); });
-  return l;
+}  // namespace
+
+void configure_attention(const DeviceCodec& c, int resident[2]) {
+  for (int tiles = 1; tiles <= 2; ++tiles) {
+    const Launch l = attention_choice_for(c, tiles * kFragHeads);
+    check_cuda(cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(l.smem)),
+               "cudaFuncSetAttribute(attention)");
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident[tiles - 1], l.kernel,
+                                                             kThreads, l.smem),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  }
 }
+
+namespace {
 
 struct Geometry {
-  Launch launch;  // chosen (and its shared memory allowance set) once per call
+  Launch launch;  // chosen once per call (CudaPolarCodec set its shared memory allowance)
   int splits = 1, pages_per_split = 1;
   size_t q_bytes = 0, ml_bytes = 0, acc_bytes = 0;
 };
@@ -699,11 +705,9 @@ Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
   Geometry geo;
   const int pages_max = std::max(1, (batch.max_length + c.page_tokens - 1) / c.page_tokens);
   const long heads = static_cast<long>(batch.batch) * c.n_kv_heads;
-  geo.launch = attention_launch_for(c, batch.n_q_heads / c.n_kv_heads);
-  int resident = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, geo.launch.kernel, kThreads,
-                                                           geo.launch.smem),
-             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  const int g = batch.n_q_heads / c.n_kv_heads;
+  geo.launch = attention_choice_for(c, g);
+  const int resident = codec.attention_resident(g <= kFragHeads ? 1 : 2);
   const long slots =
       static_cast<long>(std::max(1, resident)) * std::max(1, codec.multiprocessors());
   const int floor_pages = std::min(2 * kWarps, pages_max);
@@ -722,7 +726,6 @@ Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
     }
     if (pps == floor_pages) break;
   }
-  const int g = batch.n_q_heads / c.n_kv_heads;
   const size_t parts = static_cast<size_t>(heads) * geo.splits;
   geo.q_bytes = align_up(static_cast<size_t>(batch.batch) * batch.n_q_heads * c.dim * 2, 256);
   geo.ml_bytes = align_up(parts * g * sizeof(float2), 256);
@@ -765,11 +768,7 @@ const char* decode_kernel_name(const CudaPolarCodec& codec, int n_q_heads) {
                   " is not a multiple of n_kv_heads " + std::to_string(n_kv) + " from 1 to " +
                   std::to_string(kRows) + " times it");
   }
-  const char* name = "";
-  with_dim(codec.dim(), [&](auto d) {
-    name = attention_choice<decltype(d)::value>(codec.device(), n_q_heads / n_kv).name;
-  });
-  return name;
+  return attention_choice_for(codec.device(), n_q_heads / n_kv).name;
 }
 
 size_t decode_workspace_bytes(const CudaPolarCodec& codec, const DecodeBatch& batch) {
