@@ -69,9 +69,11 @@ __device__ __forceinline__ uint2 pair_entry(uint32_t tab, int level, uint32_t of
       : "r"(((off8 & 0x78) | tab) + 128 * level));
   return v;
 }
+// A level-1 (cos, sin) half2 of a 16-entry table at byte kAt of the tables (paper: 384).
+template <int kAt>
 __device__ __forceinline__ __half2 level1_entry(uint32_t tab, uint32_t off4) {
   uint32_t v;
-  asm("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(((off4 & 0x3C) | tab) + 384));
+  asm("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(((off4 & 0x3C) | tab) + kAt));
   return bits_half2(v);
 }
 
@@ -224,41 +226,13 @@ static_assert(paper_smem_check::valid<64>() && paper_smem_check::valid<128>() &&
                   paper_smem_check::valid<256>(),
               "PaperSmem: a chunk misplaced or a decoder load with a bank conflict");
 
-// Both decoders read a 16-slot group grp's code bytes as words: in a 2-bit field the group's
-// 4 bytes (byte i holds slots i + 4k at bits 2k), in a level-1 field its 8 bytes (byte b holds
-// slots b and b + 8). A lane's nibble is moved to a table offset by one funnel shift and one
-// mask (pair_entry, level1_entry), the shift being fixed per lane.
-
-// K lane: block u of the slots 16 grp + i and 16 grp + i + 4 (i = m + 8e, m < 4), whose 2-bit
-// codes are nibble e of byte m of the group's word, in half2 from the radius down. Calls
-// emit(q, a) with the A fragment of slice q of S^T = K Q'^T: rows gid, gid + 8 are the two slots,
-// columns 2t..2t+1 are level-1 pair 2q of the block and 2t+8..2t+9 pair 2q + 1.
-template <int D, class Emit>
-__device__ __forceinline__ void decode_pair_paper(const uint8_t* region, uint32_t tab, int u,
-                                                  int grp, int m, int e, Emit&& emit) {
-  using Smem = PaperSmem<D>;
-  const __half* radii = reinterpret_cast<const __half*>(region + Smem::radius(u));
-  const int slot = 16 * grp + m + 8 * e;
-  const uint32_t rot8 = (8 * m + 4 * e + 29) & 31;  // nibble (m, e) of a code word, times 8
-  const uint32_t rot4 = (8 * m + 4 * e + 30) & 31;  // of a level-1 word, times 4
-  // n[p]: the two slots' product from the radius down to level-1 pair p. Levels 4, 3, 2 split in
-  // place: node n[j] (width w pairs) becomes n[j] (cos side) and n[j + w/2] (sin side).
-  __half2 n[8];
-  n[0] = __halves2half2(radii[slot], radii[slot + 4]);
-  const auto split = [&](int level, int offset, int j, int half) {
-    const uint32_t word = *reinterpret_cast<const uint32_t*>(region + offset + 4 * grp);
-    const uint2 en = pair_entry(tab, level, __funnelshift_r(word, word, rot8));
-    const __half2 parent = n[j];
-    n[j] = __hmul2(parent, bits_half2(en.x));
-    n[j + half] = __hmul2(parent, bits_half2(en.y));
-  };
-  split(2, Smem::level4(u), 0, 4);
-#pragma unroll
-  for (int j = 0; j < 2; ++j) split(1, Smem::level3(u) + 8 * j, 4 * j, 2);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) split(0, Smem::level2(u) + 8 * j, 2 * j, 1);
-  // Level 1: bytes m and m + 4 of the group's 8 bytes hold the two slots (nibble e).
-  const uint8_t* l1 = region + Smem::level1(u) + 8 * grp;
+// Level 1 of a K lane (the `paper` and `polar37` layouts share it): bytes m and m + 4 of the
+// group's 8 bytes at l1 + 16 p hold the lane's two slots (nibble e, moved by rot4); n[p] is the
+// two slots' product down to level-1 pair p. Calls emit(q, a) with the A fragment of slice q:
+// columns 2t..2t+1 are pair 2q, 2t+8..2t+9 pair 2q + 1.
+template <int kAt, class Emit>
+__device__ __forceinline__ void level1_k(const uint8_t* l1, uint32_t tab, uint32_t rot4,
+                                         const __half2 n[8], Emit&& emit) {
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     uint32_t a[4];
@@ -267,13 +241,33 @@ __device__ __forceinline__ void decode_pair_paper(const uint8_t* region, uint32_
       const int p = 2 * q + h;
       const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * p);
       a[2 * h] = half2_bits(
-          __hmul2(__low2half2(n[p]), level1_entry(tab, __funnelshift_r(w.x, w.x, rot4))));
+          __hmul2(__low2half2(n[p]), level1_entry<kAt>(tab, __funnelshift_r(w.x, w.x, rot4))));
       a[2 * h + 1] = half2_bits(
-          __hmul2(__high2half2(n[p]), level1_entry(tab, __funnelshift_r(w.y, w.y, rot4))));
+          __hmul2(__high2half2(n[p]), level1_entry<kAt>(tab, __funnelshift_r(w.y, w.y, rot4))));
     }
     emit(q, a);
   }
 }
+
+// Level 1 of a V lane, pair p: the (cos, sin) of slots i, i + 8 (byte i of word x, nibbles 0 and
+// 1: rot4a, rot4b) and i + 4, i + 12 (word y).
+struct Level1Quad {
+  __half2 c0, c4, c8, c12;
+};
+template <int kAt>
+__device__ __forceinline__ Level1Quad level1_quad(const uint8_t* at, uint32_t tab, uint32_t rot4a,
+                                                  uint32_t rot4b) {
+  const uint2 w = *reinterpret_cast<const uint2*>(at);
+  return {level1_entry<kAt>(tab, __funnelshift_r(w.x, w.x, rot4a)),
+          level1_entry<kAt>(tab, __funnelshift_r(w.y, w.y, rot4a)),
+          level1_entry<kAt>(tab, __funnelshift_r(w.x, w.x, rot4b)),
+          level1_entry<kAt>(tab, __funnelshift_r(w.y, w.y, rot4b))};
+}
+
+// Both decoders read a 16-slot group grp's code bytes as words: in a 2-bit field the group's
+// 4 bytes (byte i holds slots i + 4k at bits 2k), in a level-1 field its 8 bytes (byte b holds
+// slots b and b + 8). A lane's nibble is moved to a table offset by one funnel shift and one
+// mask (pair_entry, level1_entry), the shift being fixed per lane.
 
 // The level-1 pairs a V lane decodes: kVPairs<D> consecutive pairs of block v_block<D>(gid, unit)
 // starting at v_first_pair<D>(gid), for units 0 .. kVUnits<D> - 1. O^T has D / 16 tiles of 16
@@ -292,96 +286,114 @@ __device__ __forceinline__ int v_first_pair(int gid) {
   return D >= 128 ? 0 : 4 * (gid & 1);
 }
 
-// V lane: level-1 pairs p0 .. p0 + kPairs - 1 of block u (kPairs = 8: the whole block, p0 = 0;
-// 4: the half p0 / 4) for the quad of slots 16 grp + i + 4k (k = 0..3), levels 4..2 in half2 on
-// the token pairs (i, i + 4) and (i + 8, i + 12) (nibbles 0 and 1 of byte i of a code word).
-// Calls emit(p, a) for p = 0 .. kPairs - 1 with the A fragment of O^T += V^T P^T for the group's
-// 16 x 16 tile: rows gid, gid + 8 are coordinates 2 (p0 + p), 2 (p0 + p) + 1 of the block, k the
-// group's slots in sigma order.
-template <int D, int kPairs, class Emit>
-__device__ __forceinline__ void decode_quad_paper(const uint8_t* region, uint32_t tab, int u,
-                                                  int p0, int grp, int i, Emit&& emit) {
-  static_assert(kPairs == 8 || kPairs == 4, "a whole or a half block");
+// The `paper` format for attention_kernel_frag (decode_attention.cu): the layout, the tables and
+// the two decoders.
+template <int D>
+struct PaperFmt {
+  using Tables = PaperTables;
+  using Lay = PaperLayout<D>;
   using Smem = PaperSmem<D>;
-  const __half* radii = reinterpret_cast<const __half*>(region + Smem::radius(u));
-  const int slot = 16 * grp + i;
-  const uint32_t rot8a = (8 * i + 29) & 31, rot8b = 8 * i + 1;  // nibbles 0, 1 of byte i, x 8
-  const uint32_t rot4a = (8 * i + 30) & 31, rot4b = 8 * i + 2;  // the same, x 4
-  const int half = p0 / 4;                                      // kPairs == 4: the level-4 side
-  __half2 n[2][kPairs];  // [pair (i, i+4) / (i+8, i+12)][level-1 pair], split in place as in K
-  n[0][0] = __halves2half2(radii[slot], radii[slot + 4]);
-  n[1][0] = __halves2half2(radii[slot + 8], radii[slot + 12]);
-  const auto entries = [&](int level, int offset, uint2* e0, uint2* e1) {
-    const uint32_t word = *reinterpret_cast<const uint32_t*>(region + offset + 4 * grp);
-    *e0 = pair_entry(tab, level, __funnelshift_r(word, word, rot8a));
-    *e1 = pair_entry(tab, level, __funnelshift_r(word, word, rot8b));
-  };
-  const auto split = [&](int level, int offset, int j, int w) {
-    uint2 e0, e1;
-    entries(level, offset, &e0, &e1);
-    const __half2 q0 = n[0][j], q1 = n[1][j];
-    n[0][j] = __hmul2(q0, bits_half2(e0.x));
-    n[0][j + w] = __hmul2(q0, bits_half2(e0.y));
-    n[1][j] = __hmul2(q1, bits_half2(e1.x));
-    n[1][j + w] = __hmul2(q1, bits_half2(e1.y));
-  };
-  if constexpr (kPairs == 8) {
+  static constexpr int kTokens = Lay::kTokens;
+  static constexpr int kUsedBytes = Lay::kUsedBytes;
+  static constexpr int kImage = Smem::kBytes;
+  static constexpr const char* kName = "paper-fragments";
+  static bool matches(const DeviceCodec& c) { return Lay::matches(c); }
+  __device__ static int chunk(int c) { return Smem::chunk(c); }
+  __device__ static void load_tables(const DeviceCodec& c, Tables* t, int tid, int threads) {
+    load_paper_tables(c, t, tid, threads);
+  }
+
+  // K lane: block u of the slots 16 grp + i and 16 grp + i + 4 (i = m + 8e, m < 4), whose 2-bit
+  // codes are nibble e of byte m of the group's word, in half2 from the radius down. Calls
+  // emit(q, a) with the A fragment of slice q of S^T = K Q'^T: rows gid, gid + 8 are the two slots,
+  // columns 2t..2t+1 are level-1 pair 2q of the block and 2t+8..2t+9 pair 2q + 1.
+  template <class Emit>
+  __device__ __forceinline__ static void decode_k(const uint8_t* region, uint32_t tab, int u,
+                                                  int grp, int m, int e, Emit&& emit) {
+    const __half* radii = reinterpret_cast<const __half*>(region + Smem::radius(u));
+    const int slot = 16 * grp + m + 8 * e;
+    const uint32_t rot8 = (8 * m + 4 * e + 29) & 31;  // nibble (m, e) of a code word, times 8
+    const uint32_t rot4 = (8 * m + 4 * e + 30) & 31;  // of a level-1 word, times 4
+    // n[p]: the two slots' product from the radius down to level-1 pair p. Levels 4, 3, 2 split in
+    // place: node n[j] (width w pairs) becomes n[j] (cos side) and n[j + w/2] (sin side).
+    __half2 n[8];
+    n[0] = __halves2half2(radii[slot], radii[slot + 4]);
+    const auto split = [&](int level, int offset, int j, int half) {
+      const uint32_t word = *reinterpret_cast<const uint32_t*>(region + offset + 4 * grp);
+      const uint2 en = pair_entry(tab, level, __funnelshift_r(word, word, rot8));
+      const __half2 parent = n[j];
+      n[j] = __hmul2(parent, bits_half2(en.x));
+      n[j + half] = __hmul2(parent, bits_half2(en.y));
+    };
     split(2, Smem::level4(u), 0, 4);
 #pragma unroll
     for (int j = 0; j < 2; ++j) split(1, Smem::level3(u) + 8 * j, 4 * j, 2);
 #pragma unroll
     for (int j = 0; j < 4; ++j) split(0, Smem::level2(u) + 8 * j, 2 * j, 1);
-  } else {
-    uint2 e0, e1;  // level 4: only this half's side (cos for pairs 0..3, sin for 4..7)
-    entries(2, Smem::level4(u), &e0, &e1);
-    n[0][0] = __hmul2(n[0][0], bits_half2(half ? e0.y : e0.x));
-    n[1][0] = __hmul2(n[1][0], bits_half2(half ? e1.y : e1.x));
-    split(1, Smem::level3(u) + 8 * half, 0, 2);
-#pragma unroll
-    for (int j = 0; j < 2; ++j) split(0, Smem::level2(u) + 8 * (2 * half + j), 2 * j, 1);
+    // Level 1: bytes m and m + 4 of the group's 8 bytes hold the two slots (nibble e).
+    level1_k<384>(region + Smem::level1(u) + 8 * grp, tab, rot4, n, emit);
   }
-  const uint8_t* l1 = region + Smem::level1(u) + 16 * p0 + 8 * grp;
-#pragma unroll
-  for (int p = 0; p < kPairs; ++p) {
-    // Byte i of word x holds slots (i, i + 8), of word y slots (i + 4, i + 12).
-    const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * p);
-    const __half2 c0 = level1_entry(tab, __funnelshift_r(w.x, w.x, rot4a));
-    const __half2 c8 = level1_entry(tab, __funnelshift_r(w.x, w.x, rot4b));
-    const __half2 c4 = level1_entry(tab, __funnelshift_r(w.y, w.y, rot4a));
-    const __half2 c12 = level1_entry(tab, __funnelshift_r(w.y, w.y, rot4b));
-    const uint32_t s0 = half2_bits(__hmul2(__low2half2(n[0][p]), c0));
-    const uint32_t s4 = half2_bits(__hmul2(__high2half2(n[0][p]), c4));
-    const uint32_t s8 = half2_bits(__hmul2(__low2half2(n[1][p]), c8));
-    const uint32_t s12 = half2_bits(__hmul2(__high2half2(n[1][p]), c12));
-    // k columns 2i, 2i + 1 are slots i, i + 8; columns 2i + 8, 2i + 9 are slots i + 4, i + 12.
-    const uint32_t a[4] = {__byte_perm(s0, s8, 0x5410), __byte_perm(s0, s8, 0x7632),
-                           __byte_perm(s4, s12, 0x5410), __byte_perm(s4, s12, 0x7632)};
-    emit(p, a);
-  }
-}
 
-// The `paper` format for attention_kernel_frag (decode_attention.cu).
-template <int D>
-struct PaperFmt {
-  using Tables = PaperTables;
-  static constexpr int kTokens = PaperLayout<D>::kTokens;
-  static constexpr int kUsedBytes = PaperLayout<D>::kUsedBytes;
-  static constexpr int kImage = PaperSmem<D>::kBytes;
-  static constexpr const char* kName = "paper-fragments";
-  static bool matches(const DeviceCodec& c) { return PaperLayout<D>::matches(c); }
-  __device__ static int chunk(int c) { return PaperSmem<D>::chunk(c); }
-  __device__ static void load_tables(const DeviceCodec& c, Tables* t, int tid, int threads) {
-    load_paper_tables(c, t, tid, threads);
-  }
-  template <class Emit>
-  __device__ static void decode_k(const uint8_t* region, uint32_t tab, int u, int grp, int m, int e,
-                                  Emit&& emit) {
-    decode_pair_paper<D>(region, tab, u, grp, m, e, emit);
-  }
+  // V lane: level-1 pairs p0 .. p0 + kPairs - 1 of block u (kPairs = 8: the whole block, p0 = 0;
+  // 4: the half p0 / 4) for the quad of slots 16 grp + i + 4k (k = 0..3), levels 4..2 in half2 on
+  // the token pairs (i, i + 4) and (i + 8, i + 12) (nibbles 0 and 1 of byte i of a code word).
+  // Calls emit(p, a) for p = 0 .. kPairs - 1 with the A fragment of O^T += V^T P^T for the group's
+  // 16 x 16 tile: rows gid, gid + 8 are coordinates 2 (p0 + p), 2 (p0 + p) + 1 of the block, k the
+  // group's slots in sigma order.
   template <int kPairs, class Emit>
-  __device__ static void decode_v(const uint8_t* region, uint32_t tab, int u, int p0, int grp,
-                                  int i, Emit&& emit) {
-    decode_quad_paper<D, kPairs>(region, tab, u, p0, grp, i, emit);
+  __device__ __forceinline__ static void decode_v(const uint8_t* region, uint32_t tab, int u,
+                                                  int p0, int grp, int i, Emit&& emit) {
+    static_assert(kPairs == 8 || kPairs == 4, "a whole or a half block");
+    const __half* radii = reinterpret_cast<const __half*>(region + Smem::radius(u));
+    const int slot = 16 * grp + i;
+    const uint32_t rot8a = (8 * i + 29) & 31, rot8b = 8 * i + 1;  // nibbles 0, 1 of byte i, x 8
+    const uint32_t rot4a = (8 * i + 30) & 31, rot4b = 8 * i + 2;  // the same, x 4
+    const int half = p0 / 4;                                      // kPairs == 4: the level-4 side
+    __half2 n[2][kPairs];  // [pair (i, i+4) / (i+8, i+12)][level-1 pair], split in place as in K
+    n[0][0] = __halves2half2(radii[slot], radii[slot + 4]);
+    n[1][0] = __halves2half2(radii[slot + 8], radii[slot + 12]);
+    const auto entries = [&](int level, int offset, uint2* e0, uint2* e1) {
+      const uint32_t word = *reinterpret_cast<const uint32_t*>(region + offset + 4 * grp);
+      *e0 = pair_entry(tab, level, __funnelshift_r(word, word, rot8a));
+      *e1 = pair_entry(tab, level, __funnelshift_r(word, word, rot8b));
+    };
+    const auto split = [&](int level, int offset, int j, int w) {
+      uint2 e0, e1;
+      entries(level, offset, &e0, &e1);
+      const __half2 q0 = n[0][j], q1 = n[1][j];
+      n[0][j] = __hmul2(q0, bits_half2(e0.x));
+      n[0][j + w] = __hmul2(q0, bits_half2(e0.y));
+      n[1][j] = __hmul2(q1, bits_half2(e1.x));
+      n[1][j + w] = __hmul2(q1, bits_half2(e1.y));
+    };
+    if constexpr (kPairs == 8) {
+      split(2, Smem::level4(u), 0, 4);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) split(1, Smem::level3(u) + 8 * j, 4 * j, 2);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) split(0, Smem::level2(u) + 8 * j, 2 * j, 1);
+    } else {
+      uint2 e0, e1;  // level 4: only this half's side (cos for pairs 0..3, sin for 4..7)
+      entries(2, Smem::level4(u), &e0, &e1);
+      n[0][0] = __hmul2(n[0][0], bits_half2(half ? e0.y : e0.x));
+      n[1][0] = __hmul2(n[1][0], bits_half2(half ? e1.y : e1.x));
+      split(1, Smem::level3(u) + 8 * half, 0, 2);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) split(0, Smem::level2(u) + 8 * (2 * half + j), 2 * j, 1);
+    }
+    const uint8_t* l1 = region + Smem::level1(u) + 16 * p0 + 8 * grp;
+#pragma unroll
+    for (int p = 0; p < kPairs; ++p) {
+      const Level1Quad c = level1_quad<384>(l1 + 16 * p, tab, rot4a, rot4b);
+      const uint32_t s0 = half2_bits(__hmul2(__low2half2(n[0][p]), c.c0));
+      const uint32_t s4 = half2_bits(__hmul2(__high2half2(n[0][p]), c.c4));
+      const uint32_t s8 = half2_bits(__hmul2(__low2half2(n[1][p]), c.c8));
+      const uint32_t s12 = half2_bits(__hmul2(__high2half2(n[1][p]), c.c12));
+      // k columns 2i, 2i + 1 are slots i, i + 8; columns 2i + 8, 2i + 9 are slots i + 4, i + 12.
+      const uint32_t a[4] = {__byte_perm(s0, s8, 0x5410), __byte_perm(s0, s8, 0x7632),
+                             __byte_perm(s4, s12, 0x5410), __byte_perm(s4, s12, 0x7632)};
+      emit(p, a);
+    }
   }
 };
 

@@ -82,15 +82,11 @@ __device__ __forceinline__ void load_polar37_frag_tables(const DeviceCodec& c, P
   }
 }
 
-// Entries by a byte offset already scaled by 4 (bits 2..4: a 3-bit code; 2..5: a 4-bit one).
+// Level l (2..6) entries by a byte offset already scaled by 4 (bits 2..4: a 3-bit code); level
+// 1 goes through paper_decode.cuh's level1_entry<0> (the table opens the struct).
 __device__ __forceinline__ __half2 polar37_upper_entry(uint32_t tab, int level, uint32_t off) {
   uint32_t v;
   asm("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(((off & 0x1C) | tab) + 64 + 32 * (level - 2)));
-  return bits_half2(v);
-}
-__device__ __forceinline__ __half2 polar37_level1_entry(uint32_t tab, uint32_t off) {
-  uint32_t v;
-  asm("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"((off & 0x3C) | tab));
   return bits_half2(v);
 }
 
@@ -113,158 +109,128 @@ __device__ __forceinline__ __half2 sin_pair(__half2 a, __half2 b) {
   return bits_half2(__byte_perm(half2_bits(a), half2_bits(b), 0x7632));
 }
 
-// K lane: block u of the slots 16 grp + m + 8e and that + 4 (paper's decode_pair_paper has the
-// fragment layout); emit(q, a) as there.
-template <int D, class Emit>
-__device__ __forceinline__ void decode_pair_polar37(const uint8_t* region, uint32_t tab, int u,
-                                                    int grp, int m, int e, Emit&& emit) {
+// The `polar37` format for attention_kernel_frag (decode_attention.cu): the layout, the tables
+// and the two decoders.
+template <int D>
+struct Polar37Fmt {
+  using Tables = Polar37FragTables;
   using F = Polar37Frag<D>;
-  const int slot = 16 * grp + m + 8 * e;
-  const __half* radii = reinterpret_cast<const __half*>(region) + 32 * (u >> 2);
-  const Window3 win = window3(slot);
-  const auto entries = [&](int l, int node, __half2* ca, __half2* cb) {
-    const uint8_t* f = region + F::field(l, node);
-    const uint32_t x = __funnelshift_r(*reinterpret_cast<const uint32_t*>(f + win.lo),
-                                       *reinterpret_cast<const uint32_t*>(f + win.hi), win.shift);
-    *ca = polar37_upper_entry(tab, l, x << 2);
-    *cb = polar37_upper_entry(tab, l, x >> 10);
-  };
-  __half2 n[8];
-  n[0] = __halves2half2(radii[slot], radii[slot + 4]);
-  // Levels 6 and 5: the cos or the sin of the block's side.
-  const uint32_t side6 = (u >> 1) & 1 ? 0x7632 : 0x5410, side5 = u & 1 ? 0x7632 : 0x5410;
-  __half2 ca, cb;
-  entries(6, u >> 2, &ca, &cb);
-  n[0] = __hmul2(n[0], bits_half2(__byte_perm(half2_bits(ca), half2_bits(cb), side6)));
-  entries(5, u >> 1, &ca, &cb);
-  n[0] = __hmul2(n[0], bits_half2(__byte_perm(half2_bits(ca), half2_bits(cb), side5)));
-  const auto split = [&](int l, int node, int j, int half) {
-    __half2 a, b;
-    entries(l, node, &a, &b);
-    const __half2 parent = n[j];
-    n[j] = __hmul2(parent, cos_pair(a, b));
-    n[j + half] = __hmul2(parent, sin_pair(a, b));
-  };
-  split(4, u, 0, 4);
-#pragma unroll
-  for (int j = 0; j < 2; ++j) split(3, 2 * u + j, 4 * j, 2);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) split(2, 4 * u + j, 2 * j, 1);
-  // Level 1 as in paper: bytes m and m + 4 of the group's 8 bytes hold the two slots (nibble e).
-  const uint32_t rot4 = (8 * m + 4 * e + 30) & 31;
-  const uint8_t* l1 = region + F::level1(u) + 8 * grp;
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    uint32_t a[4];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int p = 2 * q + h;
-      const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * p);
-      a[2 * h] = half2_bits(
-          __hmul2(__low2half2(n[p]), polar37_level1_entry(tab, __funnelshift_r(w.x, w.x, rot4))));
-      a[2 * h + 1] = half2_bits(
-          __hmul2(__high2half2(n[p]), polar37_level1_entry(tab, __funnelshift_r(w.y, w.y, rot4))));
-    }
-    emit(q, a);
+  static constexpr int kTokens = F::kTokens;
+  static constexpr int kUsedBytes = F::kUsedBytes;
+  static constexpr int kImage = F::kImage;
+  static constexpr const char* kName = "polar37-fragments";
+  static bool matches(const DeviceCodec& c) { return F::matches(c); }
+  __device__ static int chunk(int c) { return F::chunk(c); }
+  __device__ static void load_tables(const DeviceCodec& c, Tables* t, int tid, int threads) {
+    load_polar37_frag_tables(c, t, tid, threads);
   }
-}
 
-// V lane: level-1 pairs p0 .. p0 + kPairs - 1 of block u for the slots 16 grp + i + 4k (paper's
-// decode_quad_paper has the fragment layout), upper levels in half2 on the token pairs (i, i + 8)
-// and (i + 4, i + 12), which level 1 then needs as they are.
-template <int D, int kPairs, class Emit>
-__device__ __forceinline__ void decode_quad_polar37(const uint8_t* region, uint32_t tab, int u,
-                                                    int p0, int grp, int i, Emit&& emit) {
-  static_assert(kPairs == 8 || kPairs == 4, "a whole or a half block");
-  using F = Polar37Frag<D>;
-  const int slot = 16 * grp + i;
-  const __half* radii = reinterpret_cast<const __half*>(region) + 32 * (u >> 2);
-  const Window3 win = window3(slot);  // the fourth slot's code: the second word, bit shift + 4
-  const int half = p0 / 4;            // kPairs == 4: the level-4 side
-  // c[k]: slot i + 4k's (cos, sin) of field `node` of level l.
-  const auto entries = [&](int l, int node, __half2 c[4]) {
-    const uint8_t* f = region + F::field(l, node);
-    const uint32_t hi = *reinterpret_cast<const uint32_t*>(f + win.hi);
-    const uint32_t x =
-        __funnelshift_r(*reinterpret_cast<const uint32_t*>(f + win.lo), hi, win.shift);
-    c[0] = polar37_upper_entry(tab, l, x << 2);
-    c[1] = polar37_upper_entry(tab, l, x >> 10);
-    c[2] = polar37_upper_entry(tab, l, x >> 22);
-    c[3] = polar37_upper_entry(tab, l, hi >> (win.shift + 2));
-  };
-  __half2 n[2][kPairs];  // [pair (i, i+8) / (i+4, i+12)][level-1 pair], split in place
-  n[0][0] = __halves2half2(radii[slot], radii[slot + 8]);
-  n[1][0] = __halves2half2(radii[slot + 4], radii[slot + 12]);
-  const auto factor = [&](int l, int node, bool sin_side) {
-    __half2 c[4];
-    entries(l, node, c);
-    n[0][0] = __hmul2(n[0][0], sin_side ? sin_pair(c[0], c[2]) : cos_pair(c[0], c[2]));
-    n[1][0] = __hmul2(n[1][0], sin_side ? sin_pair(c[1], c[3]) : cos_pair(c[1], c[3]));
-  };
-  factor(6, u >> 2, (u >> 1) & 1);
-  factor(5, u >> 1, u & 1);
-  const auto split = [&](int l, int node, int j, int w) {
-    __half2 c[4];
-    entries(l, node, c);
-    const __half2 q0 = n[0][j], q1 = n[1][j];
-    n[0][j] = __hmul2(q0, cos_pair(c[0], c[2]));
-    n[0][j + w] = __hmul2(q0, sin_pair(c[0], c[2]));
-    n[1][j] = __hmul2(q1, cos_pair(c[1], c[3]));
-    n[1][j + w] = __hmul2(q1, sin_pair(c[1], c[3]));
-  };
-  if constexpr (kPairs == 8) {
+  // K lane: block u of the slots 16 grp + m + 8e and that + 4 (PaperFmt::decode_k has the
+  // fragment layout); emit(q, a) as there.
+  template <class Emit>
+  __device__ __forceinline__ static void decode_k(const uint8_t* region, uint32_t tab, int u,
+                                                  int grp, int m, int e, Emit&& emit) {
+    const int slot = 16 * grp + m + 8 * e;
+    const __half* radii = reinterpret_cast<const __half*>(region) + 32 * (u >> 2);
+    const Window3 win = window3(slot);
+    const auto entries = [&](int l, int node, __half2* ca, __half2* cb) {
+      const uint8_t* f = region + F::field(l, node);
+      const uint32_t x = __funnelshift_r(*reinterpret_cast<const uint32_t*>(f + win.lo),
+                                         *reinterpret_cast<const uint32_t*>(f + win.hi), win.shift);
+      *ca = polar37_upper_entry(tab, l, x << 2);
+      *cb = polar37_upper_entry(tab, l, x >> 10);
+    };
+    __half2 n[8];
+    n[0] = __halves2half2(radii[slot], radii[slot + 4]);
+    // Levels 6 and 5: the cos or the sin of the block's side.
+    const uint32_t side6 = (u >> 1) & 1 ? 0x7632 : 0x5410, side5 = u & 1 ? 0x7632 : 0x5410;
+    __half2 ca, cb;
+    entries(6, u >> 2, &ca, &cb);
+    n[0] = __hmul2(n[0], bits_half2(__byte_perm(half2_bits(ca), half2_bits(cb), side6)));
+    entries(5, u >> 1, &ca, &cb);
+    n[0] = __hmul2(n[0], bits_half2(__byte_perm(half2_bits(ca), half2_bits(cb), side5)));
+    const auto split = [&](int l, int node, int j, int half) {
+      __half2 a, b;
+      entries(l, node, &a, &b);
+      const __half2 parent = n[j];
+      n[j] = __hmul2(parent, cos_pair(a, b));
+      n[j + half] = __hmul2(parent, sin_pair(a, b));
+    };
     split(4, u, 0, 4);
 #pragma unroll
     for (int j = 0; j < 2; ++j) split(3, 2 * u + j, 4 * j, 2);
 #pragma unroll
     for (int j = 0; j < 4; ++j) split(2, 4 * u + j, 2 * j, 1);
-  } else {
-    factor(4, u, half);  // only this half's side (cos for pairs 0..3, sin for 4..7)
-    split(3, 2 * u + half, 0, 2);
-#pragma unroll
-    for (int j = 0; j < 2; ++j) split(2, 4 * u + 2 * half + j, 2 * j, 1);
+    // Level 1 as in paper: bytes m and m + 4 of the group's 8 bytes hold the two slots (nibble e).
+    level1_k<0>(region + F::level1(u) + 8 * grp, tab, (8 * m + 4 * e + 30) & 31, n, emit);
   }
-  const uint32_t rot4a = (8 * i + 30) & 31, rot4b = 8 * i + 2;  // nibbles 0, 1 of byte i, x 4
-  const uint8_t* l1 = region + F::level1(u) + 16 * p0 + 8 * grp;
-#pragma unroll
-  for (int p = 0; p < kPairs; ++p) {
-    // Byte i of word x holds slots (i, i + 8), of word y slots (i + 4, i + 12).
-    const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * p);
-    const __half2 c0 = polar37_level1_entry(tab, __funnelshift_r(w.x, w.x, rot4a));
-    const __half2 c8 = polar37_level1_entry(tab, __funnelshift_r(w.x, w.x, rot4b));
-    const __half2 c4 = polar37_level1_entry(tab, __funnelshift_r(w.y, w.y, rot4a));
-    const __half2 c12 = polar37_level1_entry(tab, __funnelshift_r(w.y, w.y, rot4b));
-    // k columns 2i, 2i + 1 are slots i, i + 8; columns 2i + 8, 2i + 9 are slots i + 4, i + 12.
-    const uint32_t a[4] = {half2_bits(__hmul2(n[0][p], cos_pair(c0, c8))),
-                           half2_bits(__hmul2(n[0][p], sin_pair(c0, c8))),
-                           half2_bits(__hmul2(n[1][p], cos_pair(c4, c12))),
-                           half2_bits(__hmul2(n[1][p], sin_pair(c4, c12)))};
-    emit(p, a);
-  }
-}
 
-// The `polar37` format for attention_kernel_frag (decode_attention.cu).
-template <int D>
-struct Polar37Fmt {
-  using Tables = Polar37FragTables;
-  static constexpr int kTokens = Polar37Frag<D>::kTokens;
-  static constexpr int kUsedBytes = Polar37Frag<D>::kUsedBytes;
-  static constexpr int kImage = Polar37Frag<D>::kImage;
-  static constexpr const char* kName = "polar37-fragments";
-  static bool matches(const DeviceCodec& c) { return Polar37Frag<D>::matches(c); }
-  __device__ static int chunk(int c) { return Polar37Frag<D>::chunk(c); }
-  __device__ static void load_tables(const DeviceCodec& c, Tables* t, int tid, int threads) {
-    load_polar37_frag_tables(c, t, tid, threads);
-  }
-  template <class Emit>
-  __device__ static void decode_k(const uint8_t* region, uint32_t tab, int u, int grp, int m, int e,
-                                  Emit&& emit) {
-    decode_pair_polar37<D>(region, tab, u, grp, m, e, emit);
-  }
+  // V lane: level-1 pairs p0 .. p0 + kPairs - 1 of block u for the slots 16 grp + i + 4k
+  // (PaperFmt::decode_v has the fragment layout), upper levels in half2 on the token pairs
+  // (i, i + 8) and (i + 4, i + 12), which level 1 then needs as they are.
   template <int kPairs, class Emit>
-  __device__ static void decode_v(const uint8_t* region, uint32_t tab, int u, int p0, int grp,
-                                  int i, Emit&& emit) {
-    decode_quad_polar37<D, kPairs>(region, tab, u, p0, grp, i, emit);
+  __device__ __forceinline__ static void decode_v(const uint8_t* region, uint32_t tab, int u,
+                                                  int p0, int grp, int i, Emit&& emit) {
+    static_assert(kPairs == 8 || kPairs == 4, "a whole or a half block");
+    const int slot = 16 * grp + i;
+    const __half* radii = reinterpret_cast<const __half*>(region) + 32 * (u >> 2);
+    const Window3 win = window3(slot);  // the fourth slot's code: the second word, bit shift + 4
+    const int half = p0 / 4;            // kPairs == 4: the level-4 side
+    // c[k]: slot i + 4k's (cos, sin) of field `node` of level l.
+    const auto entries = [&](int l, int node, __half2 c[4]) {
+      const uint8_t* f = region + F::field(l, node);
+      const uint32_t hi = *reinterpret_cast<const uint32_t*>(f + win.hi);
+      const uint32_t x =
+          __funnelshift_r(*reinterpret_cast<const uint32_t*>(f + win.lo), hi, win.shift);
+      c[0] = polar37_upper_entry(tab, l, x << 2);
+      c[1] = polar37_upper_entry(tab, l, x >> 10);
+      c[2] = polar37_upper_entry(tab, l, x >> 22);
+      c[3] = polar37_upper_entry(tab, l, hi >> (win.shift + 2));
+    };
+    __half2 n[2][kPairs];  // [pair (i, i+8) / (i+4, i+12)][level-1 pair], split in place
+    n[0][0] = __halves2half2(radii[slot], radii[slot + 8]);
+    n[1][0] = __halves2half2(radii[slot + 4], radii[slot + 12]);
+    const auto factor = [&](int l, int node, bool sin_side) {
+      __half2 c[4];
+      entries(l, node, c);
+      n[0][0] = __hmul2(n[0][0], sin_side ? sin_pair(c[0], c[2]) : cos_pair(c[0], c[2]));
+      n[1][0] = __hmul2(n[1][0], sin_side ? sin_pair(c[1], c[3]) : cos_pair(c[1], c[3]));
+    };
+    factor(6, u >> 2, (u >> 1) & 1);
+    factor(5, u >> 1, u & 1);
+    const auto split = [&](int l, int node, int j, int w) {
+      __half2 c[4];
+      entries(l, node, c);
+      const __half2 q0 = n[0][j], q1 = n[1][j];
+      n[0][j] = __hmul2(q0, cos_pair(c[0], c[2]));
+      n[0][j + w] = __hmul2(q0, sin_pair(c[0], c[2]));
+      n[1][j] = __hmul2(q1, cos_pair(c[1], c[3]));
+      n[1][j + w] = __hmul2(q1, sin_pair(c[1], c[3]));
+    };
+    if constexpr (kPairs == 8) {
+      split(4, u, 0, 4);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) split(3, 2 * u + j, 4 * j, 2);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) split(2, 4 * u + j, 2 * j, 1);
+    } else {
+      factor(4, u, half);  // only this half's side (cos for pairs 0..3, sin for 4..7)
+      split(3, 2 * u + half, 0, 2);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) split(2, 4 * u + 2 * half + j, 2 * j, 1);
+    }
+    const uint32_t rot4a = (8 * i + 30) & 31, rot4b = 8 * i + 2;  // nibbles 0, 1 of byte i, x 4
+    const uint8_t* l1 = region + F::level1(u) + 16 * p0 + 8 * grp;
+#pragma unroll
+    for (int p = 0; p < kPairs; ++p) {
+      const Level1Quad c = level1_quad<0>(l1 + 16 * p, tab, rot4a, rot4b);
+      // k columns 2i, 2i + 1 are slots i, i + 8; columns 2i + 8, 2i + 9 are slots i + 4, i + 12.
+      const uint32_t a[4] = {half2_bits(__hmul2(n[0][p], cos_pair(c.c0, c.c8))),
+                             half2_bits(__hmul2(n[0][p], sin_pair(c.c0, c.c8))),
+                             half2_bits(__hmul2(n[1][p], cos_pair(c.c4, c.c12))),
+                             half2_bits(__hmul2(n[1][p], sin_pair(c.c4, c.c12)))};
+      emit(p, a);
+    }
   }
 };
 
