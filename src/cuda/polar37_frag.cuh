@@ -91,8 +91,8 @@ __device__ __forceinline__ __half2 polar37_upper_entry(uint32_t tab, int level, 
 }
 
 // The window of a lane's slots in a 3-bit field: bits 3 slot .. 3 slot + 31, from the field's
-// words lo and hi (byte offsets; hi clamped to the field's last word, which a window that needs
-// no second word never reads from).
+// words lo and hi (byte offsets; hi clamped to the field's last word, whose bits a window that
+// needs no second word discards).
 struct Window3 {
   int lo, hi, shift;
 };
