@@ -49,8 +49,9 @@ class CudaPolarCodec {
   const DeviceCodec& device() const { return *device_; }
   int multiprocessors() const { return multiprocessors_; }
   // Blocks of the decode-attention kernel resident per SM, for up to 8 (head_tiles 1) or 16 (2)
-  // query heads per KV head: measured once here, with the kernels' shared-memory limits set, so
-  // that a decode call makes no CUDA API calls but its three launches.
+  // query heads per KV head. The constructor measures them and sets every kernel's shared-memory
+  // limit once, so that encode, dequantize and decode calls make no CUDA API calls but their
+  // launches.
   int attention_resident(int head_tiles) const {
     return attention_resident_[head_tiles == 1 ? 0 : 1];
   }
@@ -71,8 +72,9 @@ struct SequencePages {
 
 // Encodes positions [first, first + n) of one sequence. x (device): n x n_kv_heads x dim floats,
 // token-major, finite (not checked: the caller validates, as the CPU cache does). With
-// rotated_input, x already holds S x (S folded into the K/V projection), and the rotation is
-// skipped. The target slots must be zero (fresh pages), as in the CPU cache.
+// rotated_input, x already holds S x (S folded into the V projection; for keys of a model with
+// RoPE, applied by the producer after RoPE), and the rotation is skipped. The target slots must be
+// zero (fresh pages), as in the CPU cache.
 void encode_prefill(const CudaPolarCodec& codec, const SequencePages& pages, size_t first, size_t n,
                     const float* x, bool rotated_input, Stream stream);
 

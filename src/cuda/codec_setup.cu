@@ -13,6 +13,7 @@
 #include "cache/page_format.h"
 #include "cuda/attention_steps.h"
 #include "cuda/device_codec.h"
+#include "cuda/encode_units.h"
 
 namespace polarquant::cuda {
 
@@ -156,6 +157,8 @@ CudaPolarCodec::CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_k
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device),
              "cudaDeviceGetAttribute(multiprocessors)");
+  configure_encode_units(d);
+  configure_dequantize(d);
   configure_attention(d, attention_resident_);
 }
 

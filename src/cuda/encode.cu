@@ -63,10 +63,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int D>
 void launch_dequantize(const CudaPolarCodec& codec, const SequencePages& pages, size_t first,
                        size_t n, float* out, bool rotated, Stream stream) {
-  constexpr size_t smem = dequantize_smem_bytes<D>();
-  check_cuda(cudaFuncSetAttribute(dequantize_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem)),
-             "cudaFuncSetAttribute(dequantize)");
+  constexpr size_t smem = dequantize_smem_bytes<D>();  // configure_dequantize set the limit
   const int jobs = static_cast<int>((first + n - 1) / kChunk - first / kChunk + 1);
   const dim3 grid(jobs, codec.n_kv_heads());
   dequantize_kernel<D><<<grid, kThreads, smem, stream>>>(codec.device(), pages.pool,
@@ -82,6 +79,16 @@ void check_pages(const SequencePages& pages, const void* data, const char* what)
 }
 
 }  // namespace
+
+void configure_dequantize(const DeviceCodec& c) {
+  with_dim(c.dim, [&](auto d) {
+    constexpr int kD = decltype(d)::value;
+    check_cuda(
+        cudaFuncSetAttribute(dequantize_kernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(dequantize_smem_bytes<kD>())),
+        "cudaFuncSetAttribute(dequantize)");
+  });
+}
 
 void encode_prefill(const CudaPolarCodec& codec, const SequencePages& pages, size_t first, size_t n,
                     const float* x, bool rotated_input, Stream stream) {

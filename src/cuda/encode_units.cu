@@ -218,27 +218,46 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
   }
 }
 
+// The kernel for the codec's widths and the input's domain, with its shared memory.
+struct UnitsLaunch {
+  void (*kernel)(DeviceCodec, uint8_t*, const int32_t*, int, const int32_t*, size_t, size_t,
+                 const float*);
+  size_t smem;
+};
 template <int D>
-void launch_units(const DeviceCodec& c, int n_kv_heads, uint8_t* pool, const int32_t* tables,
-                  int max_pages, const int32_t* positions, size_t first, size_t n, int jobs,
-                  const float* x, bool rotated, Stream stream) {
+UnitsLaunch units_launch(const DeviceCodec& c, bool rotated) {
   const size_t rows = kChunk * (D + 4) * sizeof(float);
   const bool paper = c.bits[0] == 4 && c.bits[1] == 2 && c.bits[2] == 2 && c.bits[3] == 2;
   const size_t smem = (2 * c.table_entries + 3) / 4 * 4 * sizeof(float) +
                       (paper ? kUnitCodeBytes : 0) + 2 * (D / 16) * kChunk * sizeof(float) + rows +
                       (rotated ? 0 : rows + kChunk * D * sizeof(float));
-  auto kernel =
-      paper ? (rotated ? encode_units_kernel<D, 1, true> : encode_units_kernel<D, 1, false>)
-            : (rotated ? encode_units_kernel<D, 0, true> : encode_units_kernel<D, 0, false>);
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem)),
-             "cudaFuncSetAttribute(encode_units)");
+  return {paper ? (rotated ? encode_units_kernel<D, 1, true> : encode_units_kernel<D, 1, false>)
+                : (rotated ? encode_units_kernel<D, 0, true> : encode_units_kernel<D, 0, false>),
+          smem};
+}
+
+template <int D>
+void launch_units(const DeviceCodec& c, int n_kv_heads, uint8_t* pool, const int32_t* tables,
+                  int max_pages, const int32_t* positions, size_t first, size_t n, int jobs,
+                  const float* x, bool rotated, Stream stream) {
+  const UnitsLaunch l = units_launch<D>(c, rotated);  // configure_encode_units set its smem limit
   const dim3 grid(jobs, n_kv_heads);
-  kernel<<<grid, kThreads, smem, stream>>>(c, pool, tables, max_pages, positions, first, n, x);
+  l.kernel<<<grid, kThreads, l.smem, stream>>>(c, pool, tables, max_pages, positions, first, n, x);
   check_cuda(cudaGetLastError(), "launch(encode_units)");
 }
 
 }  // namespace
+
+void configure_encode_units(const DeviceCodec& c) {
+  with_dim(c.dim, [&](auto d) {
+    for (const bool rotated : {false, true}) {
+      const UnitsLaunch l = units_launch<decltype(d)::value>(c, rotated);
+      check_cuda(cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(l.smem)),
+                 "cudaFuncSetAttribute(encode_units)");
+    }
+  });
+}
 
 void launch_encode_units(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* tables,
                          int max_pages, const int32_t* positions, size_t first, size_t n, int jobs,

@@ -4,6 +4,8 @@
 
 #include <polarquant/cuda.h>
 
+#include "cuda/device_codec.h"
+
 #include <cstddef>
 #include <cstdint>
 
@@ -15,5 +17,12 @@ namespace polarquant::cuda {
 void launch_encode_units(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* tables,
                          int max_pages, const int32_t* positions, size_t first, size_t n, int jobs,
                          const float* x, bool rotated, Stream stream);
+
+// Sets the shared-memory limits of the encoder's two variants (rotating, and for rotated input)
+// for this codec; called once, by CudaPolarCodec's constructor.
+void configure_encode_units(const DeviceCodec& c);
+
+// The same for the dequantizer (encode.cu).
+void configure_dequantize(const DeviceCodec& c);
 
 }  // namespace polarquant::cuda
