@@ -104,9 +104,10 @@ struct DecodeBatch {
 };
 
 // Which attention kernel decode_attention runs for this codec and query-head count:
-// "paper-fragments" (the `paper` layout, decoded into tensor-core operands in registers), else the
-// tile kernel with its decoder: "tile-polar37", "tile-wide3" or "tile-generic". Throws
-// kInvalidArgument for a query-head count decode_attention would reject.
+// "paper-fragments" or "polar37-fragments" (those layouts, decoded into tensor-core operands in
+// registers), else the tile kernel with its decoder: "tile-wide3" or "tile-generic". Throws as
+// decode_attention does for the query-head count: kInvalidArgument unless a positive multiple of
+// n_kv_heads, kUnsupported above 16 per KV head.
 const char* decode_kernel_name(const CudaPolarCodec& codec, int n_q_heads);
 
 // Bytes of workspace decode_attention needs for this shape (256-byte aligned pieces).

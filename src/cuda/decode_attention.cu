@@ -423,6 +423,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
 // O^T (D x 8 heads) += V^T P^T, P^T transposed from S^T by movmatrix, V lane (g, t) decoding its
 // pairs of the slots t + 4k (v_block, v_first_pair). docs/design/cuda.md draws the mapping.
 constexpr int kFragHeads = 8;  // the MMAs' n: query heads per 8-column head tile
+// 8-column head tiles for g query heads per KV head (1 or 2; CudaPolarCodec keeps the resident
+// blocks of each).
+constexpr int tiles_for(int g) {
+  return g <= kFragHeads ? 1 : 2;
+}
 // Blocks per SM the registers are sized for (measured on the H200: 128 registers and 4 blocks at
 // D <= 128 with one head tile; 3 blocks at D = 256 were 1.5% faster than 2; with two head tiles 2
 // blocks at D = 128 were 13% faster than 3 at 128k, and 3 spill heavily at D = 256).
@@ -655,7 +660,7 @@ Launch frag_choice(int head_tiles) {
 template <int D>
 Launch attention_choice(const DeviceCodec& c, int g) {
   Launch l;
-  const int tiles = g <= kFragHeads ? 1 : 2;
+  const int tiles = tiles_for(g);
   if (PaperFmt<D>::matches(c)) {
     l = frag_choice<D, PaperFmt<D>>(tiles);
   } else if (Polar37Fmt<D>::matches(c)) {
@@ -707,7 +712,7 @@ Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
   const long heads = static_cast<long>(batch.batch) * c.n_kv_heads;
   const int g = batch.n_q_heads / c.n_kv_heads;
   geo.launch = attention_choice_for(c, g);
-  const int resident = codec.attention_resident(g <= kFragHeads ? 1 : 2);
+  const int resident = codec.attention_resident(tiles_for(g));
   const long slots =
       static_cast<long>(std::max(1, resident)) * std::max(1, codec.multiprocessors());
   const int floor_pages = std::min(2 * kWarps, pages_max);
@@ -733,6 +738,21 @@ Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
   return geo;
 }
 
+// The query-head count: a positive multiple of the KV heads (kInvalidArgument), at most kRows per
+// KV head (kUnsupported).
+void check_heads(const CudaPolarCodec& codec, int n_q_heads, const char* caller) {
+  const int n_kv = codec.n_kv_heads();
+  if (n_q_heads < n_kv || n_q_heads % n_kv != 0) {
+    throw_invalid(std::string(caller) + ": n_q_heads " + std::to_string(n_q_heads) +
+                  " must be a positive multiple of n_kv_heads " + std::to_string(n_kv));
+  }
+  if (n_q_heads / n_kv > kRows) {
+    throw Error(ErrorKind::kUnsupported, std::string(caller) + ": " +
+                                             std::to_string(n_q_heads / n_kv) +
+                                             " query heads per KV head; at most 16 are supported");
+  }
+}
+
 void check_batch(const CudaPolarCodec& codec, const DecodeBatch& batch) {
   const int n_kv = codec.n_kv_heads();
   const auto fail = [&](const std::string& what) {
@@ -742,14 +762,7 @@ void check_batch(const CudaPolarCodec& codec, const DecodeBatch& batch) {
                   ", max_pages " + std::to_string(batch.max_pages) + ")");
   };
   if (batch.batch < 1) fail("batch must be >= 1");
-  if (batch.n_q_heads < n_kv || batch.n_q_heads % n_kv != 0) {
-    fail("n_q_heads must be a positive multiple of n_kv_heads");
-  }
-  if (batch.n_q_heads / n_kv > kRows) {
-    throw Error(ErrorKind::kUnsupported,
-                "decode_attention: " + std::to_string(batch.n_q_heads / n_kv) +
-                    " query heads per KV head; at most 16 are supported");
-  }
+  check_heads(codec, batch.n_q_heads, "decode_attention");
   if (batch.max_length < 0) fail("max_length must be >= 0");
   if (static_cast<long>(batch.max_pages) * codec.page_tokens() < batch.max_length) {
     fail("max_pages * page_tokens must cover max_length");
@@ -762,13 +775,8 @@ void check_batch(const CudaPolarCodec& codec, const DecodeBatch& batch) {
 }  // namespace
 
 const char* decode_kernel_name(const CudaPolarCodec& codec, int n_q_heads) {
-  const int n_kv = codec.n_kv_heads();
-  if (n_q_heads < n_kv || n_q_heads % n_kv != 0 || n_q_heads / n_kv > kRows) {
-    throw_invalid("decode_kernel_name: n_q_heads " + std::to_string(n_q_heads) +
-                  " is not a multiple of n_kv_heads " + std::to_string(n_kv) + " from 1 to " +
-                  std::to_string(kRows) + " times it");
-  }
-  return attention_choice_for(codec.device(), n_q_heads / n_kv).name;
+  check_heads(codec, n_q_heads, "decode_kernel_name");
+  return attention_choice_for(codec.device(), n_q_heads / codec.n_kv_heads()).name;
 }
 
 size_t decode_workspace_bytes(const CudaPolarCodec& codec, const DecodeBatch& batch) {

@@ -46,9 +46,16 @@ __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
   return y;
 }
 
-__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
+// A half2 as the 32-bit register of an MMA fragment, and back.
+__device__ __forceinline__ uint32_t half2_bits(__half2 h) {
   return *reinterpret_cast<const uint32_t*>(&h);
+}
+__device__ __forceinline__ __half2 bits_half2(uint32_t u) {
+  return *reinterpret_cast<const __half2*>(&u);
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  return half2_bits(__floats2half2_rn(lo, hi));
 }
 
 }  // namespace polarquant::cuda

@@ -21,6 +21,7 @@
 
 #include "cuda/device_codec.h"
 #include "cuda/device_common.cuh"
+#include "cuda/mma.cuh"
 
 namespace polarquant::cuda {
 
@@ -52,13 +53,6 @@ struct PaperTables {
   __half2 level1[16];
 };
 
-__device__ __forceinline__ uint32_t half2_bits(__half2 h) {
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-__device__ __forceinline__ __half2 bits_half2(uint32_t u) {
-  return *reinterpret_cast<const __half2*>(&u);
-}
-
 // Entries of a PaperTables at shared-window address `tab` (512-aligned) by byte offsets that
 // come already scaled by the entry size: with the mask in the same operation, an index costs
 // one shift and one LOP3, the OR being an add, and the table's offset folds into the load.
@@ -89,7 +83,7 @@ __device__ __forceinline__ void load_paper_tables(const DeviceCodec& c, PaperTab
   }
 }
 
-// The shared-memory image of a head region, as the page copy (PaperCopy in decode_attention.cu)
+// The shared-memory image of a head region, as the page copy (FragCopy in decode_attention.cu)
 // lays it out: every 16-byte chunk keeps its place inside its block's record, and the records are
 // *skewed* (a gap of whole chunks before some of them) so that the lanes of one load hit distinct
 // banks while each lane's address stays its own base plus a compile-time offset. (A permutation
