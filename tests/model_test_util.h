@@ -110,8 +110,10 @@ class GgufBuilder {
   std::vector<Tensor> tensors_;
 };
 
+// ../shared beside the checkout, or $POLARQUANT_SHARED_DIR (the GPU machine has its own copy).
 inline std::string shared_dir() {
-  return POLARQUANT_SHARED_DIR;
+  const char* env = std::getenv("POLARQUANT_SHARED_DIR");
+  return env != nullptr && *env != '\0' ? env : POLARQUANT_SHARED_DIR;
 }
 
 // The fetch script's cache location (scripts/fetch_model.sh); empty when the model is absent.

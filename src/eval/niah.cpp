@@ -4,7 +4,9 @@
 
 #include <polarquant/error.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 
 namespace polarquant::eval {
 
@@ -57,21 +59,31 @@ NiahReport run_niah(const model::LlamaModel& m, const model::Tokenizer& tok,
       throw_invalid("niah context " + std::to_string(ctx) + " exceeds the model's " +
                     std::to_string(m.config().context_length));
     }
+    // One runtime per codec and context (on a GPU each holds the weights); one sequence per cell.
+    std::vector<std::unique_ptr<model::Runtime>> runtimes;
+    for (const eval::CodecChoice& codec : config.codecs) {
+      model::RuntimeOptions rt = config.runtime;
+      rt.key_codec = codec.key_codec;
+      rt.value_codec = codec.value_codec;
+      rt.max_sequences = 1;
+      rt.max_context = std::min(static_cast<size_t>(m.config().context_length),
+                                static_cast<size_t>(ctx + config.max_new_tokens + 64));
+      runtimes.push_back(model::make_runtime(m, rt));
+    }
     for (double depth : config.depths) {
       const std::vector<int> prompt = build_niah_prompt(tok, haystack, config, ctx, depth);
       for (size_t k = 0; k < config.codecs.size(); ++k) {
-        model::RuntimeOptions rt = config.runtime;
-        rt.key_codec = config.codecs[k].key_codec;
-        rt.value_codec = config.codecs[k].value_codec;
-        model::Transformer tf(m, rt);
+        model::Runtime& tf = *runtimes[k];
         model::GenerationOptions gen;
         gen.max_new_tokens = config.max_new_tokens;
         NiahCell cell;
         cell.ctx = ctx;
         cell.depth = depth;
         cell.codec = config.codecs[k];
-        model::generate(tf, tf.add_sequence(), tok, prompt, gen,
+        const SequenceId seq = tf.add_sequence();
+        model::generate(tf, seq, tok, prompt, gen,
                         [&](int, const std::string& piece) { cell.output += piece; });
+        tf.free_sequence(seq);
         cell.recalled = cell.output.find(config.answer) != std::string::npos;
         report.recall[k] += cell.recalled ? 1.0 : 0.0;
         report.cells.push_back(std::move(cell));

@@ -21,13 +21,22 @@ struct ChunkRun {
   double seconds = 0.0;
 };
 
-ChunkRun run_chunk(const model::LlamaModel& m, const int* tokens, size_t ctx, size_t first,
-                   const CodecChoice& codec, const model::RuntimeOptions& base, size_t* done,
-                   size_t total, const std::function<void(size_t, size_t)>& progress) {
+// One runtime per codec for the whole evaluation (on a GPU it holds a copy of the weights); each
+// chunk is a fresh sequence, freed once scored.
+std::unique_ptr<model::Runtime> make_codec_runtime(const model::LlamaModel& m,
+                                                   const CodecChoice& codec,
+                                                   const model::RuntimeOptions& base, size_t ctx) {
   model::RuntimeOptions rt = base;
   rt.key_codec = codec.key_codec;
   rt.value_codec = codec.value_codec;
-  model::Transformer tf(m, rt);
+  rt.max_sequences = 1;
+  rt.max_context = ctx;
+  return model::make_runtime(m, rt);
+}
+
+ChunkRun run_chunk(model::Runtime& tf, const int* tokens, size_t ctx, size_t first, size_t* done,
+                   size_t total, const std::function<void(size_t, size_t)>& progress) {
+  const model::RuntimeOptions& rt = tf.options();
   const SequenceId seq = tf.add_sequence();
   ChunkRun r;
   const auto t0 = std::chrono::steady_clock::now();
@@ -45,9 +54,10 @@ ChunkRun run_chunk(const model::LlamaModel& m, const int* tokens, size_t ctx, si
   *done += ctx - first;
   if (progress) progress(*done, total);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const KvMemoryStats mem = tf.cache().memory();
+  const KvMemoryStats mem = tf.memory();
   r.kv_bytes = mem.total_bytes;
   r.kv_fp16_bytes = mem.fp16_bytes;
+  tf.free_sequence(seq);
   return r;
 }
 
@@ -90,11 +100,16 @@ PerplexityReport evaluate_perplexity(const model::LlamaModel& m, const std::vect
   std::vector<size_t> agree(config.codecs.size());
   report.codecs.resize(config.codecs.size());
   std::vector<double> lp(vocab), lq(vocab);
+  const std::unique_ptr<model::Runtime> base_runtime =
+      make_codec_runtime(m, config.baseline, config.runtime, ctx);
+  std::vector<std::unique_ptr<model::Runtime>> runtimes;
+  for (const CodecChoice& codec : config.codecs)
+    runtimes.push_back(make_codec_runtime(m, codec, config.runtime, ctx));
 
   for (size_t c = 0; c < chunks; ++c) {
     const int* chunk = tokens.data() + c * ctx;
-    const ChunkRun base = run_chunk(m, chunk, ctx, first, config.baseline, config.runtime, &done,
-                                    total, config.progress);
+    const ChunkRun base =
+        run_chunk(*base_runtime, chunk, ctx, first, &done, total, config.progress);
     report.baseline.seconds += base.seconds;
     report.baseline.kv_bytes = base.kv_bytes;
     report.baseline.kv_fp16_bytes = base.kv_fp16_bytes;
@@ -103,8 +118,7 @@ PerplexityReport evaluate_perplexity(const model::LlamaModel& m, const std::vect
       base_nll.push_back(-lp[static_cast<size_t>(chunk[first + i + 1])]);
     }
     for (size_t k = 0; k < config.codecs.size(); ++k) {
-      const ChunkRun run = run_chunk(m, chunk, ctx, first, config.codecs[k], config.runtime, &done,
-                                     total, config.progress);
+      const ChunkRun run = run_chunk(*runtimes[k], chunk, ctx, first, &done, total, config.progress);
       CodecQuality& q = report.codecs[k];
       q.codec = config.codecs[k];
       q.seconds += run.seconds;

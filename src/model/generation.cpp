@@ -13,7 +13,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-GenerationResult generate(Transformer& transformer, SequenceId seq, const Tokenizer& tokenizer,
+GenerationResult generate(Runtime& transformer, SequenceId seq, const Tokenizer& tokenizer,
                           const std::vector<int>& prompt, const GenerationOptions& options,
                           const TokenCallback& on_token) {
   if (prompt.empty()) throw_invalid("generation needs a prompt of at least one token (e.g. BOS)");

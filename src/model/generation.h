@@ -1,9 +1,9 @@
-// Prompt prefill plus token-by-token decoding with streaming, on one sequence of a Transformer.
+// Prompt prefill plus token-by-token decoding with streaming, on one sequence of a Runtime.
 #pragma once
 
 #include "model/sampler.h"
 #include "model/tokenizer.h"
-#include "model/transformer.h"
+#include "model/runtime.h"
 
 #include <functional>
 #include <string>
@@ -30,7 +30,7 @@ struct GenerationResult {
 // Called for every generated token with its decoded text, as soon as it is chosen.
 using TokenCallback = std::function<void(int token, const std::string& text)>;
 
-GenerationResult generate(Transformer& transformer, SequenceId seq, const Tokenizer& tokenizer,
+GenerationResult generate(Runtime& transformer, SequenceId seq, const Tokenizer& tokenizer,
                           const std::vector<int>& prompt, const GenerationOptions& options,
                           const TokenCallback& on_token = {});
 

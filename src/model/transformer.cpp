@@ -64,18 +64,7 @@ void Transformer::apply_rope(float* x, size_t n, int n_heads, size_t first_posit
 void Transformer::forward(SequenceId seq, const int* tokens, size_t n, std::vector<float>& logits,
                           bool all_logits) {
   const LlamaConfig& c = config();
-  if (n == 0) throw_invalid("forward needs at least one token");
-  for (size_t i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
-      throw_invalid("token " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
-                    " is outside the vocabulary of " + std::to_string(c.vocab_size));
-    }
-  }
-  const size_t pos = position(seq);
-  if (pos + n > static_cast<size_t>(c.context_length)) {
-    throw_invalid("sequence of " + std::to_string(pos + n) +
-                  " tokens exceeds the model's context of " + std::to_string(c.context_length));
-  }
+  check_forward_input(c, position(seq), tokens, n);
   const size_t vocab = static_cast<size_t>(c.vocab_size);
   logits.resize(all_logits ? n * vocab : vocab);
   for (size_t start = 0; start < n; start += static_cast<size_t>(options_.prefill_chunk)) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "model/llama_model.h"
+#include "model/runtime.h"
 
 #include <polarquant/attention.h>
 #include <polarquant/kv_cache.h>
@@ -16,43 +17,35 @@
 
 namespace polarquant::model {
 
-struct RuntimeOptions {
-  std::string key_codec = "f16";
-  std::string value_codec = "f16";
-  uint64_t codec_seed = kDefaultSeed;
-  int sink_tokens = 0;      // first tokens kept in full precision (see KvCacheOptions)
-  int recent_tokens = 0;    // most recent tokens kept in full precision
-  bool center_keys = true;  // KvCacheOptions::center_keys: exact, and a lossy codec errs less
-  int n_threads = 0;        // 0: OpenMP's default
-  bool use_fused = true;    // false: decode-then-attend reference attention
-  int prefill_chunk = 256;  // tokens per forward step during prefill (bounds activation memory)
-};
 
 // Called once per layer and step with the layer's queries (n x n_heads x head_dim), keys and values
 // (n x n_kv_heads x head_dim), after RoPE: what `dump-kv` records.
 using AttentionObserver =
     std::function<void(int layer, const float* q, const float* k, const float* v, size_t n)>;
 
-class Transformer {
+class Transformer : public Runtime {
  public:
   // The model must outlive the transformer. Throws InvalidArgument when a codec does not suit the
   // model's head dimension.
   Transformer(const LlamaModel& model, const RuntimeOptions& options);
 
-  const LlamaConfig& config() const { return model_.config(); }
-  const RuntimeOptions& options() const { return options_; }
+  const LlamaConfig& config() const override { return model_.config(); }
+  const RuntimeOptions& options() const override { return options_; }
+  std::string device_name() const override { return "cpu"; }
   KvCache& cache() { return *cache_; }
   const KvCache& cache() const { return *cache_; }
 
-  SequenceId add_sequence() { return cache_->add_sequence(); }
-  size_t position(SequenceId seq) const { return cache_->length(seq, 0); }
+  SequenceId add_sequence() override { return cache_->add_sequence(); }
+  void free_sequence(SequenceId seq) override { cache_->free_sequence(seq); }
+  size_t position(SequenceId seq) const override { return cache_->length(seq, 0); }
+  KvMemoryStats memory() const override { return cache_->memory(); }
 
   // Runs n tokens of a sequence from its current position, storing their K/V in the cache. With
   // all_logits, logits gets n x vocab values (one row per token), else vocab values for the last
   // token. Tokens are processed in chunks of options.prefill_chunk. Throws InvalidArgument for an
   // out-of-vocabulary token or when the sequence would exceed the model's context.
   void forward(SequenceId seq, const int* tokens, size_t n, std::vector<float>& logits,
-               bool all_logits);
+               bool all_logits) override;
 
   void set_observer(AttentionObserver observer) { observer_ = std::move(observer); }
 

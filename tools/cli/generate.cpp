@@ -3,13 +3,16 @@
 #include <polarquant/error.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "command.h"
 #include "model/generation.h"
 #include "model/sampler.h"
+#include "model/transformer.h"
 #include "model_options.h"
 
 namespace polarquant::cli {
@@ -76,8 +79,8 @@ Comparison compare_with_f16(const model::LlamaModel& m, const model::Tokenizer& 
   model::RuntimeOptions f16 = base;
   f16.key_codec = f16.value_codec = "f16";
   {
-    model::Transformer tf(m, f16);
-    const auto ref = model::generate(tf, tf.add_sequence(), tok, run.prompt, gen);
+    const std::unique_ptr<model::Runtime> tf = model::make_runtime(m, f16);
+    const auto ref = model::generate(*tf, tf->add_sequence(), tok, run.prompt, gen);
     c.f16_generated = ref.generated.size();
     while (c.match_prefix < run.generated.size() && c.match_prefix < ref.generated.size() &&
            run.generated[c.match_prefix] == ref.generated[c.match_prefix]) {
@@ -85,12 +88,12 @@ Comparison compare_with_f16(const model::LlamaModel& m, const model::Tokenizer& 
     }
   }
   if (run.generated.empty()) return c;
-  model::Transformer tf(m, f16);
-  const SequenceId seq = tf.add_sequence();
+  const std::unique_ptr<model::Runtime> tf = model::make_runtime(m, f16);
+  const SequenceId seq = tf->add_sequence();
   std::vector<int> tokens = run.prompt;
   tokens.insert(tokens.end(), run.generated.begin(), run.generated.end() - 1);
   std::vector<float> logits;
-  tf.forward(seq, tokens.data(), tokens.size(), logits, true);
+  tf->forward(seq, tokens.data(), tokens.size(), logits, true);
   const size_t vocab = static_cast<size_t>(m.config().vocab_size);
   std::vector<double> lp(vocab), lq(vocab);
   size_t agree = 0;
@@ -120,19 +123,18 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   std::vector<int> prompt = tok.encode(text, tok.wants_bos(), chat);
   if (prompt.empty()) prompt.push_back(tok.bos());  // llama2.c: generation starts from BOS
 
-  model::RuntimeOptions rt;
-  rt.key_codec = a.model.key_codec;
-  rt.value_codec = a.model.value_codec;
-  rt.n_threads = a.model.threads;
-  rt.center_keys = a.model.center_keys;
+  model::RuntimeOptions rt = runtime_options(a.model);
+  // The GPU cache is sized up front: the prompt plus what may be generated.
+  rt.max_context = std::min(prompt.size() + static_cast<size_t>(std::max(a.n, 0)) + 1,
+                            static_cast<size_t>(lm.model->config().context_length));
   model::GenerationOptions gen;
   gen.max_new_tokens = a.n;
   gen.sampler = {a.temperature, a.top_p, a.seed};
   gen.keep_logits = a.compare;
 
   if (!a.logits_out.empty()) write_prompt_logits(*lm.model, prompt, rt, a.logits_out);
-  model::Transformer tf(*lm.model, rt);
-  const SequenceId seq = tf.add_sequence();
+  const std::unique_ptr<model::Runtime> tf = model::make_runtime(*lm.model, rt);
+  const SequenceId seq = tf->add_sequence();
   if (!a.model.json) {
     std::fputs(
         chat ? (a.prompt_given ? a.prompt : std::string(kDefaultChatPrompt)).c_str() : text.c_str(),
@@ -142,14 +144,14 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   }
   std::string out;
   const auto result =
-      model::generate(tf, seq, tok, prompt, gen, [&](int, const std::string& piece) {
+      model::generate(*tf, seq, tok, prompt, gen, [&](int, const std::string& piece) {
         out += piece;
         if (!a.model.json) {
           std::fputs(piece.c_str(), stdout);
           std::fflush(stdout);
         }
       });
-  const KvMemoryStats mem = tf.cache().memory();
+  const KvMemoryStats mem = tf->memory();
   const bool same_as_f16 = rt.key_codec == "f16" && rt.value_codec == "f16";
   Comparison cmp;
   const bool compared = a.compare && !same_as_f16;
@@ -160,6 +162,7 @@ void run(GenerateArgs& a, CLI::App* cmd) {
       mem.total_bytes > 0 ? static_cast<double>(mem.fp16_bytes) / mem.total_bytes : 0.0;
   if (a.model.json) {
     nlohmann::json j = {{"model", a.model.model},
+                        {"device", tf->device_name()},
                         {"key_codec", rt.key_codec},
                         {"value_codec", rt.value_codec},
                         {"prompt_tokens", result.prompt.size()},
@@ -180,9 +183,11 @@ void run(GenerateArgs& a, CLI::App* cmd) {
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
-  std::printf("\n\n-- %zu prompt tokens, %zu generated%s; prefill %.1f tok/s, decode %.1f tok/s\n",
-              result.prompt.size(), result.generated.size(),
-              result.stopped_at_end ? " (stopped at end token)" : "", prefill_tps, decode_tps);
+  std::printf(
+      "\n\n-- %zu prompt tokens, %zu generated%s; prefill %.1f tok/s, decode %.1f tok/s on %s\n",
+      result.prompt.size(), result.generated.size(),
+      result.stopped_at_end ? " (stopped at end token)" : "", prefill_tps, decode_tps,
+      tf->device_name().c_str());
   std::printf("-- KV cache (K %s, V %s): %zu bytes vs %zu bytes fp16 (%.2fx %s)\n",
               rt.key_codec.c_str(), rt.value_codec.c_str(), mem.total_bytes, mem.fp16_bytes,
               ratio >= 1.0 ? ratio : 1.0 / ratio, ratio >= 1.0 ? "smaller" : "larger");

@@ -3,11 +3,18 @@
 
 #include <polarquant/error.h>
 
+#ifdef POLARQUANT_WITH_CUDA
+#include "cuda_model/cuda_transformer.h"
+#endif
+
 #include <algorithm>
 #include <cstdio>
 #include <exception>
 
 int main(int argc, char** argv) {
+#ifdef POLARQUANT_WITH_CUDA
+  polarquant::cuda::register_cuda_runtime();  // --device cuda
+#endif
   CLI::App app{"polarquant: PolarQuant KV-cache quantization (arXiv 2502.02617)"};
   app.require_subcommand(1);
   auto& entries = polarquant::cli::command_registry();

@@ -28,6 +28,7 @@ struct ModelFlags {
   int threads = 0;
   bool json = false;
   bool center_keys = true;  // KvCacheOptions::center_keys
+  std::string device = "cpu";
 };
 
 // default_codec: what -ctk/-ctv default to for this command.
@@ -49,6 +50,11 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
   cmd->allow_extras();
   cmd->add_option("--threads,-t", f.threads, "threads (0: all)")->capture_default_str();
   cmd->add_flag("--json", f.json, "print one JSON object instead of text");
+  cmd->add_option("--device", f.device,
+                  "where the model runs: cpu, or cuda (a build with CUDA and a GPU; f16 and "
+                  "PolarQuant caches)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   cmd->add_flag("!--no-center-keys", f.center_keys,
                 "store keys as they are (by default the cache subtracts their mean, which leaves "
                 "attention exact and lowers a lossy codec's error)");
@@ -76,6 +82,17 @@ inline void take_llama_style_flags(CLI::App* cmd, ModelFlags& f) {
     if (target == nullptr) throw CLI::ExtrasError({a});
     *target = value;
   }
+}
+
+// The runtime options every model command shares (codecs, threads, key centering, device).
+inline model::RuntimeOptions runtime_options(const ModelFlags& f) {
+  model::RuntimeOptions rt;
+  rt.key_codec = f.key_codec;
+  rt.value_codec = f.value_codec;
+  rt.n_threads = f.threads;
+  rt.center_keys = f.center_keys;
+  rt.device = f.device;
+  return rt;
 }
 
 inline std::string read_text_file(const std::string& path) {

@@ -53,8 +53,7 @@ void run(NiahArgs& a, CLI::App* cmd) {
   if (a.model.key_codec != "paper" || a.model.value_codec != "paper") {
     cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
   }
-  cfg.runtime.n_threads = a.model.threads;
-  cfg.runtime.center_keys = a.model.center_keys;
+  cfg.runtime = runtime_options(a.model);
   int max_ctx = 0;
   for (int c : cfg.contexts) max_ctx = std::max(max_ctx, c);
   const std::vector<int> haystack =

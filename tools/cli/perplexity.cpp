@@ -32,8 +32,7 @@ void run(PerplexityArgs& a, CLI::App* cmd) {
   eval::PerplexityConfig cfg;
   cfg.ctx = a.ctx;
   cfg.max_chunks = a.chunks;
-  cfg.runtime.n_threads = a.model.threads;
-  cfg.runtime.center_keys = a.model.center_keys;
+  cfg.runtime = runtime_options(a.model);
   cfg.runtime.use_fused = !a.reference_attention;
   cfg.runtime.sink_tokens = a.sink;
   cfg.runtime.recent_tokens = a.recent;

@@ -1,0 +1,244 @@
+// CudaTransformer's construction: options checked, the memory plan checked against the GPU's
+// free memory before anything large is allocated, weights uploaded, buffers sized once.
+#include <polarquant/error.h>
+
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "cuda_model/runtime_impl.h"
+
+namespace polarquant::cuda {
+
+namespace {
+
+constexpr size_t kReserveBytes = size_t{512} << 20;  // CUDA context, cuBLAS workspace, slack
+constexpr int kPageTokens = 32;
+
+std::string gib(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1u << 30));
+  return buf;
+}
+
+size_t resolved_context(const model::LlamaConfig& c, const model::RuntimeOptions& o) {
+  return o.max_context == 0 ? static_cast<size_t>(c.context_length) : o.max_context;
+}
+
+int resolved_rows(const model::RuntimeOptions& o) {
+  return std::max(o.prefill_chunk, o.max_sequences);
+}
+
+void check_options(const model::LlamaConfig& c, const model::RuntimeOptions& o) {
+  if (o.sink_tokens != 0 || o.recent_tokens != 0) {
+    throw Error(ErrorKind::kUnsupported,
+                "the CUDA runtime keeps no full-precision sink or recent window yet "
+                "(--sink-tokens/--recent-tokens): use --device cpu for those");
+  }
+  if (o.max_sequences < 1) throw_invalid("max_sequences must be >= 1");
+  if (o.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
+  if (o.max_context > static_cast<size_t>(c.context_length)) {
+    throw_invalid("max_context " + std::to_string(o.max_context) +
+                  " exceeds the model's context of " + std::to_string(c.context_length));
+  }
+  if (c.head_dim % 2 != 0) throw_invalid("head_dim must be even for RoPE");
+}
+
+}  // namespace
+
+size_t MemoryPlan::max_tokens() const {
+  const size_t fixed = weight_bytes + scratch_bytes;
+  if (free_bytes <= fixed || kv_bytes_per_token == 0) return 0;
+  return (free_bytes - fixed) / kv_bytes_per_token;
+}
+
+MemoryPlan plan_memory(const model::LlamaConfig& c, const model::RuntimeOptions& o) {
+  check_options(c, o);
+  std::string why;
+  if (!device_available(&why)) throw_state("the CUDA runtime needs a GPU: " + why);
+  MemoryPlan p;
+  size_t free = 0, total = 0;
+  check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+  p.free_bytes = free;
+  p.weight_bytes = DeviceWeights::bytes_for(c);
+  const size_t rows = static_cast<size_t>(resolved_rows(o));
+  const size_t ctx = resolved_context(c, o);
+  const size_t dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), hid = c.hidden_dim;
+  const size_t activations = rows * ((dim + 2 * qd + 2 * kvd + 2 * hid + c.vocab_size) * 4 +
+                                     (dim + qd + hid) * 2);
+  const size_t decode_ws = static_cast<size_t>(o.max_sequences) * c.n_heads * 1024 *
+                           (c.head_dim + 2) * sizeof(float);
+  const size_t pages = (ctx + kPageTokens - 1) / kPageTokens;
+  const size_t stage = (4 * rows + 2 * static_cast<size_t>(o.max_sequences) + rows +
+                        static_cast<size_t>(o.max_sequences) * pages + 64) *
+                       sizeof(int32_t);
+  p.scratch_bytes = activations + DenseAttention::bytes_for(c.n_heads, c.head_dim, static_cast<int>(rows), ctx) +
+                    2 * kvd * ctx * sizeof(__half) + kvd * ctx * sizeof(float) + decode_ws +
+                    static_cast<size_t>(o.max_sequences) * c.n_layers * kvd * sizeof(float) +
+                    2 * stage + kReserveBytes;
+  p.kv_bytes_per_token = kv_bytes_per_token(c, o.key_codec, o.value_codec, kPageTokens,
+                                            o.codec_seed);
+  p.kv_bytes = p.kv_bytes_per_token * kPageTokens * pages * static_cast<size_t>(o.max_sequences);
+  return p;
+}
+
+CudaTransformer::Impl::Impl(const model::LlamaConfig& c, const model::RuntimeOptions& o)
+    : config(c), options(o) {
+  plan = plan_memory(c, o);  // checks the options and the device first
+  if (plan.required_bytes() > plan.free_bytes) {
+    model::RuntimeOptions f16 = o, paper = o;
+    f16.key_codec = f16.value_codec = "f16";
+    paper.key_codec = paper.value_codec = "paper";
+    const size_t fixed = plan.weight_bytes + plan.scratch_bytes;
+    auto fits = [&](const model::RuntimeOptions& r) {
+      const size_t per = kv_bytes_per_token(c, r.key_codec, r.value_codec, kPageTokens,
+                                            r.codec_seed);
+      return plan.free_bytes > fixed ? (plan.free_bytes - fixed) / per : 0;
+    };
+    throw_invalid(
+        "the request does not fit in GPU memory: weights " + gib(plan.weight_bytes) +
+        " + scratch " + gib(plan.scratch_bytes) + " + KV cache " + gib(plan.kv_bytes) + " (" +
+        std::to_string(o.max_sequences) + " sequences x " +
+        std::to_string(resolved_context(c, o)) + " tokens, -ctk " + o.key_codec + " -ctv " +
+        o.value_codec + ") = " + gib(plan.required_bytes()) + ", but the GPU has " +
+        gib(plan.free_bytes) + " free. Tokens (sequences x context) that fit: " +
+        std::to_string(plan.max_tokens()) + " with this cache, " + std::to_string(fits(f16)) +
+        " with f16, " + std::to_string(fits(paper)) + " with paper");
+  }
+  cudaDeviceProp prop{};
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  gpu_name = prop.name;
+  multiprocessors = prop.multiProcessorCount;
+  max_context = resolved_context(c, o);
+  max_rows = resolved_rows(o);
+  page_tokens = kPageTokens;
+  max_pages = static_cast<int>((max_context + page_tokens - 1) / page_tokens);
+  total_pages = max_pages * o.max_sequences;
+  kcodec = std::make_unique<DeviceKvCodec>(o.key_codec, c.head_dim, c.n_kv_heads, page_tokens,
+                                           o.codec_seed, true);
+  vcodec = std::make_unique<DeviceKvCodec>(o.value_codec, c.head_dim, c.n_kv_heads, page_tokens,
+                                           o.codec_seed, true);
+  decode_name = "dequantize+cublas";
+  if (kcodec->is_f16() && vcodec->is_f16() &&
+      (c.head_dim == 64 || c.head_dim == 128 || c.head_dim == 256)) {
+    decode_kind = DecodeKind::kF16;
+    decode_name = "f16-split-kv";
+  } else if (!kcodec->is_f16() && o.key_codec == o.value_codec) {
+    try {
+      decode_name = decode_kernel_name(*kcodec->polar(), c.n_heads);
+      decode_kind = DecodeKind::kPolar;
+    } catch (const Error&) {
+      decode_name = "dequantize+cublas";  // more query heads per KV head than the kernels take
+    }
+  }
+}
+
+void CudaTransformer::Impl::allocate() {
+  const model::LlamaConfig& c = config;
+  const size_t rows = static_cast<size_t>(max_rows);
+  const size_t dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), hid = c.hidden_dim;
+  check_cublas(cublasCreate(&cublas), "cublasCreate");
+  check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  std::vector<float> freq(c.head_dim / 2);
+  for (int i = 0; i < c.head_dim / 2; ++i)
+    freq[i] = static_cast<float>(std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim));
+  inv_freq.allocate(freq.size(), "cudaMalloc(rope)");
+  check_cuda(cudaMemcpy(inv_freq.get(), freq.data(), freq.size() * sizeof(float),
+                        cudaMemcpyHostToDevice),
+             "cudaMemcpy(rope)");
+  k_pool.allocate(static_cast<size_t>(c.n_layers) * total_pages * kcodec->page_bytes(),
+                  "cudaMalloc(K pages)");
+  v_pool.allocate(static_cast<size_t>(c.n_layers) * total_pages * vcodec->page_bytes(),
+                  "cudaMalloc(V pages)");
+  for (int p = total_pages - 1; p >= 0; --p) free_pages.push_back(p);
+  for (int s = options.max_sequences - 1; s >= 0; --s) free_slots.push_back(s);
+  means.allocate(static_cast<size_t>(options.max_sequences) * c.n_layers * kvd, "cudaMalloc(means)");
+  x.allocate(rows * dim);
+  q.allocate(rows * qd);
+  k.allocate(rows * kvd);
+  v.allocate(rows * kvd);
+  att.allocate(rows * qd);
+  gate.allocate(rows * hid);
+  up.allocate(rows * hid);
+  logits.allocate(rows * c.vocab_size, "cudaMalloc(logits)");
+  xn.allocate(rows * dim);
+  att_half.allocate(rows * qd);
+  hidden.allocate(rows * hid);
+  dense = std::make_unique<DenseAttention>(c.n_heads, c.n_kv_heads, c.head_dim, max_rows,
+                                           max_context);
+  k_half.allocate(kvd * max_context, "cudaMalloc(prefill keys)");
+  v_half.allocate(kvd * max_context, "cudaMalloc(prefill values)");
+  dequant.allocate(kvd * max_context, "cudaMalloc(dequantize scratch)");
+  size_t ws = 0;
+  for (int b = 1; b <= options.max_sequences; ++b) {
+    if (decode_kind == DecodeKind::kF16) {
+      F16DecodeBatch batch;
+      batch.batch = b;
+      batch.max_length = static_cast<int>(max_context);
+      batch.n_q_heads = c.n_heads;
+      ws = std::max(ws, f16_decode_workspace_bytes(kcodec->f16(), batch, multiprocessors));
+    } else if (decode_kind == DecodeKind::kPolar) {
+      DecodeBatch batch;
+      batch.batch = b;
+      batch.max_length = static_cast<int>(max_context);
+      batch.n_q_heads = c.n_heads;
+      ws = std::max(ws, decode_workspace_bytes(*kcodec->polar(), batch));
+    }
+  }
+  decode_ws.allocate(ws, "cudaMalloc(decode workspace)");
+  const size_t stage = 4 * rows + 2 * static_cast<size_t>(options.max_sequences) + rows +
+                       static_cast<size_t>(options.max_sequences) * max_pages + 64;
+  dev_stage.allocate(stage, "cudaMalloc(step inputs)");
+  next_tokens.allocate(rows);
+  void* pinned = nullptr;
+  check_cuda(cudaHostAlloc(&pinned, stage * sizeof(int32_t), cudaHostAllocDefault),
+             "cudaHostAlloc(step inputs)");
+  host_stage = static_cast<int32_t*>(pinned);
+}
+
+CudaTransformer::Impl::~Impl() {
+  if (stream != nullptr) cudaStreamSynchronize(stream);
+  if (host_stage != nullptr) cudaFreeHost(host_stage);
+  if (cublas != nullptr) cublasDestroy(cublas);
+  if (stream != nullptr) cudaStreamDestroy(stream);
+}
+
+CudaTransformer::CudaTransformer(const model::LlamaModel& model,
+                                 const model::RuntimeOptions& options)
+    : impl_(std::make_unique<Impl>(model.config(), options)) {
+  impl_->weights = DeviceWeights::upload(model);
+  impl_->allocate();
+}
+
+CudaTransformer::CudaTransformer(const model::LlamaConfig& config, uint64_t weight_seed,
+                                 const model::RuntimeOptions& options)
+    : impl_(std::make_unique<Impl>(config, options)) {
+  impl_->weights = DeviceWeights::random(config, weight_seed);
+  impl_->allocate();
+}
+
+CudaTransformer::~CudaTransformer() = default;
+
+const model::LlamaConfig& CudaTransformer::config() const { return impl_->config; }
+const model::RuntimeOptions& CudaTransformer::options() const { return impl_->options; }
+std::string CudaTransformer::device_name() const { return "cuda (" + impl_->gpu_name + ")"; }
+std::string CudaTransformer::decode_path() const { return impl_->decode_name; }
+const MemoryPlan& CudaTransformer::plan() const { return impl_->plan; }
+void CudaTransformer::synchronize() const {
+  check_cuda(cudaStreamSynchronize(impl_->stream), "cudaStreamSynchronize");
+}
+
+namespace {
+std::unique_ptr<model::Runtime> make_cuda(const model::LlamaModel& model,
+                                          const model::RuntimeOptions& options) {
+  return std::make_unique<CudaTransformer>(model, options);
+}
+}  // namespace
+
+void register_cuda_runtime() { model::register_runtime("cuda", &make_cuda); }
+
+}  // namespace polarquant::cuda

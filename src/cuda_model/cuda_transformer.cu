@@ -1,0 +1,333 @@
+// CudaTransformer: the forward pass (layers, prefill and batched decode steps) and the page pool.
+// Memory planning and construction are in cuda_runtime_setup.cu.
+#include "cuda_model/cuda_transformer.h"
+
+#include <polarquant/error.h>
+
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cuda_model/runtime_impl.h"
+
+namespace polarquant::cuda {
+
+using model::LlamaConfig;
+
+void CudaTransformer::Impl::gemm(const __half* w, int out, int in, const __half* x, int rows,
+                                 float* y, bool accumulate) {
+  const float one = 1.0f, zero = 0.0f;
+  check_cublas(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w, CUDA_R_16F,
+                            in, x, CUDA_R_16F, in, accumulate ? &one : &zero, y, CUDA_R_32F, out,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "weight GEMM");
+}
+
+CudaTransformer::Impl::Seq& CudaTransformer::Impl::sequence(SequenceId id, const char* caller) {
+  const auto it = seqs.find(id);
+  if (it == seqs.end()) {
+    throw_state(std::string(caller) + ": sequence " + std::to_string(id) +
+                " does not exist (never added, or freed)");
+  }
+  return it->second;
+}
+
+// Gives every sequence of the step the pages its new length needs; all or nothing.
+std::vector<int32_t> CudaTransformer::Impl::reserve_pages(Seq* const* list, const size_t* grow,
+                                                          size_t count) {
+  size_t needed = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const size_t pages = (list[i]->length + grow[i] + page_tokens - 1) / page_tokens;
+    if (pages > static_cast<size_t>(max_pages)) {
+      throw_invalid("sequence of " + std::to_string(list[i]->length + grow[i]) +
+                    " tokens exceeds the GPU cache's max_context of " +
+                    std::to_string(static_cast<size_t>(max_pages) * page_tokens) +
+                    " tokens per sequence (--max-context)");
+    }
+    needed += pages - list[i]->pages.size();
+  }
+  if (needed > free_pages.size()) {
+    throw_state("the GPU KV cache is full: " + std::to_string(needed) + " more pages needed, " +
+                std::to_string(free_pages.size()) + " free of " + std::to_string(total_pages));
+  }
+  std::vector<int32_t> fresh;
+  for (size_t i = 0; i < count; ++i) {
+    const size_t pages = (list[i]->length + grow[i] + page_tokens - 1) / page_tokens;
+    while (list[i]->pages.size() < pages) {
+      list[i]->pages.push_back(free_pages.back());
+      fresh.push_back(free_pages.back());
+      free_pages.pop_back();
+    }
+  }
+  return fresh;
+}
+
+// One forward step over `rows` rows. Prefill: one sequence, rows tokens from its length. Batch:
+// row r is one token of list[r]. Logits of rows [first_logit, rows) go to logits_dev.
+void CudaTransformer::Impl::step(Seq* const* list, bool batch, const int* tokens, int rows,
+                                 int first_logit) {
+  const LlamaConfig& c = config;
+  const size_t n_seq = batch ? static_cast<size_t>(rows) : 1;
+  std::vector<size_t> grow(n_seq, batch ? 1 : static_cast<size_t>(rows));
+  const std::vector<int32_t> fresh = reserve_pages(list, grow.data(), n_seq);
+  const bool first_append = !batch && list[0]->length == 0;
+
+  // Stage the step's integers in pinned memory, then one copy.
+  int32_t* h = host_stage;
+  int32_t* h_tokens = h;
+  int32_t* h_positions = h_tokens + rows;
+  int32_t* h_slots = h_positions + rows;
+  int32_t* h_lengths = h_slots + rows;
+  int32_t* h_fresh = h_lengths + n_seq;
+  int32_t* h_tables = h_fresh + fresh.size();
+  int max_length = 0;
+  for (int r = 0; r < rows; ++r) {
+    const Seq& s = *list[batch ? r : 0];
+    h_tokens[r] = tokens[r];
+    h_positions[r] = static_cast<int32_t>(batch ? s.length : s.length + r);
+    h_slots[r] = s.slot;
+  }
+  for (size_t i = 0; i < n_seq; ++i) {
+    h_lengths[i] = static_cast<int32_t>(list[i]->length + grow[i]);
+    max_length = std::max(max_length, h_lengths[i]);
+    std::memcpy(h_tables + i * max_pages, list[i]->pages.data(),
+                list[i]->pages.size() * sizeof(int32_t));
+  }
+  std::copy(fresh.begin(), fresh.end(), h_fresh);
+  const size_t staged = static_cast<size_t>(h_tables + n_seq * max_pages - h);
+  check_cuda(cudaMemcpyAsync(dev_stage.get(), h, staged * sizeof(int32_t), cudaMemcpyHostToDevice,
+                             stream),
+             "cudaMemcpyAsync(step inputs)");
+  const int32_t* d_tokens = dev_stage.get();
+  const int32_t* d_positions = d_tokens + rows;
+  const int32_t* d_slots = d_positions + rows;
+  const int32_t* d_lengths = d_slots + rows;
+  const int32_t* d_fresh = d_lengths + n_seq;
+  const int32_t* d_tables = d_fresh + fresh.size();
+
+  const size_t k_pool_bytes = static_cast<size_t>(total_pages) * kcodec->page_bytes();
+  const size_t v_pool_bytes = static_cast<size_t>(total_pages) * vcodec->page_bytes();
+  zero_pages(k_pool.get(), k_pool_bytes, c.n_layers, d_fresh, static_cast<int>(fresh.size()),
+             kcodec->page_bytes(), stream);
+  zero_pages(v_pool.get(), v_pool_bytes, c.n_layers, d_fresh, static_cast<int>(fresh.size()),
+             vcodec->page_bytes(), stream);
+
+  const int dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), hid = c.hidden_dim;
+  embed_rows(weights.embedding.get(), d_tokens, rows, dim, x.get(), stream);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const DeviceLayer& w = weights.layers[l];
+    uint8_t* kp = k_pool.get() + l * k_pool_bytes;
+    uint8_t* vp = v_pool.get() + l * v_pool_bytes;
+    rms_norm_half(x.get(), w.attn_norm.get(), rows, dim, c.rms_eps, xn.get(), stream);
+    gemm(w.wq.get(), qd, dim, xn.get(), rows, q.get(), false);
+    gemm(w.wk.get(), kvd, dim, xn.get(), rows, k.get(), false);
+    gemm(w.wv.get(), kvd, dim, xn.get(), rows, v.get(), false);
+    rope_rows(q.get(), rows, c.n_heads, c.head_dim, d_positions, inv_freq.get(), stream);
+    rope_rows(k.get(), rows, c.n_kv_heads, c.head_dim, d_positions, inv_freq.get(), stream);
+    if (options.center_keys) {
+      float* layer_means = means.get() + static_cast<size_t>(l) * kvd;
+      const size_t slot_stride = static_cast<size_t>(c.n_layers) * kvd;
+      if (first_append) {
+        column_mean(k.get(), rows, kvd, layer_means + list[0]->slot * slot_stride, stream);
+      }
+      subtract_rows(k.get(), rows, kvd, layer_means, d_slots, slot_stride, stream);
+    }
+    const size_t first = batch ? 0 : list[0]->length;
+    kcodec->store(kp, d_tables, max_pages, d_positions, batch, first, rows, k.get(), stream);
+    vcodec->store(vp, d_tables, max_pages, d_positions, batch, first, rows, v.get(), stream);
+    if (!batch) {
+      const size_t keys = first + rows;
+      kcodec->load_half(kp, d_tables, static_cast<int>(keys), max_context, k_half.get(),
+                        dequant.get(), stream);
+      vcodec->load_half(vp, d_tables, static_cast<int>(keys), max_context, v_half.get(),
+                        dequant.get(), stream);
+      dense->run(cublas, q.get(), rows, first, k_half.get(), v_half.get(), max_context, keys,
+                 att.get(), stream);
+    } else {
+      decode_attention_step(kp, vp, d_tables, d_lengths, h_lengths, rows, max_length);
+    }
+    to_half(att.get(), static_cast<size_t>(rows) * qd, att_half.get(), stream);
+    gemm(w.wo.get(), dim, qd, att_half.get(), rows, x.get(), true);
+    rms_norm_half(x.get(), w.ffn_norm.get(), rows, dim, c.rms_eps, xn.get(), stream);
+    gemm(w.w_gate.get(), hid, dim, xn.get(), rows, gate.get(), false);
+    gemm(w.w_up.get(), hid, dim, xn.get(), rows, up.get(), false);
+    silu_gate_half(gate.get(), up.get(), static_cast<size_t>(rows) * hid, hidden.get(), stream);
+    gemm(w.w_down.get(), dim, hid, hidden.get(), rows, x.get(), true);
+  }
+  const int out_rows = rows - first_logit;
+  if (out_rows > 0) {
+    rms_norm_half(x.get() + static_cast<size_t>(first_logit) * dim, weights.final_norm.get(),
+                  out_rows, dim, c.rms_eps, xn.get(), stream);
+    gemm(weights.output.get(), c.vocab_size, dim, xn.get(), out_rows, logits.get(), false);
+  }
+  for (size_t i = 0; i < n_seq; ++i) list[i]->length += grow[i];
+}
+
+void CudaTransformer::Impl::decode_attention_step(const uint8_t* kp, const uint8_t* vp,
+                                                  const int32_t* d_tables,
+                                                  const int32_t* d_lengths,
+                                                  const int32_t* h_lengths, int batch,
+                                                  int max_length) {
+  const LlamaConfig& c = config;
+  if (decode_kind == DecodeKind::kF16) {
+    F16DecodeBatch b;
+    b.k_pool = kp;
+    b.v_pool = vp;
+    b.page_tables = d_tables;
+    b.max_pages = max_pages;
+    b.lengths = d_lengths;
+    b.batch = batch;
+    b.max_length = max_length;
+    b.n_q_heads = c.n_heads;
+    f16_decode_attention(kcodec->f16(), b, q.get(), att.get(), decode_ws.get(), decode_ws.bytes(),
+                         multiprocessors, stream);
+  } else if (decode_kind == DecodeKind::kPolar) {
+    DecodeBatch b;
+    b.k_pool = kp;
+    b.v_pool = vp;
+    b.page_tables = d_tables;
+    b.max_pages = max_pages;
+    b.lengths = d_lengths;
+    b.batch = batch;
+    b.max_length = max_length;
+    b.n_q_heads = c.n_heads;
+    decode_attention(*kcodec->polar(), b, q.get(), att.get(), decode_ws.get(), decode_ws.bytes(),
+                     stream);
+  } else {
+    const size_t qd = c.q_dim();
+    for (int r = 0; r < batch; ++r) {
+      const int32_t* table = d_tables + static_cast<size_t>(r) * max_pages;
+      const size_t keys = static_cast<size_t>(h_lengths[r]);
+      kcodec->load_half(kp, table, static_cast<int>(keys), max_context, k_half.get(),
+                        dequant.get(), stream);
+      vcodec->load_half(vp, table, static_cast<int>(keys), max_context, v_half.get(),
+                        dequant.get(), stream);
+      dense->run(cublas, q.get() + r * qd, 1, keys - 1, k_half.get(), v_half.get(), max_context,
+                 keys, att.get() + r * qd, stream);
+    }
+  }
+}
+
+void CudaTransformer::forward(SequenceId seq, const int* tokens, size_t n,
+                              std::vector<float>& logits, bool all_logits) {
+  Impl& m = *impl_;
+  Impl::Seq& s = m.sequence(seq, "forward");
+  model::check_forward_input(m.config, s.length, tokens, n);
+  const size_t vocab = static_cast<size_t>(m.config.vocab_size);
+  logits.resize(all_logits ? n * vocab : vocab);
+  if (n == 1 && s.length > 0) {  // a decode step: the fused kernels
+    Impl::Seq* list[1] = {&s};
+    m.step(list, true, tokens, 1, 0);
+    m.copy_logits(logits.data(), 1);
+    return;
+  }
+  const size_t chunk = static_cast<size_t>(m.max_rows);
+  for (size_t start = 0; start < n; start += chunk) {
+    const int rows = static_cast<int>(std::min(chunk, n - start));
+    const bool last = start + rows == n;
+    Impl::Seq* list[1] = {&s};
+    if (all_logits) {
+      m.step(list, false, tokens + start, rows, 0);
+      m.copy_logits(logits.data() + start * vocab, rows);
+    } else {
+      m.step(list, false, tokens + start, rows, last ? rows - 1 : rows);
+      if (last) m.copy_logits(logits.data(), 1);
+    }
+  }
+}
+
+std::vector<CudaTransformer::Impl::Seq*> CudaTransformer::Impl::batch_list(
+    const SequenceId* ids, const int* tokens, size_t batch) {
+  if (batch == 0) throw_invalid("forward_batch: empty batch");
+  if (batch > static_cast<size_t>(max_rows)) {
+    throw_invalid("forward_batch: " + std::to_string(batch) + " sequences exceed the " +
+                  std::to_string(max_rows) + " this runtime was sized for (--batch)");
+  }
+  std::vector<Seq*> list;
+  for (size_t b = 0; b < batch; ++b) {
+    Seq& s = sequence(ids[b], "forward_batch");
+    if (s.length == 0) throw_invalid("forward_batch: a sequence must be prefilled first");
+    for (Seq* other : list) {
+      if (other == &s) throw_invalid("forward_batch: a sequence appears twice in one batch");
+    }
+    model::check_forward_input(config, s.length, tokens + b, 1);
+    list.push_back(&s);
+  }
+  return list;
+}
+
+void CudaTransformer::forward_batch(const SequenceId* seqs, const int* tokens, size_t batch,
+                                    std::vector<float>& logits) {
+  Impl& m = *impl_;
+  const std::vector<Impl::Seq*> list = m.batch_list(seqs, tokens, batch);
+  m.step(list.data(), true, tokens, static_cast<int>(batch), 0);
+  logits.resize(batch * static_cast<size_t>(m.config.vocab_size));
+  m.copy_logits(logits.data(), static_cast<int>(batch));
+}
+
+void CudaTransformer::decode_greedy(const SequenceId* seqs, const int* tokens, size_t batch,
+                                    int* next) {
+  Impl& m = *impl_;
+  const std::vector<Impl::Seq*> list = m.batch_list(seqs, tokens, batch);
+  m.step(list.data(), true, tokens, static_cast<int>(batch), 0);
+  argmax_rows(m.logits.get(), static_cast<int>(batch), m.config.vocab_size, m.next_tokens.get(),
+              m.stream);
+  check_cuda(cudaMemcpyAsync(next, m.next_tokens.get(), batch * sizeof(int32_t),
+                             cudaMemcpyDeviceToHost, m.stream),
+             "cudaMemcpyAsync(next tokens)");
+  check_cuda(cudaStreamSynchronize(m.stream), "decode step");
+}
+
+void CudaTransformer::Impl::copy_logits(float* out, int rows) {
+  check_cuda(cudaMemcpyAsync(out, logits.get(),
+                             static_cast<size_t>(rows) * config.vocab_size * sizeof(float),
+                             cudaMemcpyDeviceToHost, stream),
+             "cudaMemcpyAsync(logits)");
+  check_cuda(cudaStreamSynchronize(stream), "forward step");
+}
+
+SequenceId CudaTransformer::add_sequence() {
+  Impl& m = *impl_;
+  if (m.free_slots.empty()) {
+    throw_state("add_sequence: all " + std::to_string(m.options.max_sequences) +
+                " sequences this runtime was sized for are in use (free one, or raise "
+                "max_sequences)");
+  }
+  const SequenceId id = m.next_id++;
+  Impl::Seq s;
+  s.slot = m.free_slots.back();
+  m.free_slots.pop_back();
+  m.seqs.emplace(id, std::move(s));
+  return id;
+}
+
+void CudaTransformer::free_sequence(SequenceId seq) {
+  Impl& m = *impl_;
+  Impl::Seq& s = m.sequence(seq, "free_sequence");
+  m.free_pages.insert(m.free_pages.end(), s.pages.begin(), s.pages.end());
+  m.free_slots.push_back(s.slot);
+  m.seqs.erase(seq);
+}
+
+size_t CudaTransformer::position(SequenceId seq) const {
+  return impl_->sequence(seq, "position").length;
+}
+
+KvMemoryStats CudaTransformer::memory() const {
+  const Impl& m = *impl_;
+  KvMemoryStats stats;
+  const size_t page = m.kcodec->page_bytes() + m.vcodec->page_bytes();
+  const size_t kvd = static_cast<size_t>(m.config.kv_dim());
+  stats.layer_bytes.assign(m.config.n_layers, 0);
+  for (const auto& [id, s] : m.seqs) {
+    for (size_t& b : stats.layer_bytes)
+      b += s.pages.size() * page + (m.options.center_keys ? kvd * sizeof(float) : 0);
+    stats.tokens += s.length;
+    stats.fp16_bytes += s.length * kvd * 2 * sizeof(uint16_t) * m.config.n_layers;
+  }
+  for (size_t b : stats.layer_bytes) stats.total_bytes += b;
+  return stats;
+}
+
+}  // namespace polarquant::cuda

@@ -1,0 +1,230 @@
+// The CUDA runtime against the CPU runtime: logits of a real text (stories260K, SmolLM2) with f16
+// and PolarQuant caches, greedy generation, batched decode against one-by-one decode, and the
+// refusals (context, memory, head_dim). Skips without a GPU, and per model when it is absent.
+#include <gtest/gtest.h>
+
+#include <polarquant/error.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "cuda/cuda_test_util.h"
+#include "cuda_model/cuda_transformer.h"
+#include "model/generation.h"
+#include "model/sampler.h"
+#include "model/transformer.h"
+#include "model_test_util.h"
+
+namespace polarquant::cuda::test {
+namespace {
+
+using model::LlamaModel;
+using model::RuntimeOptions;
+
+struct LogitDiff {
+  double max_abs = 0.0;
+  size_t top1_mismatch = 0;       // positions whose argmax differs
+  size_t top1_clear_mismatch = 0;  // ... where the CPU's top two differ by more than 2 max_abs
+};
+
+LogitDiff compare_logits(const std::vector<float>& cpu, const std::vector<float>& gpu,
+                         size_t vocab) {
+  LogitDiff d;
+  for (size_t i = 0; i < cpu.size(); ++i)
+    d.max_abs = std::max(d.max_abs, std::abs(static_cast<double>(cpu[i]) - gpu[i]));
+  for (size_t r = 0; r < cpu.size() / vocab; ++r) {
+    const float* c = cpu.data() + r * vocab;
+    const float* g = gpu.data() + r * vocab;
+    const size_t ac = model::argmax(c, vocab), ag = model::argmax(g, vocab);
+    if (ac == ag) continue;
+    ++d.top1_mismatch;
+    if (c[ac] - c[ag] > 2 * d.max_abs) ++d.top1_clear_mismatch;
+  }
+  return d;
+}
+
+std::vector<float> all_logits(model::Runtime& rt, const std::vector<int>& tokens) {
+  std::vector<float> logits;
+  rt.forward(rt.add_sequence(), tokens.data(), tokens.size(), logits, true);
+  return logits;
+}
+
+std::vector<int> text_tokens(const model::Tokenizer& tok, size_t n) {
+  std::ifstream f(polarquant::testing::shared_dir() + "/data/emma.txt");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::vector<int> ids = tok.encode(ss.str().substr(0, n * 8), tok.wants_bos(), false);
+  if (ids.size() > n) ids.resize(n);
+  return ids;
+}
+
+RuntimeOptions options(const std::string& k, const std::string& v, const std::string& device) {
+  RuntimeOptions o;
+  o.key_codec = k;
+  o.value_codec = v;
+  o.device = device;
+  return o;
+}
+
+TEST(CudaRuntime, Stories260KMatchesCpuAndOracle) {
+  POLARQUANT_REQUIRE_GPU();
+  auto tiny = polarquant::testing::load_stories260k();
+  if (!tiny.model) GTEST_SKIP() << "stories260K not found under " << polarquant::testing::shared_dir();
+  const LlamaModel& m = *tiny.model;
+  model::Transformer cpu(m, options("f16", "f16", "cpu"));
+  CudaTransformer gpu(m, options("f16", "f16", "cuda"));
+  EXPECT_EQ(gpu.decode_path(), "dequantize+cublas");  // head_dim 8: no fused f16 kernel
+  std::vector<int> prompt = tiny.tokenizer->encode("Once upon a time", true, false);
+  const LogitDiff d = compare_logits(all_logits(cpu, prompt), all_logits(gpu, prompt),
+                                     m.config().vocab_size);
+  std::printf("stories260K f16: max |logit diff| %.3g, top-1 mismatches %zu\n", d.max_abs,
+              d.top1_mismatch);
+  EXPECT_LT(d.max_abs, 0.05);
+  EXPECT_EQ(d.top1_clear_mismatch, 0u);
+  // Greedy generation: the CPU's tokens.
+  model::GenerationOptions gen;
+  gen.max_new_tokens = 60;
+  const auto c = model::generate(cpu, cpu.add_sequence(), *tiny.tokenizer, {tiny.tokenizer->bos()}, gen);
+  const auto g = model::generate(gpu, gpu.add_sequence(), *tiny.tokenizer, {tiny.tokenizer->bos()}, gen);
+  EXPECT_EQ(c.generated, g.generated);
+}
+
+TEST(CudaRuntime, Stories260KRefusesPolarQuantHeadDim) {
+  POLARQUANT_REQUIRE_GPU();
+  auto tiny = polarquant::testing::load_stories260k();
+  if (!tiny.model) GTEST_SKIP() << "stories260K not found";
+  try {
+    CudaTransformer gpu(*tiny.model, options("paper", "paper", "cuda"));
+    FAIL() << "head_dim 8 was accepted for paper";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("dim 8"), std::string::npos) << e.what();
+  }
+}
+
+class SmolLM2 : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(SmolLM2, LogitsMatchCpuOn512Tokens) {
+  POLARQUANT_REQUIRE_GPU();
+  const std::string path = polarquant::testing::smollm2_path();
+  if (path.empty()) GTEST_SKIP() << "SmolLM2 not fetched (scripts/fetch_model.sh)";
+  const LlamaModel m = LlamaModel::load(path);
+  const auto tok = model::load_tokenizer(m, "");
+  const std::vector<int> tokens = text_tokens(*tok, 512);
+  ASSERT_EQ(tokens.size(), 512u);
+  const std::string codec = GetParam();
+  model::Transformer cpu(m, options(codec, codec, "cpu"));
+  CudaTransformer gpu(m, options(codec, codec, "cuda"));
+  const LogitDiff d =
+      compare_logits(all_logits(cpu, tokens), all_logits(gpu, tokens), m.config().vocab_size);
+  std::printf("SmolLM2 %s, 512 tokens: max |logit diff| %.3g, top-1 mismatches %zu (clear %zu)\n",
+              codec.c_str(), d.max_abs, d.top1_mismatch, d.top1_clear_mismatch);
+  EXPECT_EQ(d.top1_clear_mismatch, 0u);
+  EXPECT_LE(d.top1_mismatch, 2u);
+  EXPECT_LT(d.max_abs, 1.0);
+}
+
+TEST_P(SmolLM2, BatchedDecodeMatchesOneByOneAndCpu) {
+  POLARQUANT_REQUIRE_GPU();
+  const std::string path = polarquant::testing::smollm2_path();
+  if (path.empty()) GTEST_SKIP() << "SmolLM2 not fetched (scripts/fetch_model.sh)";
+  const LlamaModel m = LlamaModel::load(path);
+  const auto tok = model::load_tokenizer(m, "");
+  const std::vector<int> text = text_tokens(*tok, 400);
+  const std::string codec = GetParam();
+  RuntimeOptions o = options(codec, codec, "cuda");
+  o.max_sequences = 3;
+  o.max_context = 512;
+  CudaTransformer batched(m, o);
+  CudaTransformer single(m, o);
+  model::Transformer cpu(m, options(codec, codec, "cpu"));
+  EXPECT_NE(batched.decode_path(), "dequantize+cublas");  // head_dim 64: a fused kernel
+  // Ragged prompts: 100, 250 and 333 tokens, then 8 decode steps on the same next tokens.
+  const size_t lens[3] = {100, 250, 333};
+  std::vector<SequenceId> b_ids, s_ids, c_ids;
+  std::vector<float> logits;
+  for (size_t len : lens) {
+    b_ids.push_back(batched.add_sequence());
+    s_ids.push_back(single.add_sequence());
+    c_ids.push_back(cpu.add_sequence());
+    batched.forward(b_ids.back(), text.data(), len, logits, false);
+    single.forward(s_ids.back(), text.data(), len, logits, false);
+    cpu.forward(c_ids.back(), text.data(), len, logits, false);
+  }
+  const size_t vocab = m.config().vocab_size;
+  double max_batch_diff = 0.0;
+  LogitDiff worst;
+  for (int step = 0; step < 8; ++step) {
+    std::vector<int> next = {text[lens[0] + step], text[lens[1] + step], text[lens[2] + step]};
+    std::vector<float> lb, ls, lc, all_s, all_c;
+    batched.forward_batch(b_ids.data(), next.data(), 3, lb);
+    for (int i = 0; i < 3; ++i) {
+      single.forward(s_ids[i], &next[i], 1, ls, false);
+      cpu.forward(c_ids[i], &next[i], 1, lc, false);
+      all_s.insert(all_s.end(), ls.begin(), ls.end());
+      all_c.insert(all_c.end(), lc.begin(), lc.end());
+    }
+    for (size_t i = 0; i < lb.size(); ++i)
+      max_batch_diff = std::max(max_batch_diff, std::abs(static_cast<double>(lb[i]) - all_s[i]));
+    const LogitDiff d = compare_logits(all_c, lb, vocab);
+    worst.max_abs = std::max(worst.max_abs, d.max_abs);
+    worst.top1_clear_mismatch += d.top1_clear_mismatch;
+  }
+  std::printf("SmolLM2 %s decode: batched vs single max diff %.3g; vs CPU %.3g\n", codec.c_str(),
+              max_batch_diff, worst.max_abs);
+  EXPECT_LT(max_batch_diff, 1e-3);  // same kernels, same data: only the batch differs
+  EXPECT_EQ(worst.top1_clear_mismatch, 0u);
+  EXPECT_EQ(batched.position(b_ids[2]), lens[2] + 8);
+  const KvMemoryStats mem = batched.memory();
+  EXPECT_EQ(mem.tokens, lens[0] + lens[1] + lens[2] + 24);
+}
+
+INSTANTIATE_TEST_SUITE_P(Codecs, SmolLM2, ::testing::Values("f16", "paper", "polar37"));
+
+TEST(CudaRuntime, RefusesWhatDoesNotFit) {
+  POLARQUANT_REQUIRE_GPU();
+  model::LlamaConfig c;
+  c.dim = 4096;
+  c.hidden_dim = 14336;
+  c.n_layers = 32;
+  c.n_heads = 32;
+  c.n_kv_heads = 8;
+  c.head_dim = 128;
+  c.vocab_size = 128256;
+  c.context_length = 131072;
+  RuntimeOptions o = options("f16", "f16", "cuda");
+  o.max_sequences = 64;  // 64 x 128k tokens of fp16 cache: 1 TiB
+  size_t free_before = 0, total = 0;
+  CUDA_OK(cudaMemGetInfo(&free_before, &total));
+  try {
+    CudaTransformer gpu(c, 1, o);
+    FAIL() << "a 1 TiB cache was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("does not fit"), std::string::npos) << e.what();
+    std::printf("refusal: %s\n", e.what());
+  }
+  size_t free_after = 0;
+  CUDA_OK(cudaMemGetInfo(&free_after, &total));
+  EXPECT_GE(free_after + (64u << 20), free_before);  // nothing half-allocated
+}
+
+TEST(CudaRuntime, RefusesContextBeyondTheModel) {
+  POLARQUANT_REQUIRE_GPU();
+  auto tiny = polarquant::testing::load_stories260k();
+  if (!tiny.model) GTEST_SKIP() << "stories260K not found";
+  CudaTransformer gpu(*tiny.model, options("f16", "f16", "cuda"));
+  std::vector<int> tokens(tiny.model->config().context_length + 1, 1);
+  std::vector<float> logits;
+  EXPECT_THROW(gpu.forward(gpu.add_sequence(), tokens.data(), tokens.size(), logits, false),
+               Error);
+  RuntimeOptions o = options("f16", "f16", "cuda");
+  o.max_context = tiny.model->config().context_length + 1;
+  EXPECT_THROW(CudaTransformer(*tiny.model, o), Error);
+}
+
+}  // namespace
+}  // namespace polarquant::cuda::test
