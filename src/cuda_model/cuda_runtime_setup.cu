@@ -173,6 +173,9 @@ void CudaTransformer::Impl::allocate() {
   k_half.allocate(kvd * max_context, "cudaMalloc(prefill keys)");
   v_half.allocate(kvd * max_context, "cudaMalloc(prefill values)");
   dequant.allocate(kvd * max_context, "cudaMalloc(dequantize scratch)");
+  const size_t stage = 4 * rows + 2 * static_cast<size_t>(options.max_sequences) + rows +
+                       static_cast<size_t>(options.max_sequences) * max_pages + 64;
+  dev_stage.allocate(stage, "cudaMalloc(step inputs)");
   size_t ws = 0;
   for (int b = 1; b <= options.max_sequences; ++b) {
     if (decode_kind == DecodeKind::kF16) {
@@ -182,7 +185,12 @@ void CudaTransformer::Impl::allocate() {
       batch.n_q_heads = c.n_heads;
       ws = std::max(ws, f16_decode_workspace_bytes(kcodec->f16(), batch, multiprocessors));
     } else if (decode_kind == DecodeKind::kPolar) {
-      DecodeBatch batch;
+      DecodeBatch batch;  // the pointers only need to be device memory for the size query
+      batch.k_pool = k_pool.get();
+      batch.v_pool = v_pool.get();
+      batch.page_tables = dev_stage.get();
+      batch.lengths = dev_stage.get();
+      batch.max_pages = max_pages;
       batch.batch = b;
       batch.max_length = static_cast<int>(max_context);
       batch.n_q_heads = c.n_heads;
@@ -190,9 +198,6 @@ void CudaTransformer::Impl::allocate() {
     }
   }
   decode_ws.allocate(ws, "cudaMalloc(decode workspace)");
-  const size_t stage = 4 * rows + 2 * static_cast<size_t>(options.max_sequences) + rows +
-                       static_cast<size_t>(options.max_sequences) * max_pages + 64;
-  dev_stage.allocate(stage, "cudaMalloc(step inputs)");
   next_tokens.allocate(rows);
   void* pinned = nullptr;
   check_cuda(cudaHostAlloc(&pinned, stage * sizeof(int32_t), cudaHostAllocDefault),

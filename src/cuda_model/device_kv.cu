@@ -50,6 +50,11 @@ DeviceKvCodec::DeviceKvCodec(const std::string& name, int head_dim, int n_kv_hea
     return;
   }
   const std::unique_ptr<PolarCodec> codec = polar_codec(name, head_dim, seed);
+  if (head_dim != 64 && head_dim != 128 && head_dim != 256) {
+    throw Error(ErrorKind::kUnsupported,
+                "codec '" + name + "' on the GPU: head_dim " + std::to_string(head_dim) +
+                    " (the PolarQuant CUDA kernels take head_dim 64, 128 or 256; f16 takes any)");
+  }
   if (need_device) {
     polar_ = std::make_unique<CudaPolarCodec>(*codec, page_tokens, n_kv_heads);
     page_bytes_ = polar_->page_bytes();
