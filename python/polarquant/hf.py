@@ -79,15 +79,17 @@ class PolarQuantLayer(DynamicLayer):
 
     is_croppable = False
 
-    def __init__(self, key_codec, value_codec, residual_length=0, keep_dequantized=False):
+    def __init__(self, key_codec, value_codec, residual_length=0, keep_dequantized=False,
+                 center_keys=False):
         super().__init__()
         if residual_length < 0:
             raise ValueError(f"residual_length must be >= 0, got {residual_length}")
         self.key_codec, self.value_codec = key_codec, value_codec
         self.residual_length = residual_length
         self.keep_dequantized = keep_dequantized
+        self.center_keys = center_keys
         self.cumulative_length = 0
-        self._k = self._v = None
+        self._k = self._v = self._key_mean = None
 
     def lazy_initialization(self, key_states, value_states):
         self.device = key_states.device
@@ -107,6 +109,13 @@ class PolarQuantLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.cumulative_length += key_states.shape[-2]
+        if self.center_keys:
+            # Keys minus their mean over the first update, per (batch, head): every score of a query
+            # moves by the same q.mean, so softmax attention is unchanged, while the codec sees
+            # vectors of less energy (the C++ runtime's KvCacheOptions::center_keys).
+            if self._key_mean is None:
+                self._key_mean = key_states.mean(dim=-2, keepdim=True)
+            key_states = key_states - self._key_mean
         self._k.append(key_states)
         self._v.append(value_states)
         # As in transformers' QuantizedLayer, keys / values hold the full-precision part only; the
@@ -122,7 +131,7 @@ class PolarQuantLayer(DynamicLayer):
     def reset(self):
         super().reset()
         self.cumulative_length = 0
-        self._k = self._v = None
+        self._k = self._v = self._key_mean = None
 
     def crop(self, tokens_to_remove):
         raise NotImplementedError("PolarQuantCache does not support crop (assisted decoding)")
@@ -131,6 +140,8 @@ class PolarQuantLayer(DynamicLayer):
         if self.is_initialized:
             self._k.select(fn)
             self._v.select(fn)
+            if self._key_mean is not None:
+                self._key_mean = fn(self._key_mean)
             self.keys, self.values = self._k.tail, self._v.tail
 
     def reorder_cache(self, beam_idx):
@@ -147,7 +158,8 @@ class PolarQuantLayer(DynamicLayer):
         if not self.is_initialized:
             return 0, 0, 0
         (kc, kt), (vc, vt) = self._k.nbytes(), self._v.nbytes()
-        return kc + vc, kt + vt, self.cumulative_length * self._fp16_bytes_per_token
+        mean = 0 if self._key_mean is None else self._key_mean.numel() * self._key_mean.element_size()
+        return kc + vc, kt + vt + mean, self.cumulative_length * self._fp16_bytes_per_token
 
 
 class PolarQuantCache(Cache):
@@ -159,17 +171,21 @@ class PolarQuantCache(Cache):
     then. seed: the codecs' rotation seed (one codec per role, shared by all layers and heads, as
     in the C++ runtime). residual_length: recent tokens kept in full precision (default 0: all
     quantized). keep_dequantized: also keep a float32 copy of the decoded tokens (faster decoding
-    steps, no memory saving; the results are identical).
+    steps, no memory saving; the results are identical). center_keys: store keys minus their mean
+    over the first update (per layer, batch and head); exact for softmax attention (every score of
+    a query shifts by the same amount) and lowers the codec's error on real keys; the returned
+    keys are the centered ones.
     """
 
     def __init__(self, codec="paper", config=None, *, key_codec=None, value_codec=None,
-                 seed=DEFAULT_SEED, residual_length=0, keep_dequantized=False):
+                 seed=DEFAULT_SEED, residual_length=0, keep_dequantized=False, center_keys=False):
         pair = codec_pair(codec)
         self.key_codec_name = key_codec or pair[0]
         self.value_codec_name = value_codec or pair[1]
         self.seed = seed
         self.residual_length = residual_length
         self.keep_dequantized = keep_dequantized
+        self.center_keys = center_keys
         self._codecs = {}
         layers = None
         if config is not None:
@@ -195,7 +211,7 @@ class PolarQuantCache(Cache):
     def _make_layer(self, head_dim):
         return PolarQuantLayer(self._codec(self.key_codec_name, head_dim),
                                self._codec(self.value_codec_name, head_dim),
-                               self.residual_length, self.keep_dequantized)
+                               self.residual_length, self.keep_dequantized, self.center_keys)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         if self._lazy:

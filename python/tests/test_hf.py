@@ -59,6 +59,24 @@ def test_paper_kld_small_and_finite(tiny_llama):
     assert kld["polar37"] < kld["paper"], kld  # 1.7x lower NMSE gives lower KLD
 
 
+def test_center_keys(tiny_llama):
+    seq = _prompt(1, 64, seed=3)
+    with torch.no_grad():
+        ref = tiny_llama(seq, past_key_values=DynamicCache(config=tiny_llama.config)).logits
+        cache = PolarQuantCache("f32", tiny_llama.config, center_keys=True)
+        got = tiny_llama(seq, past_key_values=cache).logits
+    # Exact up to float rounding: softmax does not see a shift shared by all of a query's scores.
+    assert torch.allclose(ref, got, atol=1e-4, rtol=0)
+    assert cache.layers[0]._key_mean.shape == (1, 2, 1, 64)
+    kld = _kld(tiny_llama, PolarQuantCache("paper", tiny_llama.config, center_keys=True), seq)
+    assert math.isfinite(kld) and kld < 0.1
+    ids = _prompt(2, 12)
+    expected = _generate(tiny_llama, DynamicCache(config=tiny_llama.config), ids, num_beams=2)
+    got = _generate(tiny_llama, PolarQuantCache("f32", tiny_llama.config, center_keys=True), ids,
+                    num_beams=2)
+    assert torch.equal(got, expected)
+
+
 def test_cache_holds_codes_and_counts_bytes(tiny_llama):
     ids = _prompt(2, 16)
     cache = PolarQuantCache("paper", tiny_llama.config)
