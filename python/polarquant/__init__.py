@@ -8,6 +8,7 @@ The codecs are the C++ library's (the same bytes as `polarquant codec-stats --co
     codes = codec.encode(x)                              # uint8 (n, codec.group_bytes)
     x_hat = codec.decode(codes)                          # float32 (n, 128)
     codec.stats(x)                                       # bits per coordinate, NMSE, ...
+    polarquant.compare(k, v, q, codecs=["paper", "q4_0"]) # the `polarquant compare` harness
 
 `polarquant.hf.PolarQuantCache` is a transformers Cache that stores K and V with any codec.
 Bad input (dtype, shape, layout, device, NaN, unknown names) raises TypeError / ValueError /
@@ -18,6 +19,8 @@ from ._core import (
     Error,
     codec_names,
     codec_pair,
+    compare,
+    compare_generated,
     gaussian_data,
     keylike_data,
     polar_preset_names,
@@ -31,6 +34,8 @@ __all__ = [
     "Error",
     "codec_names",
     "codec_pair",
+    "compare",
+    "compare_generated",
     "gaussian_data",
     "keylike_data",
     "polar_preset_names",

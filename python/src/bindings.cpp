@@ -15,6 +15,7 @@
 #include <polarquant/codebook.h>
 #include <polarquant/codec.h>
 #include <polarquant/codec_pair.h>
+#include <polarquant/compare.h>
 #include <polarquant/error.h>
 #include <polarquant/polar_codec.h>
 #include <polarquant/stats.h>
@@ -262,6 +263,77 @@ nb::bytes train_codebooks(nb::handle x, const std::string& preset, const std::st
   return nb::bytes(reinterpret_cast<const char*>(out.data()), out.size());
 }
 
+CompareSettings compare_settings(const std::optional<std::vector<std::string>>& codecs,
+                                 uint64_t seed, size_t recent_tokens, double min_seconds) {
+  if (!(min_seconds >= 0.0 && min_seconds <= 60.0)) {
+    throw_invalid("compare: min_seconds must be in [0, 60]");
+  }
+  CompareSettings s;
+  if (codecs) s.codecs = *codecs;
+  s.codec_seed = seed;
+  s.recent_tokens = recent_tokens;
+  s.min_seconds = min_seconds;
+  return s;
+}
+
+nb::list comparison_rows(const std::vector<CodecComparison>& rows) {
+  nb::list out;
+  for (const auto& r : rows) {
+    nb::dict d;
+    d["codec"] = r.codec;
+    d["key_codec"] = r.key_codec;
+    d["value_codec"] = r.value_codec;
+    d["bits_per_coordinate"] = r.bits_per_coordinate;
+    d["key_bits_per_coordinate"] = r.key_bits;
+    d["value_bits_per_coordinate"] = r.value_bits;
+    d["compression_vs_fp16"] = r.compression_vs_fp16;
+    d["nmse"] = r.nmse;
+    d["nmse_k"] = r.nmse_k;
+    d["nmse_v"] = r.nmse_v;
+    d["inner_product_error"] = r.inner_product_error;
+    d["attention_error"] = r.attention_error;
+    d["softmax_kl"] = r.softmax_kl;
+    d["encode_vectors_per_s"] = r.encode_vectors_per_s;
+    d["attention_tokens_per_s"] = r.attention_tokens_per_s;
+    d["cache_attention_tokens_per_s"] = r.cache_attention_tokens_per_s;
+    out.append(d);
+  }
+  return out;
+}
+
+nb::list compare(nb::handle k, nb::handle v, nb::handle q,
+                 const std::optional<std::vector<std::string>>& codecs, uint64_t seed,
+                 size_t recent_tokens, double min_seconds) {
+  const auto kr = as_rows<float>(k, "compare(k)", "float32", 0);
+  const auto vr = as_rows<float>(v, "compare(v)", "float32", kr.cols);
+  const auto qr = as_rows<float>(q, "compare(q)", "float32", kr.cols);
+  if (vr.rows != kr.rows) {
+    throw_invalid("compare: k has " + std::to_string(kr.rows) + " rows but v has " +
+                  std::to_string(vr.rows));
+  }
+  const auto settings = compare_settings(codecs, seed, recent_tokens, min_seconds);
+  std::vector<CodecComparison> rows;
+  {
+    nb::gil_scoped_release release;
+    rows = compare_codecs(kr.data, vr.data, kr.rows, qr.data, qr.rows, static_cast<int>(kr.cols),
+                          settings);
+  }
+  return comparison_rows(rows);
+}
+
+nb::list compare_generated(const std::string& data, int dim, size_t count, size_t queries,
+                           uint64_t data_seed,
+                           const std::optional<std::vector<std::string>>& codecs, uint64_t seed,
+                           size_t recent_tokens, double min_seconds) {
+  const auto settings = compare_settings(codecs, seed, recent_tokens, min_seconds);
+  std::vector<CodecComparison> rows;
+  {
+    nb::gil_scoped_release release;
+    rows = compare_codecs_generated(data, dim, count, queries, data_seed, settings);
+  }
+  return comparison_rows(rows);
+}
+
 nb::ndarray<nb::numpy, float> generated(bool keylike, size_t n, int dim, uint64_t seed) {
   if (n > 10'000'000) throw_invalid("n must be at most 10000000");
   if (dim < 1 || dim > 65536) throw_invalid("dim must be in [1, 65536]");
@@ -330,6 +402,17 @@ NB_MODULE(_core, m) {
         return polarquant::python::generated(true, n, dim, seed);
       },
       "n"_a, "dim"_a, "seed"_a, "n x dim key-like float32 (outlier channels, channel mean).");
+  m.def("compare", &polarquant::python::compare, "k"_a, "v"_a, "q"_a, "codecs"_a = nb::none(),
+        "seed"_a = kDefaultSeed, "recent_tokens"_a = 0, "min_seconds"_a = 0.2,
+        "Every codec (pair names; None: all but f32) on one head: k, v float32 (tokens, dim), q "
+        "float32 (queries, dim), each query attending to every key. One dict per codec, the "
+        "fields of `polarquant compare --json`.");
+  m.def("compare_generated", &polarquant::python::compare_generated, "data"_a = "keylike",
+        "dim"_a = 128, "count"_a = 4096, "queries"_a = 64, "data_seed"_a = 1,
+        "codecs"_a = nb::none(), "seed"_a = kDefaultSeed, "recent_tokens"_a = 0,
+        "min_seconds"_a = 0.2,
+        "`polarquant compare --data gaussian|keylike` (data_seed is its --seed): one dict per "
+        "codec.");
   m.def("train_codebooks", &polarquant::python::train_codebooks, "x"_a, "preset"_a = "paper",
         "rotation"_a = "dense", "seed"_a = kDefaultSeed, "max_iterations"_a = 100,
         "Per-level angle codebooks (k-means++ / Lloyd) trained on x (float32 (n, dim)); returns "

@@ -123,3 +123,39 @@ def test_polar_options_and_trained_codebooks():
         pq.Codec("paper", 128, codebooks=books[:-5])  # truncated file
     with pytest.raises(pq.Error, match="rotation"):
         pq.Codec("paper", 128, rotation="diagonal")
+
+
+QUALITY = ["bits_per_coordinate", "nmse", "nmse_k", "nmse_v", "inner_product_error",
+           "attention_error", "softmax_kl"]
+
+
+def test_compare_generated_matches_cli(cli):
+    args = ["--data", "keylike", "--dim", "64", "--count", "256", "--queries", "4", "--seed", "3"]
+    out = subprocess.run([str(cli), "compare", *args, "--codecs", "paper,q4_0,kivi2", "--json",
+                          "--min-time", "0.01"], check=True, capture_output=True, text=True).stdout
+    expected = json.loads(out)["rows"]
+    got = pq.compare_generated("keylike", 64, 256, 4, 3, codecs=["paper", "q4_0", "kivi2"],
+                               min_seconds=0.01)
+    assert [r["codec"] for r in got] == ["paper", "q4_0", "kivi2"]
+    for g, e in zip(got, expected):
+        assert (g["key_codec"], g["value_codec"]) == (e["key_codec"], e["value_codec"])
+        for field in QUALITY:
+            assert g[field] == e[field], (g["codec"], field)
+
+
+def test_compare_on_callers_head():
+    k, v, q = (pq.gaussian_data(n, 64, s) for n, s in ((96, 1), (96, 2), (5, 3)))
+    rows = pq.compare(k, v, q, codecs=["polar37", "f16"], min_seconds=0.01)
+    polar = rows[0]
+    assert polar["nmse_k"] == pytest.approx(pq.Codec("polar37", 64).stats(k)["nmse"], rel=1e-9)
+    assert rows[1]["softmax_kl"] < 1e-5 < polar["softmax_kl"]
+    with pytest.raises(pq.Error, match="rows"):
+        pq.compare(k, v[:10].copy(), q)
+    with pytest.raises(ValueError, match="rows of 64"):
+        pq.compare(k, v, pq.gaussian_data(2, 32, 1))
+    bad = q.copy()
+    bad[1, 1] = np.inf
+    with pytest.raises(pq.Error, match="query value 65 is not finite"):
+        pq.compare(k, v, bad)
+    with pytest.raises(pq.Error, match="unknown codec"):
+        pq.compare(k, v, q, codecs=["nope"])
