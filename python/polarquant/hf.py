@@ -39,7 +39,8 @@ class _Store:
         flush = (self.tail.shape[-2] - self.residual_length) // g * g
         if flush <= 0:
             return
-        head, self.tail = self.tail[..., :flush, :], self.tail[..., flush:, :]
+        # clone: a view would keep the flushed tokens' full-precision storage alive.
+        head, self.tail = self.tail[..., :flush, :], self.tail[..., flush:, :].clone()
         b, h, _, d = head.shape
         rows = head.detach().to(device="cpu", dtype=torch.float32).contiguous().reshape(-1, d)
         codes = self.codec.encode(rows).reshape(b, h, flush // g, -1)
