@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -29,6 +30,7 @@ struct Options {
   uint64_t seed = kDefaultSeed;
   size_t count = 4000;
   bool json = false;
+  std::string codes_out;  // raw codes of the Gaussian case; empty: none
 };
 
 std::vector<int> parse_bits(const std::string& text) {
@@ -61,6 +63,17 @@ PolarConfig build_config(const Options& o) {
   if (!o.codebooks.empty()) c.codebooks = load_codebooks(o.codebooks);
   c.validate();
   return c;
+}
+
+// The codes of x, n * group_bytes() bytes as Codec::encode writes them: a fixture for checking
+// other front ends (the Python module) byte for byte against this one.
+void write_codes(const Codec& codec, const std::vector<float>& x, const std::string& path) {
+  const size_t n = x.size() / static_cast<size_t>(codec.dim());
+  std::vector<uint8_t> codes(n * codec.group_bytes());
+  codec.encode(x.data(), n, codes.data());
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(codes.data()), static_cast<std::streamsize>(codes.size()));
+  if (!f) throw_io("--codes-out: cannot write " + path);
 }
 
 void run(const Options& o) {
@@ -97,6 +110,7 @@ void run(const Options& o) {
     const CodecStats s = measure_codec(*c.codec, *c.data);
     out["cases"][c.name] = {{"nmse", s.nmse}, {"inner_product_error", s.inner_product_error}};
   }
+  if (!o.codes_out.empty()) write_codes(codec, gauss, o.codes_out);
   if (o.json) {
     std::cout << out.dump(2) << "\n";
     return;
@@ -134,6 +148,8 @@ const CommandRegistration registration("codec-stats", [](CLI::App& app) {
   cmd->add_option("--seed", options->seed, "rotation seed");
   cmd->add_option("--count", options->count, "vectors per case")->capture_default_str();
   cmd->add_flag("--json", options->json, "machine-readable output");
+  cmd->add_option("--codes-out", options->codes_out,
+                  "write the raw codes of the Gaussian case (count x bytes per vector) to a file");
   cmd->callback([options] { run(*options); });
 });
 
