@@ -66,20 +66,21 @@ MemoryPlan plan_memory(const model::LlamaConfig& c, const model::RuntimeOptions&
   const size_t rows = static_cast<size_t>(resolved_rows(o));
   const size_t ctx = resolved_context(c, o);
   const size_t dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), hid = c.hidden_dim;
-  const size_t activations = rows * ((dim + 2 * qd + 2 * kvd + 2 * hid + c.vocab_size) * 4 +
-                                     (dim + qd + hid) * 2);
-  const size_t decode_ws = static_cast<size_t>(o.max_sequences) * c.n_heads * 1024 *
-                           (c.head_dim + 2) * sizeof(float);
+  const size_t activations =
+      rows * ((dim + 2 * qd + 2 * kvd + 2 * hid + c.vocab_size) * 4 + (dim + qd + hid) * 2);
+  const size_t decode_ws =
+      static_cast<size_t>(o.max_sequences) * c.n_heads * 1024 * (c.head_dim + 2) * sizeof(float);
   const size_t pages = (ctx + kPageTokens - 1) / kPageTokens;
   const size_t stage = (4 * rows + 2 * static_cast<size_t>(o.max_sequences) + rows +
                         static_cast<size_t>(o.max_sequences) * pages + 64) *
                        sizeof(int32_t);
-  p.scratch_bytes = activations + DenseAttention::bytes_for(c.n_heads, c.head_dim, static_cast<int>(rows), ctx) +
+  p.scratch_bytes = activations +
+                    DenseAttention::bytes_for(c.n_heads, c.head_dim, static_cast<int>(rows), ctx) +
                     2 * kvd * ctx * sizeof(__half) + kvd * ctx * sizeof(float) + decode_ws +
                     static_cast<size_t>(o.max_sequences) * c.n_layers * kvd * sizeof(float) +
                     2 * stage + kReserveBytes;
-  p.kv_bytes_per_token = kv_bytes_per_token(c, o.key_codec, o.value_codec, kPageTokens,
-                                            o.codec_seed);
+  p.kv_bytes_per_token =
+      kv_bytes_per_token(c, o.key_codec, o.value_codec, kPageTokens, o.codec_seed);
   p.kv_bytes = p.kv_bytes_per_token * kPageTokens * pages * static_cast<size_t>(o.max_sequences);
   return p;
 }
@@ -93,19 +94,19 @@ CudaTransformer::Impl::Impl(const model::LlamaConfig& c, const model::RuntimeOpt
     paper.key_codec = paper.value_codec = "paper";
     const size_t fixed = plan.weight_bytes + plan.scratch_bytes;
     auto fits = [&](const model::RuntimeOptions& r) {
-      const size_t per = kv_bytes_per_token(c, r.key_codec, r.value_codec, kPageTokens,
-                                            r.codec_seed);
+      const size_t per =
+          kv_bytes_per_token(c, r.key_codec, r.value_codec, kPageTokens, r.codec_seed);
       return plan.free_bytes > fixed ? (plan.free_bytes - fixed) / per : 0;
     };
     throw_invalid(
         "the request does not fit in GPU memory: weights " + gib(plan.weight_bytes) +
         " + scratch " + gib(plan.scratch_bytes) + " + KV cache " + gib(plan.kv_bytes) + " (" +
-        std::to_string(o.max_sequences) + " sequences x " +
-        std::to_string(resolved_context(c, o)) + " tokens, -ctk " + o.key_codec + " -ctv " +
-        o.value_codec + ") = " + gib(plan.required_bytes()) + ", but the GPU has " +
-        gib(plan.free_bytes) + " free. Tokens (sequences x context) that fit: " +
-        std::to_string(plan.max_tokens()) + " with this cache, " + std::to_string(fits(f16)) +
-        " with f16, " + std::to_string(fits(paper)) + " with paper");
+        std::to_string(o.max_sequences) + " sequences x " + std::to_string(resolved_context(c, o)) +
+        " tokens, -ctk " + o.key_codec + " -ctv " + o.value_codec +
+        ") = " + gib(plan.required_bytes()) + ", but the GPU has " + gib(plan.free_bytes) +
+        " free. Tokens (sequences x context) that fit: " + std::to_string(plan.max_tokens()) +
+        " with this cache, " + std::to_string(fits(f16)) + " with f16, " +
+        std::to_string(fits(paper)) + " with paper");
   }
   cudaDeviceProp prop{};
   int device = 0;
@@ -145,18 +146,20 @@ void CudaTransformer::Impl::allocate() {
   check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
   std::vector<float> freq(c.head_dim / 2);
   for (int i = 0; i < c.head_dim / 2; ++i)
-    freq[i] = static_cast<float>(std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim));
+    freq[i] =
+        static_cast<float>(std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim));
   inv_freq.allocate(freq.size(), "cudaMalloc(rope)");
-  check_cuda(cudaMemcpy(inv_freq.get(), freq.data(), freq.size() * sizeof(float),
-                        cudaMemcpyHostToDevice),
-             "cudaMemcpy(rope)");
+  check_cuda(
+      cudaMemcpy(inv_freq.get(), freq.data(), freq.size() * sizeof(float), cudaMemcpyHostToDevice),
+      "cudaMemcpy(rope)");
   k_pool.allocate(static_cast<size_t>(c.n_layers) * total_pages * kcodec->page_bytes(),
                   "cudaMalloc(K pages)");
   v_pool.allocate(static_cast<size_t>(c.n_layers) * total_pages * vcodec->page_bytes(),
                   "cudaMalloc(V pages)");
   for (int p = total_pages - 1; p >= 0; --p) free_pages.push_back(p);
   for (int s = options.max_sequences - 1; s >= 0; --s) free_slots.push_back(s);
-  means.allocate(static_cast<size_t>(options.max_sequences) * c.n_layers * kvd, "cudaMalloc(means)");
+  means.allocate(static_cast<size_t>(options.max_sequences) * c.n_layers * kvd,
+                 "cudaMalloc(means)");
   x.allocate(rows * dim);
   q.allocate(rows * qd);
   k.allocate(rows * kvd);
@@ -168,8 +171,8 @@ void CudaTransformer::Impl::allocate() {
   xn.allocate(rows * dim);
   att_half.allocate(rows * qd);
   hidden.allocate(rows * hid);
-  dense = std::make_unique<DenseAttention>(c.n_heads, c.n_kv_heads, c.head_dim, max_rows,
-                                           max_context);
+  dense =
+      std::make_unique<DenseAttention>(c.n_heads, c.n_kv_heads, c.head_dim, max_rows, max_context);
   k_half.allocate(kvd * max_context, "cudaMalloc(prefill keys)");
   v_half.allocate(kvd * max_context, "cudaMalloc(prefill values)");
   dequant.allocate(kvd * max_context, "cudaMalloc(dequantize scratch)");
@@ -228,11 +231,21 @@ CudaTransformer::CudaTransformer(const model::LlamaConfig& config, uint64_t weig
 
 CudaTransformer::~CudaTransformer() = default;
 
-const model::LlamaConfig& CudaTransformer::config() const { return impl_->config; }
-const model::RuntimeOptions& CudaTransformer::options() const { return impl_->options; }
-std::string CudaTransformer::device_name() const { return "cuda (" + impl_->gpu_name + ")"; }
-std::string CudaTransformer::decode_path() const { return impl_->decode_name; }
-const MemoryPlan& CudaTransformer::plan() const { return impl_->plan; }
+const model::LlamaConfig& CudaTransformer::config() const {
+  return impl_->config;
+}
+const model::RuntimeOptions& CudaTransformer::options() const {
+  return impl_->options;
+}
+std::string CudaTransformer::device_name() const {
+  return "cuda (" + impl_->gpu_name + ")";
+}
+std::string CudaTransformer::decode_path() const {
+  return impl_->decode_name;
+}
+const MemoryPlan& CudaTransformer::plan() const {
+  return impl_->plan;
+}
 void CudaTransformer::synchronize() const {
   check_cuda(cudaStreamSynchronize(impl_->stream), "cudaStreamSynchronize");
 }
@@ -244,6 +257,8 @@ std::unique_ptr<model::Runtime> make_cuda(const model::LlamaModel& model,
 }
 }  // namespace
 
-void register_cuda_runtime() { model::register_runtime("cuda", &make_cuda); }
+void register_cuda_runtime() {
+  model::register_runtime("cuda", &make_cuda);
+}
 
 }  // namespace polarquant::cuda

@@ -96,9 +96,9 @@ void CudaTransformer::Impl::step(Seq* const* list, bool batch, const int* tokens
   }
   std::copy(fresh.begin(), fresh.end(), h_fresh);
   const size_t staged = static_cast<size_t>(h_tables + n_seq * max_pages - h);
-  check_cuda(cudaMemcpyAsync(dev_stage.get(), h, staged * sizeof(int32_t), cudaMemcpyHostToDevice,
-                             stream),
-             "cudaMemcpyAsync(step inputs)");
+  check_cuda(
+      cudaMemcpyAsync(dev_stage.get(), h, staged * sizeof(int32_t), cudaMemcpyHostToDevice, stream),
+      "cudaMemcpyAsync(step inputs)");
   const int32_t* d_tokens = dev_stage.get();
   const int32_t* d_positions = d_tokens + rows;
   const int32_t* d_slots = d_positions + rows;
@@ -165,8 +165,7 @@ void CudaTransformer::Impl::step(Seq* const* list, bool batch, const int* tokens
 }
 
 void CudaTransformer::Impl::decode_attention_step(const uint8_t* kp, const uint8_t* vp,
-                                                  const int32_t* d_tables,
-                                                  const int32_t* d_lengths,
+                                                  const int32_t* d_tables, const int32_t* d_lengths,
                                                   const int32_t* h_lengths, int batch,
                                                   int max_length) {
   const LlamaConfig& c = config;
@@ -199,10 +198,10 @@ void CudaTransformer::Impl::decode_attention_step(const uint8_t* kp, const uint8
     for (int r = 0; r < batch; ++r) {
       const int32_t* table = d_tables + static_cast<size_t>(r) * max_pages;
       const size_t keys = static_cast<size_t>(h_lengths[r]);
-      kcodec->load_half(kp, table, static_cast<int>(keys), max_context, k_half.get(),
-                        dequant.get(), stream);
-      vcodec->load_half(vp, table, static_cast<int>(keys), max_context, v_half.get(),
-                        dequant.get(), stream);
+      kcodec->load_half(kp, table, static_cast<int>(keys), max_context, k_half.get(), dequant.get(),
+                        stream);
+      vcodec->load_half(vp, table, static_cast<int>(keys), max_context, v_half.get(), dequant.get(),
+                        stream);
       dense->run(cublas, q.get() + r * qd, 1, keys - 1, k_half.get(), v_half.get(), max_context,
                  keys, att.get() + r * qd, stream);
     }
@@ -237,8 +236,9 @@ void CudaTransformer::forward(SequenceId seq, const int* tokens, size_t n,
   }
 }
 
-std::vector<CudaTransformer::Impl::Seq*> CudaTransformer::Impl::batch_list(
-    const SequenceId* ids, const int* tokens, size_t batch) {
+std::vector<CudaTransformer::Impl::Seq*> CudaTransformer::Impl::batch_list(const SequenceId* ids,
+                                                                           const int* tokens,
+                                                                           size_t batch) {
   if (batch == 0) throw_invalid("forward_batch: empty batch");
   if (batch > static_cast<size_t>(max_rows)) {
     throw_invalid("forward_batch: " + std::to_string(batch) + " sequences exceed the " +

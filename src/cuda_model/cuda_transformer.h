@@ -21,11 +21,11 @@ void register_cuda_runtime();
 
 // What a request needs in GPU memory, and how many tokens each codec pair could hold.
 struct MemoryPlan {
-  size_t free_bytes = 0;       // cudaMemGetInfo's free memory before anything is allocated
-  size_t weight_bytes = 0;     // fp16 weights + fp32 embedding table and norms
-  size_t scratch_bytes = 0;    // activations, attention scratch, decode workspace
+  size_t free_bytes = 0;          // cudaMemGetInfo's free memory before anything is allocated
+  size_t weight_bytes = 0;        // fp16 weights + fp32 embedding table and norms
+  size_t scratch_bytes = 0;       // activations, attention scratch, decode workspace
   size_t kv_bytes_per_token = 0;  // K + V pages of every layer, per token
-  size_t kv_bytes = 0;         // the pool for max_sequences x max_context
+  size_t kv_bytes = 0;            // the pool for max_sequences x max_context
   size_t required_bytes() const { return weight_bytes + scratch_bytes + kv_bytes; }
   // Tokens (summed over sequences) whose pages fit beside the weights and scratch.
   size_t max_tokens() const;

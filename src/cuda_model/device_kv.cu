@@ -11,16 +11,17 @@ namespace polarquant::cuda {
 namespace {
 
 [[noreturn]] void no_kernels(const std::string& name) {
-  throw Error(ErrorKind::kUnsupported,
-              "codec '" + name +
-                  "' has no CUDA kernels: the CUDA runtime takes f16 and the PolarQuant presets (" +
-                  [] {
-                    std::string list;
-                    for (const std::string& p : polar_preset_names())
-                      list += (list.empty() ? "" : ", ") + p;
-                    return list;
-                  }() +
-                  "); use --device cpu for the others");
+  throw Error(
+      ErrorKind::kUnsupported,
+      "codec '" + name +
+          "' has no CUDA kernels: the CUDA runtime takes f16 and the PolarQuant presets (" +
+          [] {
+            std::string list;
+            for (const std::string& p : polar_preset_names())
+              list += (list.empty() ? "" : ", ") + p;
+            return list;
+          }() +
+          "); use --device cpu for the others");
 }
 
 std::unique_ptr<PolarCodec> polar_codec(const std::string& name, int head_dim, uint64_t seed) {
@@ -41,8 +42,8 @@ size_t DeviceKvCodec::page_bytes_of(const std::string& name, int head_dim, int n
          static_cast<size_t>(n_kv_heads);
 }
 
-DeviceKvCodec::DeviceKvCodec(const std::string& name, int head_dim, int n_kv_heads,
-                             int page_tokens, uint64_t seed, bool need_device)
+DeviceKvCodec::DeviceKvCodec(const std::string& name, int head_dim, int n_kv_heads, int page_tokens,
+                             uint64_t seed, bool need_device)
     : name_(name) {
   f16_ = F16Layout{head_dim, n_kv_heads, page_tokens};
   if (name == "f16") {

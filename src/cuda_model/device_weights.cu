@@ -53,8 +53,8 @@ DeviceBuffer<float> ones(size_t count, uint64_t seed) {
 
 size_t DeviceWeights::bytes_for(const model::LlamaConfig& c) {
   const size_t dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), hid = c.hidden_dim;
-  const size_t layer = (dim * qd * 2 + dim * kvd * 2 + 3 * dim * hid) * sizeof(__half) +
-                       2 * dim * sizeof(float);
+  const size_t layer =
+      (dim * qd * 2 + dim * kvd * 2 + 3 * dim * hid) * sizeof(__half) + 2 * dim * sizeof(float);
   const size_t vocab = c.vocab_size;
   return layer * c.n_layers + vocab * dim * (sizeof(float) + sizeof(__half)) + dim * sizeof(float);
 }
@@ -68,8 +68,8 @@ DeviceWeights DeviceWeights::upload(const model::LlamaModel& model) {
     model::dequantize_rows(e, 0, e.rows, table.data());
     w.embedding = upload_floats(table.data(), table.size(), "cudaMemcpy(embedding)");
   }
-  w.final_norm = upload_floats(model.final_norm().data(), model.final_norm().size(),
-                               "cudaMemcpy(final norm)");
+  w.final_norm =
+      upload_floats(model.final_norm().data(), model.final_norm().size(), "cudaMemcpy(final norm)");
   w.output = upload_matrix(model.output(), "cudaMemcpy(output head)");
   for (int l = 0; l < c.n_layers; ++l) {
     const model::LayerWeights& s = model.layers()[l];

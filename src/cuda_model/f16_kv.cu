@@ -21,8 +21,8 @@ namespace polarquant::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kTile = 32;      // tokens a warp takes at a time
-constexpr int kHeadTile = 8;   // query heads a block takes
+constexpr int kTile = 32;     // tokens a warp takes at a time
+constexpr int kHeadTile = 8;  // query heads a block takes
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ size_t slot_offset(const F16Layout& l, int32_t page, int head,
@@ -65,7 +65,7 @@ template <int D>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_kernel(F16Layout lay, F16DecodeBatch b, const float* q, int splits, int tiles_per_split,
                   Partials part) {
-  constexpr int kDims = D / 32;  // value dimensions per lane
+  constexpr int kDims = D / 32;   // value dimensions per lane
   constexpr int kChunks = D / 8;  // 16-byte key chunks per token
   __shared__ float4 qs[kHeadTile][D / 4];
   __shared__ float ps[kWarps][kTile][kHeadTile];
@@ -249,7 +249,9 @@ Grid grid_for(const F16Layout& lay, const F16DecodeBatch& b, int multiprocessors
   return grid;
 }
 
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+size_t align256(size_t n) {
+  return (n + 255) / 256 * 256;
+}
 
 void check_batch(const F16Layout& lay, const F16DecodeBatch& b) {
   if (lay.head_dim != 64 && lay.head_dim != 128 && lay.head_dim != 256) {
@@ -320,7 +322,7 @@ void f16_decode_attention(const F16Layout& layout, const F16DecodeBatch& batch, 
   }
   check_launch("f16 decode attention");
   merge_kernel<<<batch.batch * batch.n_q_heads, 128, 0, stream>>>(part, grid.splits,
-                                                                 layout.head_dim, out);
+                                                                  layout.head_dim, out);
   check_launch("f16 decode merge");
 }
 

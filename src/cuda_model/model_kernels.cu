@@ -55,7 +55,8 @@ __global__ void rms_norm_kernel(const float* x, const float* weight, int dim, fl
   ss = block_sum(ss, shared);
   const float scale = rsqrtf(ss / dim + eps);
   __half* o = out + static_cast<size_t>(blockIdx.x) * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __float2half(row[i] * scale * weight[i]);
+  for (int i = threadIdx.x; i < dim; i += blockDim.x)
+    o[i] = __float2half(row[i] * scale * weight[i]);
 }
 
 __global__ void rope_kernel(float* x, int n_heads, int head_dim, const int32_t* positions,
@@ -119,8 +120,8 @@ __global__ void head_major_kernel(const float* x, int n, int heads, int dim, siz
 }
 
 // One block per (row t, head h).
-__global__ void causal_softmax_kernel(const float* scores, int n, int keys, size_t ld,
-                                      size_t first, float scale, __half* p) {
+__global__ void causal_softmax_kernel(const float* scores, int n, int keys, size_t ld, size_t first,
+                                      float scale, __half* p) {
   __shared__ float shared[32];
   const size_t row = static_cast<size_t>(blockIdx.y) * n + blockIdx.x;
   const float* s = scores + row * ld;
@@ -194,7 +195,8 @@ __global__ void zero_pages_kernel(uint8_t* first_pool, size_t pool_stride, const
   // blockIdx.x: page, blockIdx.y: pool; 16-byte stores (page_bytes is a multiple of 16).
   uint4* page = reinterpret_cast<uint4*>(first_pool + blockIdx.y * pool_stride +
                                          static_cast<size_t>(ids[blockIdx.x]) * page_bytes);
-  for (size_t i = threadIdx.x; i < page_bytes / 16; i += blockDim.x) page[i] = make_uint4(0, 0, 0, 0);
+  for (size_t i = threadIdx.x; i < page_bytes / 16; i += blockDim.x)
+    page[i] = make_uint4(0, 0, 0, 0);
 }
 
 unsigned grid_for(size_t count) {
@@ -238,8 +240,7 @@ void column_mean(const float* x, int n, int width, float* mean, Stream s) {
 void subtract_rows(float* x, int n, int width, const float* means, const int32_t* slots,
                    size_t slot_stride, Stream s) {
   const size_t count = static_cast<size_t>(n) * width;
-  subtract_rows_kernel<<<grid_for(count), kThreads, 0, s>>>(x, n, width, means, slots,
-                                                            slot_stride);
+  subtract_rows_kernel<<<grid_for(count), kThreads, 0, s>>>(x, n, width, means, slots, slot_stride);
   check_launch("subtract_rows");
 }
 

@@ -80,8 +80,7 @@ struct CudaTransformer::Impl {
   void decode_attention_step(const uint8_t* kp, const uint8_t* vp, const int32_t* d_tables,
                              const int32_t* d_lengths, const int32_t* h_lengths, int batch,
                              int max_length);
-  void gemm(const __half* w, int out, int in, const __half* x, int rows, float* y,
-            bool accumulate);
+  void gemm(const __half* w, int out, int in, const __half* x, int rows, float* y, bool accumulate);
   void copy_logits(float* out, int rows);
 };
 

@@ -118,7 +118,8 @@ PerplexityReport evaluate_perplexity(const model::LlamaModel& m, const std::vect
       base_nll.push_back(-lp[static_cast<size_t>(chunk[first + i + 1])]);
     }
     for (size_t k = 0; k < config.codecs.size(); ++k) {
-      const ChunkRun run = run_chunk(*runtimes[k], chunk, ctx, first, &done, total, config.progress);
+      const ChunkRun run =
+          run_chunk(*runtimes[k], chunk, ctx, first, &done, total, config.progress);
       CodecQuality& q = report.codecs[k];
       q.codec = config.codecs[k];
       q.seconds += run.seconds;

@@ -1,9 +1,9 @@
 // Prompt prefill plus token-by-token decoding with streaming, on one sequence of a Runtime.
 #pragma once
 
+#include "model/runtime.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
-#include "model/runtime.h"
 
 #include <functional>
 #include <string>

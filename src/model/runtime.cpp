@@ -71,8 +71,8 @@ std::unique_ptr<Runtime> make_runtime(const LlamaModel& model, const RuntimeOpti
   }
   if (factory == nullptr) {
     throw Error(ErrorKind::kUnsupported,
-                "device '" + options.device + "' is not available in this build (devices: " +
-                    known +
+                "device '" + options.device +
+                    "' is not available in this build (devices: " + known +
                     (options.device == "cuda" ? "; rebuild where nvcc is found for CUDA)" : ")"));
   }
   return factory(model, options);

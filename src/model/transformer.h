@@ -17,7 +17,6 @@
 
 namespace polarquant::model {
 
-
 // Called once per layer and step with the layer's queries (n x n_heads x head_dim), keys and values
 // (n x n_kv_heads x head_dim), after RoPE: what `dump-kv` records.
 using AttentionObserver =

@@ -26,7 +26,7 @@ using model::RuntimeOptions;
 
 struct LogitDiff {
   double max_abs = 0.0;
-  size_t top1_mismatch = 0;       // positions whose argmax differs
+  size_t top1_mismatch = 0;        // positions whose argmax differs
   size_t top1_clear_mismatch = 0;  // ... where the CPU's top two differ by more than 2 max_abs
 };
 
@@ -72,7 +72,8 @@ RuntimeOptions options(const std::string& k, const std::string& v, const std::st
 TEST(CudaRuntime, Stories260KMatchesCpuAndOracle) {
   POLARQUANT_REQUIRE_GPU();
   auto tiny = polarquant::testing::load_stories260k();
-  if (!tiny.model) GTEST_SKIP() << "stories260K not found under " << polarquant::testing::shared_dir();
+  if (!tiny.model)
+    GTEST_SKIP() << "stories260K not found under " << polarquant::testing::shared_dir();
   const LlamaModel& m = *tiny.model;
   model::Transformer cpu(m, options("f16", "f16", "cpu"));
   RuntimeOptions o = options("f16", "f16", "cuda");
@@ -80,8 +81,8 @@ TEST(CudaRuntime, Stories260KMatchesCpuAndOracle) {
   CudaTransformer gpu(m, o);
   EXPECT_EQ(gpu.decode_path(), "dequantize+cublas");  // head_dim 8: no fused f16 kernel
   std::vector<int> prompt = tiny.tokenizer->encode("Once upon a time", true, false);
-  const LogitDiff d = compare_logits(all_logits(cpu, prompt), all_logits(gpu, prompt),
-                                     m.config().vocab_size);
+  const LogitDiff d =
+      compare_logits(all_logits(cpu, prompt), all_logits(gpu, prompt), m.config().vocab_size);
   std::printf("stories260K f16: max |logit diff| %.3g, top-1 mismatches %zu\n", d.max_abs,
               d.top1_mismatch);
   EXPECT_LT(d.max_abs, 0.05);
@@ -89,8 +90,10 @@ TEST(CudaRuntime, Stories260KMatchesCpuAndOracle) {
   // Greedy generation: the CPU's tokens.
   model::GenerationOptions gen;
   gen.max_new_tokens = 60;
-  const auto c = model::generate(cpu, cpu.add_sequence(), *tiny.tokenizer, {tiny.tokenizer->bos()}, gen);
-  const auto g = model::generate(gpu, gpu.add_sequence(), *tiny.tokenizer, {tiny.tokenizer->bos()}, gen);
+  const auto c =
+      model::generate(cpu, cpu.add_sequence(), *tiny.tokenizer, {tiny.tokenizer->bos()}, gen);
+  const auto g =
+      model::generate(gpu, gpu.add_sequence(), *tiny.tokenizer, {tiny.tokenizer->bos()}, gen);
   EXPECT_EQ(c.generated, g.generated);
 }
 
@@ -222,8 +225,7 @@ TEST(CudaRuntime, RefusesContextBeyondTheModel) {
   CudaTransformer gpu(*tiny.model, options("f16", "f16", "cuda"));
   std::vector<int> tokens(tiny.model->config().context_length + 1, 1);
   std::vector<float> logits;
-  EXPECT_THROW(gpu.forward(gpu.add_sequence(), tokens.data(), tokens.size(), logits, false),
-               Error);
+  EXPECT_THROW(gpu.forward(gpu.add_sequence(), tokens.data(), tokens.size(), logits, false), Error);
   RuntimeOptions o = options("f16", "f16", "cuda");
   o.max_context = tiny.model->config().context_length + 1;
   EXPECT_THROW(CudaTransformer(*tiny.model, o), Error);

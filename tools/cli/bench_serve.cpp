@@ -72,8 +72,8 @@ void print_plan(const model::LlamaConfig& c, const model::RuntimeOptions& base, 
   size_t f16_tokens = 0;
   std::vector<std::pair<std::string, std::string>> pairs = {
       {"f16", "f16"}, {"paper", "paper"}, {"polar37", "polar37"}};
-  if (base.key_codec != base.value_codec || (base.key_codec != "f16" && base.key_codec != "paper" &&
-                                             base.key_codec != "polar37"))
+  if (base.key_codec != base.value_codec ||
+      (base.key_codec != "f16" && base.key_codec != "paper" && base.key_codec != "polar37"))
     pairs.push_back({base.key_codec, base.value_codec});
   for (const auto& [k, v] : pairs) {
     model::RuntimeOptions o = base;
@@ -239,7 +239,8 @@ void run(BenchServeArgs&, CLI::App*) {
 const CommandRegistration registration("bench-serve", [](CLI::App& app) {
   auto args = std::make_shared<BenchServeArgs>();
   CLI::App* cmd = app.add_subcommand(
-      "bench-serve", "batched prefill + decode on the GPU: prefill time, decode tok/s, cache bytes");
+      "bench-serve",
+      "batched prefill + decode on the GPU: prefill time, decode tok/s, cache bytes");
   add_model_flags(cmd, args->model, "paper");
   cmd->add_option("--shape", args->shape,
                   "random weights of a named shape instead of --model (speed only)")
