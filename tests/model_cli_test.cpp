@@ -73,6 +73,31 @@ TEST(ModelCli, PerplexityJsonHasThePromisedKeys) {
   std::filesystem::remove(text);
 }
 
+TEST(ModelCli, PerplexityCodecListTakesKeyValuePairs) {
+  if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
+  const std::string text = std::filesystem::temp_directory_path() / "pq_model_cli_pairs.txt";
+  {
+    std::ofstream f(text);
+    for (int i = 0; i < 8; ++i)
+      f << "Once upon a time, there was a little cat. The cat liked to play with a ball. ";
+  }
+  const Result r = run("perplexity " + tiny_flags() + " --text " + text +
+                       " --ctx 64 --codecs f32/bf16,polar-422,kivi4 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["codecs"].size(), 3u);
+  EXPECT_EQ(j["codecs"][0]["key_codec"], "f32");
+  EXPECT_EQ(j["codecs"][0]["value_codec"], "bf16");
+  EXPECT_EQ(j["codecs"][0]["codec"], "f32/bf16");
+  EXPECT_EQ(j["codecs"][1]["key_codec"], "polar-422");
+  EXPECT_EQ(j["codecs"][2]["key_codec"], "kivi4k");  // a pair name gives its two codecs
+  EXPECT_EQ(j["codecs"][2]["value_codec"], "kivi4v");
+  EXPECT_EQ(
+      run("perplexity " + tiny_flags() + " --text " + text + " --ctx 64 --codecs f32/").status >> 8,
+      2);
+  std::filesystem::remove(text);
+}
+
 TEST(ModelCli, BadInputGivesAnErrorNotACrash) {
   if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
   EXPECT_NE(run("generate " + tiny_flags() + " -ctk nosuchcodec -n 2").status, 0);

@@ -44,6 +44,7 @@ Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
   kv.sink_tokens = options.sink_tokens;
   kv.recent_tokens = options.recent_tokens;
   kv.center_keys = options.center_keys;
+  kv.quantize_generated = options.quantize_generated;
   cache_ = std::make_unique<KvCache>(kv);
   attention_.n_threads = options.n_threads;
   attention_.use_fused = options.use_fused;

@@ -28,6 +28,7 @@ struct GenerateArgs {
   uint64_t seed = 42;
   bool raw = false;
   bool compare = true;
+  bool fp16_generated = false;
   std::string logits_out;
 };
 
@@ -125,6 +126,7 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   rt.value_codec = a.model.value_codec;
   rt.n_threads = a.model.threads;
   rt.center_keys = a.model.center_keys;
+  rt.quantize_generated = !a.fp16_generated;
   model::GenerationOptions gen;
   gen.max_new_tokens = a.n;
   gen.sampler = {a.temperature, a.top_p, a.seed};
@@ -212,6 +214,8 @@ const CommandRegistration registration("generate", [](CLI::App& app) {
   cmd->add_option("--seed,-s", args->seed, "sampling seed")->capture_default_str();
   cmd->add_flag("--raw", args->raw, "do not wrap the prompt in the model's chat format");
   cmd->add_flag("!--no-compare", args->compare, "skip the comparison with an fp16-cache run");
+  cmd->add_flag("--fp16-generated", args->fp16_generated,
+                "keep generated tokens in fp16, quantize only the prompt (the paper's setting)");
   cmd->add_option(
       "--logits-out", args->logits_out,
       "also write the prompt's tokens (PREFIX.json) and exact-cache logits (PREFIX.f32)");

@@ -49,7 +49,7 @@ void run(NiahArgs& a, CLI::App* cmd) {
   cfg.depths = parse_numbers<double>(a.depths, "--depths");
   cfg.codecs.clear();
   // -ctk/-ctv given explicitly add their pair; --codecs lists codecs used for both K and V.
-  for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back({c, c});
+  for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back(parse_codec_choice(c));
   if (a.model.key_codec != "paper" || a.model.value_codec != "paper") {
     cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
   }

@@ -38,7 +38,7 @@ void run(PerplexityArgs& a, CLI::App* cmd) {
   cfg.runtime.sink_tokens = a.sink;
   cfg.runtime.recent_tokens = a.recent;
   if (!a.codecs.empty()) {
-    for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back({c, c});
+    for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back(parse_codec_choice(c));
   } else {
     cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
   }
@@ -100,7 +100,7 @@ const CommandRegistration registration("perplexity", [](CLI::App& app) {
   cmd->add_option("--chunks", args->chunks, "chunks to evaluate (0: the whole text)")
       ->capture_default_str();
   cmd->add_option("--codecs", args->codecs,
-                  "comma-separated codecs, each used for K and V (overrides -ctk/-ctv)");
+                  "comma-separated codecs, each NAME (K and V) or KEY/VALUE (overrides -ctk/-ctv)");
   cmd->add_flag("--reference-attention", args->reference_attention,
                 "decode-then-attend instead of fused kernels");
   cmd->add_option("--sink", args->sink,
