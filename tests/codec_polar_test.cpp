@@ -60,9 +60,12 @@ TEST(PolarCodec, ExplicitAllocationNames) {
   EXPECT_TRUE(is_polar_codec_name("polar37"));
   EXPECT_FALSE(is_polar_codec_name("q4_0"));
   EXPECT_EQ(make_codec("polar-434444", 64)->group_bytes(), 32u);
-  for (const char* bad : {"polar-", "polar-49", "polar-40", "polar-4x22", "polar-43333333"}) {
-    EXPECT_THROW(polar_preset(bad, 64), Error) << bad;  // 9 and 0 bits; 8 levels need 256 | dim
+  EXPECT_EQ(polar_preset("polar-544444", 8).bits, (std::vector<int>{5, 4, 4}));  // 3 levels fit
+  for (const char* bad :
+       {"polar-", "polar-49", "polar-40", "polar-4x22", "polar-43333333333333333"}) {
+    EXPECT_THROW(polar_preset(bad, 64), Error) << bad;  // 9 and 0 bits; more than 16 levels
   }
+  EXPECT_THROW(polar_preset("polar-4222", 7), Error);
   try {
     make_codec("polar-4x22", 64);
     FAIL() << "no error";

@@ -51,6 +51,20 @@ TEST(ModelCli, GenerateJsonWithLlamaStyleCodecFlags) {
   EXPECT_GE(j["top1_agreement"].get<double>(), 0.0);
 }
 
+TEST(ModelCli, DefaultCacheIsThePolarPairAndPairNamesSplitByRole) {
+  if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
+  Result r = run("generate " + tiny_flags() + " -n 8 --no-compare --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["key_codec"], "polar-544444");  // head_dim 8 of stories260K: 3 of 6 levels fit
+  EXPECT_EQ(j["value_codec"], "polar-422222");
+  r = run("generate " + tiny_flags() + " -n 8 --no-compare --json -ctk kivi4 -ctv kivi4");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["key_codec"], "kivi4k");
+  EXPECT_EQ(j["value_codec"], "kivi4v");
+}
+
 TEST(ModelCli, PerplexityJsonHasThePromisedKeys) {
   if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
   const std::string text = std::filesystem::temp_directory_path() / "pq_model_cli_text.txt";

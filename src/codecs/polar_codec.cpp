@@ -125,12 +125,13 @@ PolarConfig polar_preset(std::string_view name, int dim) {
     if (bits.empty() || bits.size() > 16) {
       throw_invalid("codec '" + std::string(name) + "' needs 1..16 levels, one digit each");
     }
-    if (dim < 2 || dim % (1 << bits.size()) != 0) {
-      throw_invalid("codec '" + std::string(name) + "' has " + std::to_string(bits.size()) +
-                    " levels: dim must be a multiple of " + std::to_string(1 << bits.size()) +
-                    ", got " + std::to_string(dim));
+    if (dim < 2 || dim % 2 != 0) {
+      throw_invalid("codec '" + std::string(name) + "' needs an even dim >= 2, got " +
+                    std::to_string(dim));
     }
-    c.levels = static_cast<int>(bits.size());
+    // As the presets: a dim that cannot hold 2^levels uses the first levels that divide it.
+    c.levels = fit_levels(dim, static_cast<int>(bits.size()));
+    bits.resize(static_cast<size_t>(c.levels));
     c.bits = bits;
     c.validate();
     return c;

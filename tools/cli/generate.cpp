@@ -127,6 +127,8 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   rt.n_threads = a.model.threads;
   rt.center_keys = a.model.center_keys;
   rt.quantize_generated = !a.fp16_generated;
+  rt.sink_tokens = a.model.sink;
+  rt.recent_tokens = a.model.recent;
   model::GenerationOptions gen;
   gen.max_new_tokens = a.n;
   gen.sampler = {a.temperature, a.top_p, a.seed};
@@ -204,7 +206,7 @@ void run(GenerateArgs& a, CLI::App* cmd) {
 const CommandRegistration registration("generate", [](CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "generate text with a quantized KV cache");
-  add_model_flags(cmd, args->model, "paper");
+  add_model_flags(cmd, args->model, kDefaultPolarPair);
   cmd->add_option("-p,--prompt", args->prompt,
                   "prompt (chat models: the user message; default: a short story request)")
       ->each([args](const std::string&) { args->prompt_given = true; });

@@ -30,19 +30,25 @@ struct ModelFlags {
   int threads = 0;
   bool json = false;
   bool center_keys = true;  // KvCacheOptions::center_keys
+  // KvCacheOptions::sink_tokens. 4 by default: the first tokens draw much of every query's
+  // attention, and 4 fp16 tokens cost 0.02 bits per coordinate at 2k context (docs/RESULTS.md 5).
+  int sink = 4;
+  int recent = 0;  // KvCacheOptions::recent_tokens
 };
 
-// default_codec: what -ctk/-ctv default to for this command.
+// default_codec: what -ctk/-ctv default to for this command (a codec or a pair name such as
+// kDefaultPolarPair, whose key codec -ctk and value codec -ctv get).
 inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& default_codec) {
-  f.key_codec = default_codec;
-  f.value_codec = default_codec;
+  f.key_codec = codec_pair(default_codec).key;
+  f.value_codec = codec_pair(default_codec).value;
   cmd->add_option(
          "--model,-m", f.model,
          "model file: GGUF or llama2.c checkpoint (default: scripts/fetch_model.sh's cache)")
       ->capture_default_str();
   cmd->add_option("--tokenizer", f.tokenizer, "tokenizer file (llama2.c checkpoints only)");
   cmd->add_option("--ctk,--cache-type-k", f.key_codec,
-                  "key codec, also -ctk as in llama.cpp (names as `polarquant compare` lists)")
+                  "key codec, also -ctk as in llama.cpp (names as `polarquant compare` lists, "
+                  "polar-DIGITS, or a pair name: its key codec)")
       ->capture_default_str();
   cmd->add_option("--ctv,--cache-type-v", f.value_codec, "value codec, also -ctv")
       ->capture_default_str();
@@ -51,6 +57,10 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
   cmd->allow_extras();
   cmd->add_option("--threads,-t", f.threads, "threads (0: all)")->capture_default_str();
   cmd->add_flag("--json", f.json, "print one JSON object instead of text");
+  cmd->add_option("--sink", f.sink, "first tokens of a sequence kept in full precision")
+      ->capture_default_str();
+  cmd->add_option("--recent", f.recent, "most recent tokens kept in full precision")
+      ->capture_default_str();
   cmd->add_flag("!--no-center-keys", f.center_keys,
                 "store keys as they are (by default the cache subtracts their mean, which leaves "
                 "attention exact and lowers a lossy codec's error)");
@@ -78,6 +88,9 @@ inline void take_llama_style_flags(CLI::App* cmd, ModelFlags& f) {
     if (target == nullptr) throw CLI::ExtrasError({a});
     *target = value;
   }
+  // A pair name gives -ctk its key codec and -ctv its value codec ("-ctk kivi4 -ctv kivi4").
+  f.key_codec = codec_pair(f.key_codec).key;
+  f.value_codec = codec_pair(f.value_codec).value;
 }
 
 inline std::string read_text_file(const std::string& path) {

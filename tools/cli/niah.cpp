@@ -18,7 +18,7 @@ namespace {
 struct NiahArgs {
   ModelFlags model;
   std::string text;
-  std::string codecs = "f16,paper";
+  std::string codecs = std::string("f16,") + kDefaultPolarPair;
   std::string contexts = "1024,2048,4096";
   std::string depths = "0,0.25,0.5,0.75,1";
   eval::NiahConfig config;
@@ -50,11 +50,14 @@ void run(NiahArgs& a, CLI::App* cmd) {
   cfg.codecs.clear();
   // -ctk/-ctv given explicitly add their pair; --codecs lists codecs used for both K and V.
   for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back(parse_codec_choice(c));
-  if (a.model.key_codec != "paper" || a.model.value_codec != "paper") {
+  const CodecPair defaults = codec_pair(kDefaultPolarPair);
+  if (a.model.key_codec != defaults.key || a.model.value_codec != defaults.value) {
     cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
   }
   cfg.runtime.n_threads = a.model.threads;
   cfg.runtime.center_keys = a.model.center_keys;
+  cfg.runtime.sink_tokens = a.model.sink;
+  cfg.runtime.recent_tokens = a.model.recent;
   int max_ctx = 0;
   for (int c : cfg.contexts) max_ctx = std::max(max_ctx, c);
   const std::vector<int> haystack =
@@ -105,9 +108,10 @@ void run(NiahArgs& a, CLI::App* cmd) {
 const CommandRegistration registration("niah", [](CLI::App& app) {
   auto args = std::make_shared<NiahArgs>();
   CLI::App* cmd = app.add_subcommand("niah", "needle-in-a-haystack recall grid per KV codec");
-  add_model_flags(cmd, args->model, "paper");
+  add_model_flags(cmd, args->model, kDefaultPolarPair);
   cmd->add_option("--text,-f", args->text, "haystack text file")->required();
-  cmd->add_option("--codecs", args->codecs, "comma-separated codecs, each for K and V")
+  cmd->add_option("--codecs", args->codecs,
+                  "comma-separated codecs, each NAME (K and V) or KEY/VALUE")
       ->capture_default_str();
   cmd->add_option("--contexts", args->contexts, "comma-separated context lengths (tokens)")
       ->capture_default_str();
