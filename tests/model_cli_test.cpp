@@ -58,6 +58,14 @@ TEST(ModelCli, DefaultCacheIsThePolarPairAndPairNamesSplitByRole) {
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["key_codec"], "polar-544444");  // head_dim 8 of stories260K: 3 of 6 levels fit
   EXPECT_EQ(j["value_codec"], "polar-422222");
+  EXPECT_EQ(j["sink_tokens"], 4);
+  EXPECT_EQ(j["recent_tokens"], 32);
+  EXPECT_EQ(j["quantize_generated"], true);
+  r = run("generate " + tiny_flags() + " -n 8 --no-compare --json --recent 0 --fp16-generated");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["recent_tokens"], 0);
+  EXPECT_EQ(j["quantize_generated"], false);
   r = run("generate " + tiny_flags() + " -n 8 --no-compare --json -ctk kivi4 -ctv kivi4");
   ASSERT_EQ(r.status, 0) << r.out;
   j = nlohmann::json::parse(r.out);

@@ -15,6 +15,8 @@
 namespace polarquant::cli {
 namespace {
 
+constexpr int kGenerateRecentTokens = 32;
+
 constexpr const char* kDefaultChatPrompt =
     "Write a short story about a lighthouse keeper who finds a message in a bottle.";
 
@@ -166,6 +168,9 @@ void run(GenerateArgs& a, CLI::App* cmd) {
     nlohmann::json j = {{"model", a.model.model},
                         {"key_codec", rt.key_codec},
                         {"value_codec", rt.value_codec},
+                        {"sink_tokens", rt.sink_tokens},
+                        {"recent_tokens", rt.recent_tokens},
+                        {"quantize_generated", rt.quantize_generated},
                         {"prompt_tokens", result.prompt.size()},
                         {"generated_tokens", result.generated.size()},
                         {"stopped_at_end", result.stopped_at_end},
@@ -206,7 +211,11 @@ void run(GenerateArgs& a, CLI::App* cmd) {
 const CommandRegistration registration("generate", [](CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "generate text with a quantized KV cache");
-  add_model_flags(cmd, args->model, kDefaultPolarPair);
+  // Generation keeps its 32 most recent tokens in full precision by default: they are the tokens
+  // just generated, which a small model attends to most, and the window costs a constant 1.5 MB on
+  // SmolLM2 whatever the context (docs/RESULTS.md section 5: without it the README's prompt falls
+  // into a loop; with it the first 45 tokens equal the fp16-cache run's).
+  add_model_flags(cmd, args->model, kDefaultPolarPair, kGenerateRecentTokens);
   cmd->add_option("-p,--prompt", args->prompt,
                   "prompt (chat models: the user message; default: a short story request)")
       ->each([args](const std::string&) { args->prompt_given = true; });

@@ -38,9 +38,12 @@ struct ModelFlags {
 
 // default_codec: what -ctk/-ctv default to for this command (a codec or a pair name such as
 // kDefaultPolarPair, whose key codec -ctk and value codec -ctv get).
-inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& default_codec) {
+// default_recent: what --recent defaults to (generate keeps a window, see generate.cpp).
+inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& default_codec,
+                            int default_recent = 0) {
   f.key_codec = codec_pair(default_codec).key;
   f.value_codec = codec_pair(default_codec).value;
+  f.recent = default_recent;
   cmd->add_option(
          "--model,-m", f.model,
          "model file: GGUF or llama2.c checkpoint (default: scripts/fetch_model.sh's cache)")
