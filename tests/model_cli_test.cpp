@@ -120,6 +120,16 @@ TEST(ModelCli, PerplexityCodecListTakesKeyValuePairs) {
   std::filesystem::remove(text);
 }
 
+TEST(ModelCli, CodebookFileErrorsExitWithStatus2) {
+  if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
+  EXPECT_EQ(run("generate " + tiny_flags() + " -n 2 --key-codebooks /nonexistent.pqcb").status >> 8,
+            2);
+  EXPECT_EQ(run("generate " + tiny_flags() + " -n 2 -ctv f16 --value-codebooks /nonexistent.pqcb")
+                    .status >>
+                8,
+            2);
+}
+
 TEST(ModelCli, BadInputGivesAnErrorNotACrash) {
   if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
   EXPECT_NE(run("generate " + tiny_flags() + " -ctk nosuchcodec -n 2").status, 0);

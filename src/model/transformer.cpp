@@ -41,6 +41,8 @@ Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
   kv.key_codec = options.key_codec;
   kv.value_codec = options.value_codec;
   kv.seed = options.codec_seed;
+  kv.key_codebooks = options.key_codebooks;
+  kv.value_codebooks = options.value_codebooks;
   kv.sink_tokens = options.sink_tokens;
   kv.recent_tokens = options.recent_tokens;
   kv.center_keys = options.center_keys;

@@ -19,6 +19,8 @@ namespace polarquant::model {
 struct RuntimeOptions {
   std::string key_codec = "f16";
   std::string value_codec = "f16";
+  std::string key_codebooks;    // KvCacheOptions::key_codebooks (PQCB file; empty: analytic)
+  std::string value_codebooks;  // KvCacheOptions::value_codebooks
   uint64_t codec_seed = kDefaultSeed;
   int sink_tokens = 0;      // first tokens kept in full precision (see KvCacheOptions)
   int recent_tokens = 0;    // most recent tokens kept in full precision

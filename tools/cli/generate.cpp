@@ -131,6 +131,8 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   rt.quantize_generated = !a.fp16_generated;
   rt.sink_tokens = a.model.sink;
   rt.recent_tokens = a.model.recent;
+  rt.key_codebooks = a.model.key_codebooks;
+  rt.value_codebooks = a.model.value_codebooks;
   model::GenerationOptions gen;
   gen.max_new_tokens = a.n;
   gen.sampler = {a.temperature, a.top_p, a.seed};

@@ -33,7 +33,8 @@ struct ModelFlags {
   // KvCacheOptions::sink_tokens. 4 by default: the first tokens draw much of every query's
   // attention, and 4 fp16 tokens cost 0.02 bits per coordinate at 2k context (docs/RESULTS.md 5).
   int sink = 4;
-  int recent = 0;  // KvCacheOptions::recent_tokens
+  int recent = 0;                              // KvCacheOptions::recent_tokens
+  std::string key_codebooks, value_codebooks;  // PQCB files (KvCacheOptions)
 };
 
 // default_codec: what -ctk/-ctv default to for this command (a codec or a pair name such as
@@ -64,6 +65,10 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
       ->capture_default_str();
   cmd->add_option("--recent", f.recent, "most recent tokens kept in full precision")
       ->capture_default_str();
+  cmd->add_option("--key-codebooks", f.key_codebooks,
+                  "PQCB file (train-codebooks) with the key codec's angle codebooks (default: "
+                  "analytic)");
+  cmd->add_option("--value-codebooks", f.value_codebooks, "the same for the value codec");
   cmd->add_flag("!--no-center-keys", f.center_keys,
                 "store keys as they are (by default the cache subtracts their mean, which leaves "
                 "attention exact and lowers a lossy codec's error)");

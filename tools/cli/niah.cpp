@@ -58,6 +58,8 @@ void run(NiahArgs& a, CLI::App* cmd) {
   cfg.runtime.center_keys = a.model.center_keys;
   cfg.runtime.sink_tokens = a.model.sink;
   cfg.runtime.recent_tokens = a.model.recent;
+  cfg.runtime.key_codebooks = a.model.key_codebooks;
+  cfg.runtime.value_codebooks = a.model.value_codebooks;
   int max_ctx = 0;
   for (int c : cfg.contexts) max_ctx = std::max(max_ctx, c);
   const std::vector<int> haystack =

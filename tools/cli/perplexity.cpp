@@ -35,6 +35,8 @@ void run(PerplexityArgs& a, CLI::App* cmd) {
   cfg.runtime.use_fused = !a.reference_attention;
   cfg.runtime.sink_tokens = a.model.sink;
   cfg.runtime.recent_tokens = a.model.recent;
+  cfg.runtime.key_codebooks = a.model.key_codebooks;
+  cfg.runtime.value_codebooks = a.model.value_codebooks;
   if (!a.codecs.empty()) {
     for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back(parse_codec_choice(c));
   } else {
