@@ -7,6 +7,7 @@
 
 #include <polarquant/codec_pair.h>
 #include <polarquant/error.h>
+#include <polarquant/polar_codec.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -99,6 +100,12 @@ inline void take_llama_style_flags(CLI::App* cmd, ModelFlags& f) {
   // A pair name gives -ctk its key codec and -ctv its value codec ("-ctk kivi4 -ctv kivi4").
   f.key_codec = codec_pair(f.key_codec).key;
   f.value_codec = codec_pair(f.value_codec).value;
+  if (!f.key_codebooks.empty() && !is_polar_codec_name(f.key_codec)) {
+    throw_invalid("--key-codebooks needs a PolarQuant key codec, not '" + f.key_codec + "'");
+  }
+  if (!f.value_codebooks.empty() && !is_polar_codec_name(f.value_codec)) {
+    throw_invalid("--value-codebooks needs a PolarQuant value codec, not '" + f.value_codec + "'");
+  }
 }
 
 inline std::string read_text_file(const std::string& path) {
