@@ -176,6 +176,12 @@ TEST(PeerCodecRegistry, PairsNameBothRoles) {
   EXPECT_EQ(codec_pair("kivi2").value, "kivi2v");
   EXPECT_EQ(codec_pair("qjl").value, "kivi2v");
   EXPECT_EQ(codec_pair("q4_0h").key, "q4_0h");
+  EXPECT_EQ(codec_pair(kDefaultPolarPair).key, "polar-544444");
+  EXPECT_EQ(codec_pair(kDefaultPolarPair).value, "polar-422222");
+  // The default pair is 4.0 bits per coordinate on average at head_dim 64.
+  EXPECT_EQ(make_codec(codec_pair(kDefaultPolarPair).key, 64)->group_bytes() +
+                make_codec(codec_pair(kDefaultPolarPair).value, 64)->group_bytes(),
+            64u);
   const auto pairs = codec_pair_names();
   for (const auto& p : pairs) {
     EXPECT_NO_THROW(make_codec(codec_pair(p).key, 128)) << p;

@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <polarquant/codec.h>
 #include <polarquant/error.h>
 #include <polarquant/half.h>
 #include <polarquant/polar_codec.h>
@@ -38,6 +39,40 @@ TEST(PolarCodec, PresetsAdaptToSmallDimensions) {
   EXPECT_EQ(polar_preset("polar41", 96).levels, 5);  // 96 = 3 * 32
   EXPECT_THROW(polar_preset("paper", 7), Error);
   EXPECT_THROW(polar_preset("nosuch", 128), Error);
+}
+
+TEST(PolarCodec, ExplicitAllocationNames) {
+  const PolarConfig c = polar_preset("polar-434444", 64);
+  EXPECT_EQ(c.levels, 6);
+  EXPECT_EQ(c.bits, (std::vector<int>{4, 3, 4, 4, 4, 4}));
+  EXPECT_EQ(c.name, "polar-434444");
+  EXPECT_EQ(c.payload_bits(), 32u * 4 + 16 * 3 + 8 * 4 + 4 * 4 + 2 * 4 + 4 + 16);  // 252
+  EXPECT_EQ(PolarCodec(c).group_bytes(), 32u);                                     // 4.0 bits
+  // polar-4222 is the paper preset's allocation, byte for byte.
+  const PolarCodec mine(polar_preset("polar-4222", 64)), paper(polar_preset("paper", 64));
+  std::vector<float> x(64);
+  for (int i = 0; i < 64; ++i) x[i] = std::sin(0.37f * i) + 0.1f * i;
+  std::vector<uint8_t> a(mine.group_bytes()), b(paper.group_bytes());
+  mine.encode(x.data(), 1, a.data());
+  paper.encode(x.data(), 1, b.data());
+  EXPECT_EQ(a, b);
+  EXPECT_TRUE(is_polar_codec_name("polar-4222"));
+  EXPECT_TRUE(is_polar_codec_name("polar37"));
+  EXPECT_FALSE(is_polar_codec_name("q4_0"));
+  EXPECT_EQ(make_codec("polar-434444", 64)->group_bytes(), 32u);
+  EXPECT_EQ(polar_preset("polar-544444", 8).bits, (std::vector<int>{5, 4, 4}));  // 3 levels fit
+  for (const char* bad :
+       {"polar-", "polar-49", "polar-40", "polar-4x22", "polar-43333333333333333"}) {
+    EXPECT_THROW(polar_preset(bad, 64), Error) << bad;  // 9 and 0 bits; more than 16 levels
+  }
+  EXPECT_THROW(polar_preset("polar-4222", 7), Error);
+  try {
+    make_codec("polar-4x22", 64);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("one digit 1..8 per level"), std::string::npos)
+        << e.what();
+  }
 }
 
 struct NmseCase {

@@ -51,6 +51,28 @@ TEST(ModelCli, GenerateJsonWithLlamaStyleCodecFlags) {
   EXPECT_GE(j["top1_agreement"].get<double>(), 0.0);
 }
 
+TEST(ModelCli, DefaultCacheIsThePolarPairAndPairNamesSplitByRole) {
+  if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
+  Result r = run("generate " + tiny_flags() + " -n 8 --no-compare --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["key_codec"], "polar-544444");  // head_dim 8 of stories260K: 3 of 6 levels fit
+  EXPECT_EQ(j["value_codec"], "polar-422222");
+  EXPECT_EQ(j["sink_tokens"], 4);
+  EXPECT_EQ(j["recent_tokens"], 32);
+  EXPECT_EQ(j["quantize_generated"], true);
+  r = run("generate " + tiny_flags() + " -n 8 --no-compare --json --recent 0 --fp16-generated");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["recent_tokens"], 0);
+  EXPECT_EQ(j["quantize_generated"], false);
+  r = run("generate " + tiny_flags() + " -n 8 --no-compare --json -ctk kivi4 -ctv kivi4");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["key_codec"], "kivi4k");
+  EXPECT_EQ(j["value_codec"], "kivi4v");
+}
+
 TEST(ModelCli, PerplexityJsonHasThePromisedKeys) {
   if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
   const std::string text = std::filesystem::temp_directory_path() / "pq_model_cli_text.txt";
@@ -71,6 +93,41 @@ TEST(ModelCli, PerplexityJsonHasThePromisedKeys) {
   }
   EXPECT_GT(j["f16_ppl"].get<double>(), 1.0);
   std::filesystem::remove(text);
+}
+
+TEST(ModelCli, PerplexityCodecListTakesKeyValuePairs) {
+  if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
+  const std::string text = std::filesystem::temp_directory_path() / "pq_model_cli_pairs.txt";
+  {
+    std::ofstream f(text);
+    for (int i = 0; i < 8; ++i)
+      f << "Once upon a time, there was a little cat. The cat liked to play with a ball. ";
+  }
+  const Result r = run("perplexity " + tiny_flags() + " --text " + text +
+                       " --ctx 64 --codecs f32/bf16,polar-422,kivi4 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["codecs"].size(), 3u);
+  EXPECT_EQ(j["codecs"][0]["key_codec"], "f32");
+  EXPECT_EQ(j["codecs"][0]["value_codec"], "bf16");
+  EXPECT_EQ(j["codecs"][0]["codec"], "f32/bf16");
+  EXPECT_EQ(j["codecs"][1]["key_codec"], "polar-422");
+  EXPECT_EQ(j["codecs"][2]["key_codec"], "kivi4k");  // a pair name gives its two codecs
+  EXPECT_EQ(j["codecs"][2]["value_codec"], "kivi4v");
+  EXPECT_EQ(
+      run("perplexity " + tiny_flags() + " --text " + text + " --ctx 64 --codecs f32/").status >> 8,
+      2);
+  std::filesystem::remove(text);
+}
+
+TEST(ModelCli, CodebookFileErrorsExitWithStatus2) {
+  if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
+  EXPECT_EQ(run("generate " + tiny_flags() + " -n 2 --key-codebooks /nonexistent.pqcb").status >> 8,
+            2);
+  EXPECT_EQ(run("generate " + tiny_flags() + " -n 2 -ctv f16 --value-codebooks /nonexistent.pqcb")
+                    .status >>
+                8,
+            2);
 }
 
 TEST(ModelCli, BadInputGivesAnErrorNotACrash) {

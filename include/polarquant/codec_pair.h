@@ -15,8 +15,14 @@ struct CodecPair {
   std::string value;  // a make_codec name for values
 };
 
-// "kivi2" -> {kivi2k, kivi2v}, "kivi4" -> {kivi4k, kivi4v}, "qjl" -> {qjl, kivi2v}; any other
-// name -> {name, name}. Does not check that the names exist (make_codec does).
+// The PolarQuant pair the model commands use by default: "polar4kv" = keys polar-544444 (L=6;
+// 5,4,4,4,4,4 bits; 4.75 bits/coordinate at head_dim 64), values polar-422222 (4,2,2,2,2,2; 3.25
+// bits): 4.0 bits per coordinate on average, chosen by measurement (docs/RESULTS.md section 6).
+inline constexpr const char* kDefaultPolarPair = "polar4kv";
+
+// "kivi2" -> {kivi2k, kivi2v}, "kivi4" -> {kivi4k, kivi4v}, "qjl" -> {qjl, kivi2v}, "polar4kv" ->
+// {polar-544444, polar-422222}; any other name -> {name, name}. Does not check that the names
+// exist (make_codec does).
 CodecPair codec_pair(std::string_view name);
 // The pair names for every codec family, in display order (per-role KIVI names folded into their
 // pair name).

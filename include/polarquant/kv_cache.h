@@ -22,6 +22,11 @@ struct KvCacheOptions {
   int head_dim = 128;
   std::string key_codec = "paper";  // any make_codec name, e.g. "f16", "f32", "paper"
   std::string value_codec = "paper";
+  // PolarQuant angle codebooks from a PQCB file (train-codebooks, docs/FORMAT.md) instead of the
+  // analytic ones: the paper's "offline" codebooks. Empty: analytic. The file's levels and bits
+  // must match the codec's; a non-PolarQuant codec with a file throws InvalidArgument.
+  std::string key_codebooks;
+  std::string value_codebooks;
   uint64_t seed = kDefaultSeed;  // rotation seed shared by keys and values of all layers/heads
   int page_tokens = 32;          // tokens per page
   int sink_tokens = 0;           // first S tokens of a sequence kept in full precision

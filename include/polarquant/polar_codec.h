@@ -59,10 +59,14 @@ struct PolarConfig {
 // Named allocations. "paper": L=4, bits 4,2,2,2, fp16 radius (3.875 bits/coordinate).
 // "polar37": L=6, bits 4,3,3,3,3,3 (3.70 bits before padding, NMSE ~1.7x below paper).
 // "polar39": L=5, bits 4,3,3,3,3 (3.906 bits). "polar41": L=7, 4 bits everywhere (4.09 bits).
+// "polar-DIGITS": an explicit allocation, one digit 1..8 per level, level 1 first ("polar-4222" is
+// paper's); like the presets, a dim that is not a multiple of 2^levels keeps the levels that fit.
 // Throws InvalidArgument for an unknown name (listing the known ones) or a dim the preset cannot
 // split into its blocks.
 PolarConfig polar_preset(std::string_view name, int dim);
 std::vector<std::string> polar_preset_names();
+// A named preset or a polar-DIGITS name (not validated beyond the prefix).
+bool is_polar_codec_name(std::string_view name);
 
 class PolarCodec final : public Codec {
  public:

@@ -1,5 +1,6 @@
 #include <polarquant/error.h>
 #include <polarquant/kv_cache.h>
+#include <polarquant/polar_codec.h>
 
 #include <algorithm>
 #include <cmath>
@@ -95,6 +96,26 @@ void check_options(const KvCacheOptions& o) {
   range("recent_tokens", o.recent_tokens, 0, 1 << 30);
 }
 
+// The codec with the angle codebooks of a PQCB file (save_codebooks) instead of the analytic ones.
+std::unique_ptr<Codec> with_codebooks(std::unique_ptr<Codec> codec, const std::string& path,
+                                      const char* role) {
+  if (path.empty()) return codec;
+  const auto* polar = dynamic_cast<const PolarCodec*>(codec.get());
+  if (polar == nullptr) {
+    throw_invalid(std::string(role) + " codebooks '" + path + "' given, but the " + role +
+                  " codec '" + codec->name() + "' is not a PolarQuant codec");
+  }
+  PolarConfig config = polar->config();
+  config.codebooks = load_codebooks(path);
+  try {
+    config.validate();
+  } catch (const Error& e) {
+    throw_invalid(std::string(role) + " codebooks '" + path + "' do not suit codec '" +
+                  config.name + "': " + e.what());
+  }
+  return std::make_unique<PolarCodec>(std::move(config));
+}
+
 }  // namespace
 
 KvCache::KvCache(const KvCacheOptions& options) : impl_(std::make_unique<Impl>()) {
@@ -103,6 +124,8 @@ KvCache::KvCache(const KvCacheOptions& options) : impl_(std::make_unique<Impl>()
   m.options = options;
   m.key_codec = make_codec(options.key_codec, options.head_dim, options.seed);
   m.value_codec = make_codec(options.value_codec, options.head_dim, options.seed);
+  m.key_codec = with_codebooks(std::move(m.key_codec), options.key_codebooks, "key");
+  m.value_codec = with_codebooks(std::move(m.value_codec), options.value_codebooks, "value");
   m.group = std::lcm(m.key_codec->group_size(), m.value_codec->group_size());
   if (options.page_tokens % m.group != 0) {
     throw_invalid("KvCacheOptions.page_tokens = " + std::to_string(options.page_tokens) +

@@ -9,6 +9,9 @@ CodecPair codec_pair(std::string_view name) {
   if (name == "kivi4") return {"kivi4k", "kivi4v"};
   // The QJL paper's Llama runs pair 1-bit-JL keys with 2-bit per-token values.
   if (name == "qjl") return {"qjl", "kivi2v"};
+  // The runtime's default (docs/RESULTS.md section 6): keys get more bits than values, 4.0 bits per
+  // coordinate on average at head_dim 64.
+  if (name == kDefaultPolarPair) return {"polar-544444", "polar-422222"};
   return {std::string(name), std::string(name)};
 }
 

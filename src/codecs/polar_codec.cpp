@@ -2,6 +2,7 @@
 #include <polarquant/half.h>
 #include <polarquant/polar_codec.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -99,11 +100,42 @@ std::vector<std::string> polar_preset_names() {
   return {"paper", "polar37", "polar39", "polar41"};
 }
 
+bool is_polar_codec_name(std::string_view name) {
+  if (name.rfind("polar-", 0) == 0) return true;
+  const auto presets = polar_preset_names();
+  return std::find(presets.begin(), presets.end(), name) != presets.end();
+}
+
 PolarConfig polar_preset(std::string_view name, int dim) {
   PolarConfig c;
   c.dim = dim;
   c.name = std::string(name);
   std::vector<int> bits;
+  if (name.rfind("polar-", 0) == 0) {
+    // An explicit allocation: one digit 1..8 per level, level 1 first ("polar-4222" = paper).
+    const std::string_view digits = name.substr(6);
+    for (const char ch : digits) {
+      if (ch < '1' || ch > '8') {
+        throw_invalid("codec '" + std::string(name) +
+                      "': after 'polar-' give one digit 1..8 per level (bits per angle, level 1 "
+                      "first), e.g. polar-4222");
+      }
+      bits.push_back(ch - '0');
+    }
+    if (bits.empty() || bits.size() > 16) {
+      throw_invalid("codec '" + std::string(name) + "' needs 1..16 levels, one digit each");
+    }
+    if (dim < 2 || dim % 2 != 0) {
+      throw_invalid("codec '" + std::string(name) + "' needs an even dim >= 2, got " +
+                    std::to_string(dim));
+    }
+    // As the presets: a dim that cannot hold 2^levels uses the first levels that divide it.
+    c.levels = fit_levels(dim, static_cast<int>(bits.size()));
+    bits.resize(static_cast<size_t>(c.levels));
+    c.bits = bits;
+    c.validate();
+    return c;
+  }
   if (name == "paper") {
     bits = {4, 2, 2, 2};
   } else if (name == "polar37") {
@@ -115,7 +147,8 @@ PolarConfig polar_preset(std::string_view name, int dim) {
   } else {
     std::string known;
     for (const auto& n : polar_preset_names()) known += (known.empty() ? "" : ", ") + n;
-    throw_invalid("unknown PolarQuant preset '" + std::string(name) + "'; known presets: " + known);
+    throw_invalid("unknown PolarQuant preset '" + std::string(name) + "'; known presets: " + known +
+                  ", or polar-DIGITS (bits per level, e.g. polar-4222)");
   }
   if (dim < 2 || dim % 2 != 0) {
     throw_invalid("preset '" + std::string(name) + "' needs an even dim >= 2, got " +

@@ -23,15 +23,15 @@ std::unique_ptr<Codec> make_codec(std::string_view name, int dim, uint64_t seed)
   if (name == "f32") return std::make_unique<F32Codec>(dim);
   if (name == "f16") return std::make_unique<F16Codec>(dim);
   if (auto peer = codecs::make_peer_codec(name, dim, seed)) return peer;
-  const auto presets = polar_preset_names();
-  if (std::find(presets.begin(), presets.end(), name) != presets.end()) {
+  if (is_polar_codec_name(name)) {
     PolarConfig config = polar_preset(name, dim);
     config.seed = seed;
     return std::make_unique<PolarCodec>(std::move(config));
   }
   std::string known;
   for (const auto& n : codec_names()) known += (known.empty() ? "" : ", ") + n;
-  throw_invalid("unknown codec '" + std::string(name) + "'; known codecs: " + known);
+  throw_invalid("unknown codec '" + std::string(name) + "'; known codecs: " + known +
+                ", or polar-DIGITS (bits per level, e.g. polar-4222)");
 }
 
 }  // namespace polarquant

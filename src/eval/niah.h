@@ -19,7 +19,7 @@ struct NiahConfig {
   std::vector<int> contexts = {1024, 2048, 4096};
   std::vector<double> depths = {0.0, 0.25, 0.5, 0.75,
                                 1.0};  // fraction of the haystack before the needle
-  std::vector<CodecChoice> codecs = {{"f16", "f16"}, {"paper", "paper"}};
+  std::vector<CodecChoice> codecs = {{"f16", "f16"}, {"polar-544444", "polar-422222"}};  // polar4kv
   std::string needle = "The special magic number is 7314.";
   std::string question = "What is the special magic number mentioned in the text above?";
   std::string answer_prefix = "The special magic number is";  // the answer is forced to start here

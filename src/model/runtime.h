@@ -18,10 +18,15 @@ namespace polarquant::model {
 struct RuntimeOptions {
   std::string key_codec = "f16";
   std::string value_codec = "f16";
+  std::string key_codebooks;    // KvCacheOptions::key_codebooks (PQCB file; empty: analytic)
+  std::string value_codebooks;  // KvCacheOptions::value_codebooks
   uint64_t codec_seed = kDefaultSeed;
   int sink_tokens = 0;      // first tokens kept in full precision (see KvCacheOptions)
   int recent_tokens = 0;    // most recent tokens kept in full precision
   bool center_keys = true;  // KvCacheOptions::center_keys: exact, and a lossy codec errs less
+  // KvCacheOptions::quantize_generated: false keeps tokens appended after the prompt (the first
+  // append of a sequence) in full precision, as the paper's LongBench runs do.
+  bool quantize_generated = true;
   int n_threads = 0;        // 0: OpenMP's default
   bool use_fused = true;    // false: decode-then-attend reference attention
   int prefill_chunk = 256;  // tokens per forward step during prefill (bounds activation memory)

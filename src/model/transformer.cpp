@@ -1,6 +1,7 @@
 #include "model/transformer.h"
 
 #include <polarquant/error.h>
+#include <polarquant/polar_codec.h>
 
 #include <algorithm>
 #include <cmath>
@@ -41,9 +42,15 @@ Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
   kv.key_codec = options.key_codec;
   kv.value_codec = options.value_codec;
   kv.seed = options.codec_seed;
+  // Codebook files are for the PolarQuant runs; the fp16 reference runs of perplexity, generate
+  // and niah share the options and keep their codec (the CLI refuses a file for a non-PolarQuant
+  // codec the user chose, and KvCache refuses it for direct use).
+  if (is_polar_codec_name(options.key_codec)) kv.key_codebooks = options.key_codebooks;
+  if (is_polar_codec_name(options.value_codec)) kv.value_codebooks = options.value_codebooks;
   kv.sink_tokens = options.sink_tokens;
   kv.recent_tokens = options.recent_tokens;
   kv.center_keys = options.center_keys;
+  kv.quantize_generated = options.quantize_generated;
   cache_ = std::make_unique<KvCache>(kv);
   attention_.n_threads = options.n_threads;
   attention_.use_fused = options.use_fused;

@@ -5,7 +5,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <polarquant/codec_pair.h>
 #include <polarquant/error.h>
+#include <polarquant/polar_codec.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "eval/perplexity.h"
 #include "model/generation.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
@@ -29,19 +32,29 @@ struct ModelFlags {
   bool json = false;
   bool center_keys = true;  // KvCacheOptions::center_keys
   std::string device = "cpu";
+  // KvCacheOptions::sink_tokens. 4 by default: the first tokens draw much of every query's
+  // attention, and 4 fp16 tokens cost 0.02 bits per coordinate at 2k context (docs/RESULTS.md 6).
+  int sink = 4;
+  int recent = 0;                              // KvCacheOptions::recent_tokens
+  std::string key_codebooks, value_codebooks;  // PQCB files (KvCacheOptions)
 };
 
-// default_codec: what -ctk/-ctv default to for this command.
-inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& default_codec) {
-  f.key_codec = default_codec;
-  f.value_codec = default_codec;
+// default_codec: what -ctk/-ctv default to for this command (a codec or a pair name such as
+// kDefaultPolarPair, whose key codec -ctk and value codec -ctv get).
+// default_recent: what --recent defaults to (generate keeps a window, see generate.cpp).
+inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& default_codec,
+                            int default_recent = 0) {
+  f.key_codec = codec_pair(default_codec).key;
+  f.value_codec = codec_pair(default_codec).value;
+  f.recent = default_recent;
   cmd->add_option(
          "--model,-m", f.model,
          "model file: GGUF or llama2.c checkpoint (default: scripts/fetch_model.sh's cache)")
       ->capture_default_str();
   cmd->add_option("--tokenizer", f.tokenizer, "tokenizer file (llama2.c checkpoints only)");
   cmd->add_option("--ctk,--cache-type-k", f.key_codec,
-                  "key codec, also -ctk as in llama.cpp (names as `polarquant compare` lists)")
+                  "key codec, also -ctk as in llama.cpp (names as `polarquant compare` lists, "
+                  "polar-DIGITS, or a pair name: its key codec)")
       ->capture_default_str();
   cmd->add_option("--ctv,--cache-type-v", f.value_codec, "value codec, also -ctv")
       ->capture_default_str();
@@ -55,6 +68,14 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
                   "PolarQuant caches)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  cmd->add_option("--sink", f.sink, "first tokens of a sequence kept in full precision")
+      ->capture_default_str();
+  cmd->add_option("--recent", f.recent, "most recent tokens kept in full precision")
+      ->capture_default_str();
+  cmd->add_option("--key-codebooks", f.key_codebooks,
+                  "PQCB file (train-codebooks) with the key codec's angle codebooks (default: "
+                  "analytic)");
+  cmd->add_option("--value-codebooks", f.value_codebooks, "the same for the value codec");
   cmd->add_flag("!--no-center-keys", f.center_keys,
                 "store keys as they are (by default the cache subtracts their mean, which leaves "
                 "attention exact and lowers a lossy codec's error)");
@@ -82,13 +103,27 @@ inline void take_llama_style_flags(CLI::App* cmd, ModelFlags& f) {
     if (target == nullptr) throw CLI::ExtrasError({a});
     *target = value;
   }
+  // A pair name gives -ctk its key codec and -ctv its value codec ("-ctk kivi4 -ctv kivi4").
+  f.key_codec = codec_pair(f.key_codec).key;
+  f.value_codec = codec_pair(f.value_codec).value;
+  if (!f.key_codebooks.empty() && !is_polar_codec_name(f.key_codec)) {
+    throw_invalid("--key-codebooks needs a PolarQuant key codec, not '" + f.key_codec + "'");
+  }
+  if (!f.value_codebooks.empty() && !is_polar_codec_name(f.value_codec)) {
+    throw_invalid("--value-codebooks needs a PolarQuant value codec, not '" + f.value_codec + "'");
+  }
 }
 
-// The runtime options every model command shares (codecs, threads, key centering, device).
+// The runtime options every model command shares (codecs, codebooks, windows, threads, key
+// centering, device).
 inline model::RuntimeOptions runtime_options(const ModelFlags& f) {
   model::RuntimeOptions rt;
   rt.key_codec = f.key_codec;
   rt.value_codec = f.value_codec;
+  rt.key_codebooks = f.key_codebooks;
+  rt.value_codebooks = f.value_codebooks;
+  rt.sink_tokens = f.sink;
+  rt.recent_tokens = f.recent;
   rt.n_threads = f.threads;
   rt.center_keys = f.center_keys;
   rt.device = f.device;
@@ -132,6 +167,20 @@ inline std::vector<std::string> split_list(const std::string& list) {
     start = comma + 1;
   }
   return out;
+}
+
+// One entry of a --codecs list: "K/V" names the key and value codecs; a pair name ("kivi4") its
+// two codecs; any other name is used for both.
+inline eval::CodecChoice parse_codec_choice(const std::string& item) {
+  const size_t slash = item.find('/');
+  if (slash == std::string::npos) {
+    const CodecPair p = codec_pair(item);
+    return {p.key, p.value};
+  }
+  if (slash == 0 || slash + 1 == item.size() || item.find('/', slash + 1) != std::string::npos) {
+    throw_invalid("codec choice '" + item + "' must be NAME or KEY/VALUE");
+  }
+  return {codec_pair(item.substr(0, slash)).key, codec_pair(item.substr(slash + 1)).value};
 }
 
 struct LoadedModel {

@@ -18,7 +18,7 @@ namespace {
 struct NiahArgs {
   ModelFlags model;
   std::string text;
-  std::string codecs = "f16,paper";
+  std::string codecs = std::string("f16,") + kDefaultPolarPair;
   std::string contexts = "1024,2048,4096";
   std::string depths = "0,0.25,0.5,0.75,1";
   eval::NiahConfig config;
@@ -49,8 +49,9 @@ void run(NiahArgs& a, CLI::App* cmd) {
   cfg.depths = parse_numbers<double>(a.depths, "--depths");
   cfg.codecs.clear();
   // -ctk/-ctv given explicitly add their pair; --codecs lists codecs used for both K and V.
-  for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back({c, c});
-  if (a.model.key_codec != "paper" || a.model.value_codec != "paper") {
+  for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back(parse_codec_choice(c));
+  const CodecPair defaults = codec_pair(kDefaultPolarPair);
+  if (a.model.key_codec != defaults.key || a.model.value_codec != defaults.value) {
     cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
   }
   cfg.runtime = runtime_options(a.model);
@@ -104,9 +105,10 @@ void run(NiahArgs& a, CLI::App* cmd) {
 const CommandRegistration registration("niah", [](CLI::App& app) {
   auto args = std::make_shared<NiahArgs>();
   CLI::App* cmd = app.add_subcommand("niah", "needle-in-a-haystack recall grid per KV codec");
-  add_model_flags(cmd, args->model, "paper");
+  add_model_flags(cmd, args->model, kDefaultPolarPair);
   cmd->add_option("--text,-f", args->text, "haystack text file")->required();
-  cmd->add_option("--codecs", args->codecs, "comma-separated codecs, each for K and V")
+  cmd->add_option("--codecs", args->codecs,
+                  "comma-separated codecs, each NAME (K and V) or KEY/VALUE")
       ->capture_default_str();
   cmd->add_option("--contexts", args->contexts, "comma-separated context lengths (tokens)")
       ->capture_default_str();

@@ -22,8 +22,6 @@ struct PerplexityArgs {
   int ctx = 2048;
   int chunks = 1;
   bool reference_attention = false;
-  int sink = 0;
-  int recent = 0;
 };
 
 void run(PerplexityArgs& a, CLI::App* cmd) {
@@ -34,10 +32,8 @@ void run(PerplexityArgs& a, CLI::App* cmd) {
   cfg.max_chunks = a.chunks;
   cfg.runtime = runtime_options(a.model);
   cfg.runtime.use_fused = !a.reference_attention;
-  cfg.runtime.sink_tokens = a.sink;
-  cfg.runtime.recent_tokens = a.recent;
   if (!a.codecs.empty()) {
-    for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back({c, c});
+    for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back(parse_codec_choice(c));
   } else {
     cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
   }
@@ -91,7 +87,7 @@ const CommandRegistration registration("perplexity", [](CLI::App& app) {
   auto args = std::make_shared<PerplexityArgs>();
   CLI::App* cmd = app.add_subcommand("perplexity",
                                      "perplexity and KL divergence vs an fp16 cache, per KV codec");
-  add_model_flags(cmd, args->model, "paper");
+  add_model_flags(cmd, args->model, kDefaultPolarPair);
   cmd->add_option("--text,-f", args->text, "text file to score")->required();
   cmd->add_option("--ctx,-c", args->ctx,
                   "tokens per chunk (the second half of each chunk is scored)")
@@ -99,15 +95,9 @@ const CommandRegistration registration("perplexity", [](CLI::App& app) {
   cmd->add_option("--chunks", args->chunks, "chunks to evaluate (0: the whole text)")
       ->capture_default_str();
   cmd->add_option("--codecs", args->codecs,
-                  "comma-separated codecs, each used for K and V (overrides -ctk/-ctv)");
+                  "comma-separated codecs, each NAME (K and V) or KEY/VALUE (overrides -ctk/-ctv)");
   cmd->add_flag("--reference-attention", args->reference_attention,
                 "decode-then-attend instead of fused kernels");
-  cmd->add_option("--sink", args->sink,
-                  "first tokens of each chunk kept in full precision (codec runs)")
-      ->capture_default_str();
-  cmd->add_option("--recent", args->recent,
-                  "most recent tokens kept in full precision (codec runs)")
-      ->capture_default_str();
   cmd->callback([args, cmd] { run(*args, cmd); });
 });
 
