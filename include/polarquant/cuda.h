@@ -101,6 +101,9 @@ struct DecodeBatch {
   int max_length = 0;  // host-side bound on lengths: sizes the split grid
   int n_q_heads = 0;   // a multiple of n_kv_heads, at most 16 per KV head
   float scale = 0.0f;  // 0: 1/sqrt(dim)
+  // Optional (device, batch x n_q_heads): ln sum_t exp(scale q.k_t) per query head, -inf for an
+  // empty sequence; what merging this attention with another part of the context needs.
+  float* lse = nullptr;
 };
 
 // Which attention kernel decode_attention runs for this codec and query-head count:

@@ -27,7 +27,7 @@ constexpr int kMergeWarps = 8;
 template <int D>
 __global__ void __launch_bounds__(32 * kMergeWarps)
     merge_kernel(int n_kv_heads, int n_q_heads, int g, int parts, const float2* part_ml,
-                 const float* part_acc, const float* rotation, float* out) {
+                 const float* part_acc, const float* rotation, float* out, float* lse) {
   __shared__ float red[kMergeWarps][D];
   __shared__ float wl[kMergeWarps], wm[kMergeWarps];
   __shared__ float y[D];
@@ -72,6 +72,10 @@ __global__ void __launch_bounds__(32 * kMergeWarps)
       l += wl[w];
     }
     y[col] = l > 0.0f ? sum / l : 0.0f;
+    if (col == 0 && lse != nullptr) {
+      lse[static_cast<size_t>(b) * n_q_heads + qh] =
+          l > 0.0f ? (m_max + log2f(l)) * 0.6931471805599453f : -INFINITY;
+    }
   }
   __syncthreads();
   for (int i = threadIdx.x; i < D; i += blockDim.x) {
@@ -91,10 +95,11 @@ void launch_rotate_query(const DeviceCodec& c, const float* q, int rows, float q
 }
 
 void launch_merge(const DeviceCodec& c, int batch, int n_q_heads, int g, int splits,
-                  const float2* part_ml, const float* part_acc, float* out, Stream stream) {
+                  const float2* part_ml, const float* part_acc, float* out, float* lse,
+                  Stream stream) {
   with_dim(c.dim, [&](auto d) {
     merge_kernel<decltype(d)::value><<<dim3(n_q_heads, batch), 32 * kMergeWarps, 0, stream>>>(
-        c.n_kv_heads, n_q_heads, g, splits, part_ml, part_acc, c.rotation, out);
+        c.n_kv_heads, n_q_heads, g, splits, part_ml, part_acc, c.rotation, out, lse);
   });
   check_cuda(cudaGetLastError(), "launch(merge)");
 }

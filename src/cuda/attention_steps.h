@@ -14,9 +14,11 @@ void launch_rotate_query(const DeviceCodec& c, const float* q, int rows, float q
                          __half* q_rot, Stream stream);
 
 // out[b][qh] = S^T (sum_s w_s acc_s / sum_s w_s l_s), w_s = 2^(m_s - max m), over the `splits`
-// partial states of sequence b's KV head qh / g (rows of g query heads each).
+// partial states of sequence b's KV head qh / g (rows of g query heads each). lse (optional):
+// ln sum exp of the scores per output row (the partial states are in the log2 domain).
 void launch_merge(const DeviceCodec& c, int batch, int n_q_heads, int g, int splits,
-                  const float2* part_ml, const float* part_acc, float* out, Stream stream);
+                  const float2* part_ml, const float* part_acc, float* out, float* lse,
+                  Stream stream);
 
 // Sets the shared-memory limits of the decode-attention kernels this codec will run (up to 8 and
 // up to 16 query heads per KV head) and returns their resident blocks per SM (decode_attention.cu;

@@ -821,7 +821,7 @@ void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, con
   check_cuda(cudaGetLastError(), "launch(attention)");
 
   launch_merge(c, batch.batch, batch.n_q_heads, p.g, geo.splits, p.part_ml, p.part_acc, out,
-               stream);
+               batch.lse, stream);
 }
 
 }  // namespace polarquant::cuda

@@ -16,6 +16,8 @@ namespace {
 
 constexpr size_t kReserveBytes = size_t{512} << 20;  // CUDA context, cuBLAS workspace, slack
 constexpr int kPageTokens = 32;
+constexpr int kMaxWindow =
+    8192;  // window_decode_merge keeps a score per window row in shared memory
 
 std::string gib(size_t bytes) {
   char buf[32];
@@ -32,10 +34,22 @@ int resolved_rows(const model::RuntimeOptions& o) {
 }
 
 void check_options(const model::LlamaConfig& c, const model::RuntimeOptions& o) {
-  if (o.sink_tokens != 0 || o.recent_tokens != 0) {
+  if (o.sink_tokens < 0 || o.recent_tokens < 0 ||
+      static_cast<long>(o.sink_tokens) + o.recent_tokens > kMaxWindow) {
+    throw_invalid("the GPU cache keeps at most " + std::to_string(kMaxWindow) +
+                  " full-precision tokens per sequence (sink + recent); got --sink " +
+                  std::to_string(o.sink_tokens) + " and --recent " +
+                  std::to_string(o.recent_tokens));
+  }
+  if (!o.quantize_generated) {
     throw Error(ErrorKind::kUnsupported,
-                "the CUDA runtime keeps no full-precision sink or recent window yet "
-                "(--sink-tokens/--recent-tokens): use --device cpu for those");
+                "the CUDA runtime quantizes generated tokens (no --fp16-generated): it keeps a "
+                "bounded full-precision window (--recent); use --device cpu for that setting");
+  }
+  if (!o.key_codebooks.empty() || !o.value_codebooks.empty()) {
+    throw Error(ErrorKind::kUnsupported,
+                "the CUDA runtime uses the analytic codebooks (no --key-codebooks / "
+                "--value-codebooks): use --device cpu for codebook files");
   }
   if (o.max_sequences < 1) throw_invalid("max_sequences must be >= 1");
   if (o.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
@@ -71,17 +85,24 @@ MemoryPlan plan_memory(const model::LlamaConfig& c, const model::RuntimeOptions&
   const size_t decode_ws =
       static_cast<size_t>(o.max_sequences) * c.n_heads * 1024 * (c.head_dim + 2) * sizeof(float);
   const size_t pages = (ctx + kPageTokens - 1) / kPageTokens;
-  const size_t stage = (4 * rows + 2 * static_cast<size_t>(o.max_sequences) + rows +
+  const size_t stage = (5 * rows + 3 * static_cast<size_t>(o.max_sequences) + rows +
                         static_cast<size_t>(o.max_sequences) * pages + 64) *
                        sizeof(int32_t);
+  const size_t seqs = static_cast<size_t>(o.max_sequences);
+  // Dense attention's per-layer keys and values (prefill), the dequantize scratch, the key means,
+  // the codes' log-sum-exps.
   p.scratch_bytes = activations +
                     DenseAttention::bytes_for(c.n_heads, c.head_dim, static_cast<int>(rows), ctx) +
-                    2 * kvd * ctx * sizeof(__half) + kvd * ctx * sizeof(float) + decode_ws +
-                    static_cast<size_t>(o.max_sequences) * c.n_layers * kvd * sizeof(float) +
-                    2 * stage + kReserveBytes;
+                    2 * c.n_layers * kvd * ctx * sizeof(__half) + kvd * ctx * sizeof(float) +
+                    decode_ws + seqs * c.n_layers * kvd * sizeof(float) +
+                    seqs * c.n_heads * sizeof(float) + 2 * stage + kReserveBytes;
   p.kv_bytes_per_token =
       kv_bytes_per_token(c, o.key_codec, o.value_codec, kPageTokens, o.codec_seed);
-  p.kv_bytes = p.kv_bytes_per_token * kPageTokens * pages * static_cast<size_t>(o.max_sequences);
+  // The pool (one spare page per layer) and the full-precision windows.
+  const size_t window_bytes = 2 * seqs * c.n_layers *
+                              static_cast<size_t>(o.sink_tokens + o.recent_tokens) * kvd *
+                              sizeof(__half);
+  p.kv_bytes = p.kv_bytes_per_token * kPageTokens * (pages * seqs + 1) + window_bytes;
   return p;
 }
 
@@ -119,6 +140,8 @@ CudaTransformer::Impl::Impl(const model::LlamaConfig& c, const model::RuntimeOpt
   page_tokens = kPageTokens;
   max_pages = static_cast<int>((max_context + page_tokens - 1) / page_tokens);
   total_pages = max_pages * o.max_sequences;
+  spare_page = total_pages;
+  window = WindowLayout{o.sink_tokens, o.recent_tokens, c.n_layers, c.n_kv_heads, c.head_dim};
   kcodec = std::make_unique<DeviceKvCodec>(o.key_codec, c.head_dim, c.n_kv_heads, page_tokens,
                                            o.codec_seed, true);
   vcodec = std::make_unique<DeviceKvCodec>(o.value_codec, c.head_dim, c.n_kv_heads, page_tokens,
@@ -152,10 +175,13 @@ void CudaTransformer::Impl::allocate() {
   check_cuda(
       cudaMemcpy(inv_freq.get(), freq.data(), freq.size() * sizeof(float), cudaMemcpyHostToDevice),
       "cudaMemcpy(rope)");
-  k_pool.allocate(static_cast<size_t>(c.n_layers) * total_pages * kcodec->page_bytes(),
-                  "cudaMalloc(K pages)");
-  v_pool.allocate(static_cast<size_t>(c.n_layers) * total_pages * vcodec->page_bytes(),
-                  "cudaMalloc(V pages)");
+  k_pool.allocate(c.n_layers * layer_pool_bytes(*kcodec), "cudaMalloc(K pages)");
+  v_pool.allocate(c.n_layers * layer_pool_bytes(*vcodec), "cudaMalloc(V pages)");
+  if (!window.empty()) {
+    win_k.allocate(options.max_sequences * window.slot_halves(), "cudaMalloc(K window)");
+    win_v.allocate(options.max_sequences * window.slot_halves(), "cudaMalloc(V window)");
+  }
+  lse.allocate(static_cast<size_t>(options.max_sequences) * c.n_heads, "cudaMalloc(lse)");
   for (int p = total_pages - 1; p >= 0; --p) free_pages.push_back(p);
   for (int s = options.max_sequences - 1; s >= 0; --s) free_slots.push_back(s);
   means.allocate(static_cast<size_t>(options.max_sequences) * c.n_layers * kvd,
@@ -173,32 +199,27 @@ void CudaTransformer::Impl::allocate() {
   hidden.allocate(rows * hid);
   dense =
       std::make_unique<DenseAttention>(c.n_heads, c.n_kv_heads, c.head_dim, max_rows, max_context);
-  k_half.allocate(kvd * max_context, "cudaMalloc(prefill keys)");
-  v_half.allocate(kvd * max_context, "cudaMalloc(prefill values)");
+  dense_k.allocate(c.n_layers * kvd * max_context, "cudaMalloc(dense attention keys)");
+  dense_v.allocate(c.n_layers * kvd * max_context, "cudaMalloc(dense attention values)");
+  dense_rows.assign(c.n_layers, DenseRows{});
   dequant.allocate(kvd * max_context, "cudaMalloc(dequantize scratch)");
-  const size_t stage = 4 * rows + 2 * static_cast<size_t>(options.max_sequences) + rows +
+  const size_t stage = 5 * rows + 3 * static_cast<size_t>(options.max_sequences) + rows +
                        static_cast<size_t>(options.max_sequences) * max_pages + 64;
   dev_stage.allocate(stage, "cudaMalloc(step inputs)");
   size_t ws = 0;
-  for (int b = 1; b <= options.max_sequences; ++b) {
-    if (decode_kind == DecodeKind::kF16) {
-      F16DecodeBatch batch;
-      batch.batch = b;
-      batch.max_length = static_cast<int>(max_context);
-      batch.n_q_heads = c.n_heads;
-      ws = std::max(ws, f16_decode_workspace_bytes(kcodec->f16(), batch, multiprocessors));
-    } else if (decode_kind == DecodeKind::kPolar) {
-      DecodeBatch batch;  // the pointers only need to be device memory for the size query
-      batch.k_pool = k_pool.get();
-      batch.v_pool = v_pool.get();
-      batch.page_tables = dev_stage.get();
-      batch.lengths = dev_stage.get();
-      batch.max_pages = max_pages;
-      batch.batch = b;
-      batch.max_length = static_cast<int>(max_context);
-      batch.n_q_heads = c.n_heads;
-      ws = std::max(ws, decode_workspace_bytes(*kcodec->polar(), batch));
-    }
+  for (int b = 1; b <= options.max_sequences && decode_kind != DecodeKind::kDense; ++b) {
+    DecodeBatch batch;  // the pointers only need to be device memory for the size query
+    batch.k_pool = k_pool.get();
+    batch.v_pool = v_pool.get();
+    batch.page_tables = dev_stage.get();
+    batch.lengths = dev_stage.get();
+    batch.max_pages = max_pages;
+    batch.batch = b;
+    batch.max_length = static_cast<int>(max_context);
+    batch.n_q_heads = c.n_heads;
+    ws = std::max(ws, decode_kind == DecodeKind::kF16
+                          ? f16_decode_workspace_bytes(kcodec->f16(), batch, multiprocessors)
+                          : decode_workspace_bytes(*kcodec->polar(), batch));
   }
   decode_ws.allocate(ws, "cudaMalloc(decode workspace)");
   next_tokens.allocate(rows);

@@ -72,80 +72,82 @@ void CudaTransformer::Impl::step(Seq* const* list, bool batch, const int* tokens
   std::vector<size_t> grow(n_seq, batch ? 1 : static_cast<size_t>(rows));
   const std::vector<int32_t> fresh = reserve_pages(list, grow.data(), n_seq);
   const bool first_append = !batch && list[0]->length == 0;
+  const size_t sink = static_cast<size_t>(window.sink);
 
-  // Stage the step's integers in pinned memory, then one copy.
+  // Stage the step's integers in pinned memory, then one copy. A token's codes sit at code
+  // position (position - sink) (kv_window.h); a decode row still inside the sink writes its codes
+  // to the pool's spare page, which no sequence reads.
   int32_t* h = host_stage;
   int32_t* h_tokens = h;
   int32_t* h_positions = h_tokens + rows;
-  int32_t* h_slots = h_positions + rows;
+  int32_t* h_code_positions = h_positions + rows;
+  int32_t* h_slots = h_code_positions + rows;
   int32_t* h_lengths = h_slots + rows;
-  int32_t* h_fresh = h_lengths + n_seq;
+  int32_t* h_code_lengths = h_lengths + n_seq;
+  int32_t* h_fresh = h_code_lengths + n_seq;
   int32_t* h_tables = h_fresh + fresh.size();
-  int max_length = 0;
+  int max_code_length = 0;
   for (int r = 0; r < rows; ++r) {
     const Seq& s = *list[batch ? r : 0];
+    const size_t pos = batch ? s.length : s.length + r;
     h_tokens[r] = tokens[r];
-    h_positions[r] = static_cast<int32_t>(batch ? s.length : s.length + r);
+    h_positions[r] = static_cast<int32_t>(pos);
+    h_code_positions[r] = static_cast<int32_t>(pos >= sink ? pos - sink : 0);
     h_slots[r] = s.slot;
   }
   for (size_t i = 0; i < n_seq; ++i) {
-    h_lengths[i] = static_cast<int32_t>(list[i]->length + grow[i]);
-    max_length = std::max(max_length, h_lengths[i]);
-    std::memcpy(h_tables + i * max_pages, list[i]->pages.data(),
-                list[i]->pages.size() * sizeof(int32_t));
+    const size_t length = list[i]->length + grow[i];
+    h_lengths[i] = static_cast<int32_t>(length);
+    h_code_lengths[i] = static_cast<int32_t>(window.code_tokens(length));
+    max_code_length = std::max(max_code_length, h_code_lengths[i]);
+    int32_t* table = h_tables + i * max_pages;
+    std::memcpy(table, list[i]->pages.data(), list[i]->pages.size() * sizeof(int32_t));
+    if (batch && list[i]->length < sink) table[0] = spare_page;
   }
   std::copy(fresh.begin(), fresh.end(), h_fresh);
   const size_t staged = static_cast<size_t>(h_tables + n_seq * max_pages - h);
   check_cuda(
       cudaMemcpyAsync(dev_stage.get(), h, staged * sizeof(int32_t), cudaMemcpyHostToDevice, stream),
       "cudaMemcpyAsync(step inputs)");
+  StepInputs in;
+  in.positions = dev_stage.get() + (h_positions - h);
+  in.code_positions = dev_stage.get() + (h_code_positions - h);
+  in.slots = dev_stage.get() + (h_slots - h);
+  in.lengths = dev_stage.get() + (h_lengths - h);
+  in.code_lengths = dev_stage.get() + (h_code_lengths - h);
+  in.tables = dev_stage.get() + (h_tables - h);
+  in.max_code_length = max_code_length;
   const int32_t* d_tokens = dev_stage.get();
-  const int32_t* d_positions = d_tokens + rows;
-  const int32_t* d_slots = d_positions + rows;
-  const int32_t* d_lengths = d_slots + rows;
-  const int32_t* d_fresh = d_lengths + n_seq;
-  const int32_t* d_tables = d_fresh + fresh.size();
+  const int32_t* d_fresh = dev_stage.get() + (h_fresh - h);
 
-  const size_t k_pool_bytes = static_cast<size_t>(total_pages) * kcodec->page_bytes();
-  const size_t v_pool_bytes = static_cast<size_t>(total_pages) * vcodec->page_bytes();
-  zero_pages(k_pool.get(), k_pool_bytes, c.n_layers, d_fresh, static_cast<int>(fresh.size()),
-             kcodec->page_bytes(), stream);
-  zero_pages(v_pool.get(), v_pool_bytes, c.n_layers, d_fresh, static_cast<int>(fresh.size()),
-             vcodec->page_bytes(), stream);
+  zero_pages(k_pool.get(), layer_pool_bytes(*kcodec), c.n_layers, d_fresh,
+             static_cast<int>(fresh.size()), kcodec->page_bytes(), stream);
+  zero_pages(v_pool.get(), layer_pool_bytes(*vcodec), c.n_layers, d_fresh,
+             static_cast<int>(fresh.size()), vcodec->page_bytes(), stream);
 
   const int dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), hid = c.hidden_dim;
   embed_rows(weights.embedding.get(), d_tokens, rows, dim, x.get(), stream);
   for (int l = 0; l < c.n_layers; ++l) {
     const DeviceLayer& w = weights.layers[l];
-    uint8_t* kp = k_pool.get() + l * k_pool_bytes;
-    uint8_t* vp = v_pool.get() + l * v_pool_bytes;
     rms_norm_half(x.get(), w.attn_norm.get(), rows, dim, c.rms_eps, xn.get(), stream);
     gemm(w.wq.get(), qd, dim, xn.get(), rows, q.get(), false);
     gemm(w.wk.get(), kvd, dim, xn.get(), rows, k.get(), false);
     gemm(w.wv.get(), kvd, dim, xn.get(), rows, v.get(), false);
-    rope_rows(q.get(), rows, c.n_heads, c.head_dim, d_positions, inv_freq.get(), stream);
-    rope_rows(k.get(), rows, c.n_kv_heads, c.head_dim, d_positions, inv_freq.get(), stream);
+    rope_rows(q.get(), rows, c.n_heads, c.head_dim, in.positions, inv_freq.get(), stream);
+    rope_rows(k.get(), rows, c.n_kv_heads, c.head_dim, in.positions, inv_freq.get(), stream);
     if (options.center_keys) {
       float* layer_means = means.get() + static_cast<size_t>(l) * kvd;
       const size_t slot_stride = static_cast<size_t>(c.n_layers) * kvd;
       if (first_append) {
         column_mean(k.get(), rows, kvd, layer_means + list[0]->slot * slot_stride, stream);
       }
-      subtract_rows(k.get(), rows, kvd, layer_means, d_slots, slot_stride, stream);
+      subtract_rows(k.get(), rows, kvd, layer_means, in.slots, slot_stride, stream);
     }
-    const size_t first = batch ? 0 : list[0]->length;
-    kcodec->store(kp, d_tables, max_pages, d_positions, batch, first, rows, k.get(), stream);
-    vcodec->store(vp, d_tables, max_pages, d_positions, batch, first, rows, v.get(), stream);
-    if (!batch) {
-      const size_t keys = first + rows;
-      kcodec->load_half(kp, d_tables, static_cast<int>(keys), max_context, k_half.get(),
-                        dequant.get(), stream);
-      vcodec->load_half(vp, d_tables, static_cast<int>(keys), max_context, v_half.get(),
-                        dequant.get(), stream);
-      dense->run(cublas, q.get(), rows, first, k_half.get(), v_half.get(), max_context, keys,
-                 att.get(), stream);
+    store_kv(l, list[0]->length, batch, rows, in);
+    if (batch) {
+      decode_attention_step(l, list, rows, in);
     } else {
-      decode_attention_step(kp, vp, d_tables, d_lengths, h_lengths, rows, max_length);
+      prefill_attention(*list[0], l, rows, in.tables);
     }
     to_half(att.get(), static_cast<size_t>(rows) * qd, att_half.get(), stream);
     gemm(w.wo.get(), dim, qd, att_half.get(), rows, x.get(), true);
@@ -162,50 +164,6 @@ void CudaTransformer::Impl::step(Seq* const* list, bool batch, const int* tokens
     gemm(weights.output.get(), c.vocab_size, dim, xn.get(), out_rows, logits.get(), false);
   }
   for (size_t i = 0; i < n_seq; ++i) list[i]->length += grow[i];
-}
-
-void CudaTransformer::Impl::decode_attention_step(const uint8_t* kp, const uint8_t* vp,
-                                                  const int32_t* d_tables, const int32_t* d_lengths,
-                                                  const int32_t* h_lengths, int batch,
-                                                  int max_length) {
-  const LlamaConfig& c = config;
-  if (decode_kind == DecodeKind::kF16) {
-    F16DecodeBatch b;
-    b.k_pool = kp;
-    b.v_pool = vp;
-    b.page_tables = d_tables;
-    b.max_pages = max_pages;
-    b.lengths = d_lengths;
-    b.batch = batch;
-    b.max_length = max_length;
-    b.n_q_heads = c.n_heads;
-    f16_decode_attention(kcodec->f16(), b, q.get(), att.get(), decode_ws.get(), decode_ws.bytes(),
-                         multiprocessors, stream);
-  } else if (decode_kind == DecodeKind::kPolar) {
-    DecodeBatch b;
-    b.k_pool = kp;
-    b.v_pool = vp;
-    b.page_tables = d_tables;
-    b.max_pages = max_pages;
-    b.lengths = d_lengths;
-    b.batch = batch;
-    b.max_length = max_length;
-    b.n_q_heads = c.n_heads;
-    decode_attention(*kcodec->polar(), b, q.get(), att.get(), decode_ws.get(), decode_ws.bytes(),
-                     stream);
-  } else {
-    const size_t qd = c.q_dim();
-    for (int r = 0; r < batch; ++r) {
-      const int32_t* table = d_tables + static_cast<size_t>(r) * max_pages;
-      const size_t keys = static_cast<size_t>(h_lengths[r]);
-      kcodec->load_half(kp, table, static_cast<int>(keys), max_context, k_half.get(), dequant.get(),
-                        stream);
-      vcodec->load_half(vp, table, static_cast<int>(keys), max_context, v_half.get(), dequant.get(),
-                        stream);
-      dense->run(cublas, q.get() + r * qd, 1, keys - 1, k_half.get(), v_half.get(), max_context,
-                 keys, att.get() + r * qd, stream);
-    }
-  }
 }
 
 void CudaTransformer::forward(SequenceId seq, const int* tokens, size_t n,
@@ -296,6 +254,7 @@ SequenceId CudaTransformer::add_sequence() {
   }
   const SequenceId id = m.next_id++;
   Impl::Seq s;
+  s.id = id;
   s.slot = m.free_slots.back();
   m.free_slots.pop_back();
   m.seqs.emplace(id, std::move(s));
@@ -319,10 +278,11 @@ KvMemoryStats CudaTransformer::memory() const {
   KvMemoryStats stats;
   const size_t page = m.kcodec->page_bytes() + m.vcodec->page_bytes();
   const size_t kvd = static_cast<size_t>(m.config.kv_dim());
+  const size_t window = 2 * static_cast<size_t>(m.window.rows()) * kvd * sizeof(__half);
   stats.layer_bytes.assign(m.config.n_layers, 0);
   for (const auto& [id, s] : m.seqs) {
     for (size_t& b : stats.layer_bytes)
-      b += s.pages.size() * page + (m.options.center_keys ? kvd * sizeof(float) : 0);
+      b += s.pages.size() * page + window + (m.options.center_keys ? kvd * sizeof(float) : 0);
     stats.tokens += s.length;
     stats.fp16_bytes += s.length * kvd * 2 * sizeof(uint16_t) * m.config.n_layers;
   }

@@ -77,15 +77,17 @@ void DeviceKvCodec::store(uint8_t* pool, const int32_t* page_tables, int max_pag
   }
 }
 
-void DeviceKvCodec::load_half(const uint8_t* pool, const int32_t* table, int n, size_t stride,
-                              __half* out, float* scratch, Stream stream) const {
+void DeviceKvCodec::load_half(const uint8_t* pool, const int32_t* table, size_t first, int n,
+                              size_t stride, __half* out, float* scratch, Stream stream) const {
+  if (n <= 0) return;
   if (polar_ == nullptr) {
-    f16_gather(f16_, pool, table, n, stride, out, stream);
+    f16_gather(f16_, pool, table, first, n, stride, out, stream);
     return;
   }
-  dequantize(*polar_, SequencePages{const_cast<uint8_t*>(pool), table}, 0, static_cast<size_t>(n),
-             scratch, false, stream);
-  to_head_major_half(scratch, n, f16_.n_kv_heads, f16_.head_dim, stride, out, stream);
+  dequantize(*polar_, SequencePages{const_cast<uint8_t*>(pool), table}, first,
+             static_cast<size_t>(n), scratch, false, stream);
+  to_head_major_half(scratch, n, f16_.n_kv_heads, f16_.head_dim, stride,
+                     out + first * f16_.head_dim, stream);
 }
 
 size_t kv_bytes_per_token(const model::LlamaConfig& c, const std::string& key_codec,

@@ -41,10 +41,11 @@ class DeviceKvCodec {
   // with batch_rows, row r of page_tables at positions[r].
   void store(uint8_t* pool, const int32_t* page_tables, int max_pages, const int32_t* positions,
              bool batch_rows, size_t first, int n, const float* x, Stream stream) const;
-  // Positions [0, n) of one sequence as halves [n_kv_heads][stride][head_dim]; scratch holds
-  // n x n_kv_heads x head_dim floats (PolarQuant dequantizes into it first).
-  void load_half(const uint8_t* pool, const int32_t* table, int n, size_t stride, __half* out,
-                 float* scratch, Stream stream) const;
+  // Positions [first, first + n) of one sequence into the same rows of out, halves
+  // [n_kv_heads][stride][head_dim]; scratch holds n x n_kv_heads x head_dim floats (PolarQuant
+  // dequantizes into it first).
+  void load_half(const uint8_t* pool, const int32_t* table, size_t first, int n, size_t stride,
+                 __half* out, float* scratch, Stream stream) const;
 
  private:
   std::string name_;

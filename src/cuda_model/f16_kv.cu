@@ -47,10 +47,12 @@ __global__ void store_kernel(F16Layout l, __half* pool, const int32_t* page_tabl
   }
 }
 
-__global__ void gather_kernel(F16Layout l, const __half* pool, const int32_t* table, int n,
+__global__ void gather_kernel(F16Layout l, const __half* pool, const int32_t* table, size_t first,
                               size_t stride, __half* out) {
-  const int t = blockIdx.x, h = blockIdx.y;
-  const __half* src = pool + slot_offset(l, table[t / l.page_tokens], h, t % l.page_tokens);
+  const size_t t = first + blockIdx.x;
+  const int h = blockIdx.y;
+  const __half* src =
+      pool + slot_offset(l, table[t / l.page_tokens], h, static_cast<int>(t % l.page_tokens));
   __half* dst = out + (static_cast<size_t>(h) * stride + t) * l.head_dim;
   for (int e = threadIdx.x; e < l.head_dim; e += blockDim.x) dst[e] = src[e];
 }
@@ -215,7 +217,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-__global__ void merge_kernel(Partials part, int splits, int dim, float* out) {
+__global__ void merge_kernel(Partials part, int splits, int dim, float* out, float* lse) {
   const size_t row = blockIdx.x;  // seq * n_q_heads + head
   float mm = -INFINITY;
   for (int s = 0; s < splits; ++s) mm = fmaxf(mm, part.m[row * splits + s]);
@@ -229,6 +231,9 @@ __global__ void merge_kernel(Partials part, int splits, int dim, float* out) {
       }
     }
     out[row * dim + e] = ll > 0.0f ? a / ll : 0.0f;
+    if (e == 0 && lse != nullptr) {
+      lse[row] = ll > 0.0f ? (mm + log2f(ll)) * 0.6931471805599453f : -INFINITY;
+    }
   }
 }
 
@@ -275,11 +280,11 @@ void f16_store(const F16Layout& layout, uint8_t* pool, const int32_t* page_table
   check_launch("f16_store");
 }
 
-void f16_gather(const F16Layout& layout, const uint8_t* pool, const int32_t* page_table, int n,
-                size_t stride, __half* out, CUstream_st* stream) {
+void f16_gather(const F16Layout& layout, const uint8_t* pool, const int32_t* page_table,
+                size_t first, int n, size_t stride, __half* out, CUstream_st* stream) {
   if (n <= 0) return;
   gather_kernel<<<dim3(n, layout.n_kv_heads), std::min(layout.head_dim, 256), 0, stream>>>(
-      layout, reinterpret_cast<const __half*>(pool), page_table, n, stride, out);
+      layout, reinterpret_cast<const __half*>(pool), page_table, first, stride, out);
   check_launch("f16_gather");
 }
 
@@ -322,7 +327,7 @@ void f16_decode_attention(const F16Layout& layout, const F16DecodeBatch& batch, 
   }
   check_launch("f16 decode attention");
   merge_kernel<<<batch.batch * batch.n_q_heads, 128, 0, stream>>>(part, grid.splits,
-                                                                  layout.head_dim, out);
+                                                                  layout.head_dim, out, batch.lse);
   check_launch("f16 decode merge");
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cuda_fp16.h>
+#include <polarquant/cuda.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -30,21 +31,13 @@ void f16_store(const F16Layout& layout, uint8_t* pool, const int32_t* page_table
                const int32_t* positions, bool batch_rows, size_t first, int n, const float* x,
                CUstream_st* stream);
 
-// Positions [0, n) of one sequence into out: [n_kv_heads][stride][head_dim] halves.
-void f16_gather(const F16Layout& layout, const uint8_t* pool, const int32_t* page_table, int n,
-                size_t stride, __half* out, CUstream_st* stream);
+// Positions [first, first + n) of one sequence into the same rows of out: [n_kv_heads][stride]
+// [head_dim] halves.
+void f16_gather(const F16Layout& layout, const uint8_t* pool, const int32_t* page_table,
+                size_t first, int n, size_t stride, __half* out, CUstream_st* stream);
 
-struct F16DecodeBatch {
-  const uint8_t* k_pool = nullptr;
-  const uint8_t* v_pool = nullptr;
-  const int32_t* page_tables = nullptr;  // batch x max_pages
-  int max_pages = 0;
-  const int32_t* lengths = nullptr;  // device
-  int batch = 0;
-  int max_length = 0;  // host-side bound: sizes the split grid
-  int n_q_heads = 0;   // a multiple of n_kv_heads
-  float scale = 0.0f;  // 0: 1/sqrt(head_dim)
-};
+// The batch is described as for the PolarQuant decode (polarquant/cuda.h), with fp16 pools.
+using F16DecodeBatch = DecodeBatch;
 
 size_t f16_decode_workspace_bytes(const F16Layout& layout, const F16DecodeBatch& batch,
                                   int multiprocessors);

@@ -17,6 +17,7 @@
 #include "cuda_model/device_kv.h"
 #include "cuda_model/device_weights.h"
 #include "cuda_model/f16_kv.h"
+#include "cuda_model/kv_window.h"
 #include "cuda_model/model_kernels.h"
 
 namespace polarquant::cuda {
@@ -25,9 +26,27 @@ enum class DecodeKind { kF16, kPolar, kDense };
 
 struct CudaTransformer::Impl {
   struct Seq {
-    int slot = 0;  // row of the key means
+    SequenceId id = -1;
+    int slot = 0;  // row of the key means and the window rows
     size_t length = 0;
-    std::vector<int32_t> pages;  // page ids, position p in page pages[p / page_tokens]
+    // Page ids: code position i (token sink + i, kv_window.h) in page pages[i / page_tokens].
+    std::vector<int32_t> pages;
+  };
+  // A step's staged integers on the device (step() fills them; rows, or sequences for lengths).
+  struct StepInputs {
+    const int32_t* positions = nullptr;       // per row
+    const int32_t* code_positions = nullptr;  // per row: position - sink (0 inside the sink)
+    const int32_t* slots = nullptr;           // per row
+    const int32_t* lengths = nullptr;         // per sequence, after the step
+    const int32_t* code_lengths = nullptr;    // per sequence: tokens read from the pages
+    const int32_t* tables = nullptr;          // per sequence: max_pages page ids
+    int max_code_length = 0;
+  };
+  // Whose rows a layer's dense buffers hold: positions [0, valid) of sequence seq, final (codes
+  // dequantized and sink rows laid over; the recent window's rows are redone each time).
+  struct DenseRows {
+    SequenceId seq = -1;
+    size_t valid = 0;
   };
 
   model::LlamaConfig config;
@@ -40,10 +59,12 @@ struct CudaTransformer::Impl {
   DeviceWeights weights;
   DeviceBuffer<float> inv_freq;
 
-  // The page pool: n_layers pools of total_pages pages each, for K and for V.
+  // The page pool: n_layers pools of total_pages + 1 pages each, for K and for V; the last page
+  // (spare_page) takes the codes of decode rows inside the sink, and no sequence reads it.
   int page_tokens = 32;
   int max_pages = 0;  // per sequence
   int total_pages = 0;
+  int spare_page = 0;
   size_t max_context = 0;
   std::unique_ptr<DeviceKvCodec> kcodec, vcodec;
   DecodeKind decode_kind = DecodeKind::kDense;
@@ -54,14 +75,19 @@ struct CudaTransformer::Impl {
   std::map<SequenceId, Seq> seqs;
   SequenceId next_id = 0;
   DeviceBuffer<float> means;  // [slot][layer][kv_dim]
+  WindowLayout window;
+  DeviceBuffer<__half> win_k, win_v;  // window rows (kv_window.h)
+  DeviceBuffer<float> lse;            // decode: the codes' log-sum-exp per query head
 
   // Activations for up to max_rows rows (a prefill chunk or a decode batch).
   int max_rows = 0;
   DeviceBuffer<float> x, q, k, v, att, gate, up, logits;
   DeviceBuffer<__half> xn, att_half, hidden;
   std::unique_ptr<DenseAttention> dense;
-  DeviceBuffer<__half> k_half, v_half;  // [kv_head][max_context][head_dim]
-  DeviceBuffer<float> dequant;          // max_context x kv_dim
+  // Dense attention's keys and values: [layer][kv_head][max_context][head_dim] halves.
+  DeviceBuffer<__half> dense_k, dense_v;
+  std::vector<DenseRows> dense_rows;  // per layer
+  DeviceBuffer<float> dequant;        // max_context x kv_dim
   DeviceBuffer<uint8_t> decode_ws;
   DeviceBuffer<int32_t> dev_stage, next_tokens;
   int32_t* host_stage = nullptr;  // pinned
@@ -77,9 +103,13 @@ struct CudaTransformer::Impl {
   std::vector<int32_t> reserve_pages(Seq* const* list, const size_t* grow, size_t count);
   std::vector<Seq*> batch_list(const SequenceId* ids, const int* tokens, size_t batch);
   void step(Seq* const* list, bool batch, const int* tokens, int rows, int first_logit);
-  void decode_attention_step(const uint8_t* kp, const uint8_t* vp, const int32_t* d_tables,
-                             const int32_t* d_lengths, const int32_t* h_lengths, int batch,
-                             int max_length);
+  size_t layer_pool_bytes(const DeviceKvCodec& codec) const;
+  uint8_t* layer_pool(DeviceBuffer<uint8_t>& pool, const DeviceKvCodec& codec, int layer);
+  void store_kv(int l, size_t first, bool batch, int rows, const StepInputs& in);
+  const __half* dense_keys(const Seq& s, int l, const int32_t* table, size_t keys,
+                           const __half** values);
+  void prefill_attention(const Seq& s, int l, int rows, const int32_t* table);
+  void decode_attention_step(int l, Seq* const* list, int batch, const StepInputs& in);
   void gemm(const __half* w, int out, int in, const __half* x, int rows, float* y, bool accumulate);
   void copy_logits(float* out, int rows);
 };

@@ -46,6 +46,39 @@ std::vector<float> vector_from(const GgufFile& f, const std::string& name, int64
 
 }  // namespace
 
+const std::vector<std::string>& model_shape_names() {
+  static const std::vector<std::string> names = {"llama3-8b", "smollm2-135m"};
+  return names;
+}
+
+LlamaConfig model_shape(const std::string& name) {
+  LlamaConfig c;
+  if (name == "llama3-8b") {
+    c.dim = 4096;
+    c.hidden_dim = 14336;
+    c.n_layers = 32;
+    c.n_heads = 32;
+    c.n_kv_heads = 8;
+    c.head_dim = 128;
+    c.vocab_size = 128256;
+    c.context_length = 131072;
+    c.rope_theta = 500000.0f;
+  } else if (name == "smollm2-135m") {
+    c.dim = 576;
+    c.hidden_dim = 1536;
+    c.n_layers = 30;
+    c.n_heads = 9;
+    c.n_kv_heads = 3;
+    c.head_dim = 64;
+    c.vocab_size = 49152;
+    c.context_length = 8192;
+    c.rope_theta = 100000.0f;
+  } else {
+    throw_invalid("unknown model shape '" + name + "' (known: llama3-8b, smollm2-135m)");
+  }
+  return c;
+}
+
 LlamaModel LlamaModel::load(const std::string& path) {
   MappedFile probe(path);
   const bool is_gguf = probe.size() >= 4 && std::memcmp(probe.data(), "GGUF", 4) == 0;

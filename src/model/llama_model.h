@@ -28,6 +28,11 @@ struct LlamaConfig {
   int kv_dim() const { return n_kv_heads * head_dim; }
 };
 
+// Shapes of known models, for random-weight speed runs (bench-serve --shape): "llama3-8b",
+// "smollm2-135m". Throws InvalidArgument for another name.
+const std::vector<std::string>& model_shape_names();
+LlamaConfig model_shape(const std::string& name);
+
 struct LayerWeights {
   std::vector<float> attn_norm;
   WeightMatrix wq, wk, wv, wo;  // [q_dim x dim], [kv_dim x dim] x2, [dim x q_dim]

@@ -1,7 +1,8 @@
 // `polarquant bench-serve`: batched serving on the GPU. B sequences with prompts of P tokens (or
 // ragged lengths) are prefilled one by one, then decoded together, one greedy token per sequence
 // per step, each stopping after its own number of tokens; prints prefill time, decode tokens/s,
-// time per output token and the cache's bytes. `--plan` prints how many tokens fit in the GPU's
+// time per output token and the cache's bytes; with --codecs, for several caches in one run,
+// side by side with their ratios to the first. `--plan` prints how many tokens fit in the GPU's
 // free memory with each cache instead. Random weights of a named shape (--shape) measure speed
 // on models not at hand; token ids are random (speed does not depend on them).
 #include <polarquant/error.h>
@@ -34,33 +35,8 @@ struct BenchServeArgs {
   bool ragged = false;
   bool plan = false;
   uint64_t seed = 1;
+  std::string codecs;  // several caches in one run, the first the baseline
 };
-
-model::LlamaConfig named_shape(const std::string& name) {
-  model::LlamaConfig c;
-  if (name == "llama3-8b") {
-    c.dim = 4096;
-    c.hidden_dim = 14336;
-    c.n_layers = 32;
-    c.n_heads = 32;
-    c.n_kv_heads = 8;
-    c.head_dim = 128;
-    c.vocab_size = 128256;
-    c.context_length = 131072;
-    c.rope_theta = 500000.0f;
-  } else {  // smollm2-135m
-    c.dim = 576;
-    c.hidden_dim = 1536;
-    c.n_layers = 30;
-    c.n_heads = 9;
-    c.n_kv_heads = 3;
-    c.head_dim = 64;
-    c.vocab_size = 49152;
-    c.context_length = 8192;
-    c.rope_theta = 100000.0f;
-  }
-  return c;
-}
 
 #ifdef POLARQUANT_WITH_CUDA
 double seconds(std::chrono::steady_clock::time_point t0) {
@@ -111,34 +87,25 @@ void print_plan(const model::LlamaConfig& c, const model::RuntimeOptions& base, 
   if (json) std::printf("%s\n", rows.dump(2).c_str());
 }
 
-void run(BenchServeArgs& a, CLI::App* cmd) {
-  take_llama_style_flags(cmd, a.model);
-  if (a.batch < 1 || a.prompt < 1 || a.gen < 1)
-    throw_invalid("--batch, --prompt and --gen must be >= 1");
-  std::unique_ptr<model::LlamaModel> file_model;
-  model::LlamaConfig config;
-  if (a.shape.empty()) {
-    file_model = std::make_unique<model::LlamaModel>(model::LlamaModel::load(a.model.model));
-    config = file_model->config();
-  } else {
-    config = named_shape(a.shape);
-  }
-  model::RuntimeOptions rt = runtime_options(a.model);
-  rt.device = "cuda";
-  rt.max_sequences = a.batch;
-  rt.max_context = static_cast<size_t>(a.prompt) + a.gen;
-  if (rt.max_context > static_cast<size_t>(config.context_length)) {
-    throw_invalid("--prompt + --gen = " + std::to_string(rt.max_context) +
-                  " exceeds the model's context of " + std::to_string(config.context_length));
-  }
-  rt.prefill_chunk = std::max(rt.prefill_chunk, 512);
-  if (a.plan) {
-    print_plan(config, rt, a.model.json);
-    return;
-  }
+struct ServeResult {
+  std::string key_codec, value_codec, decode_path, device;
+  double prefill_s = 0.0, prefill_tps = 0.0, decode_s = 0.0, decode_tps = 0.0, step_ms = 0.0;
+  size_t steps = 0, decoded = 0, prompt_tokens = 0;
+  KvMemoryStats memory;  // after the prefill
+};
+
+// Prefills every sequence (the same random prompts for every cache: the seed decides them), then
+// decodes them together until each has its number of tokens.
+ServeResult serve(const BenchServeArgs& a, const model::LlamaConfig& config,
+                  const model::LlamaModel* file_model, const model::RuntimeOptions& rt) {
   std::unique_ptr<cuda::CudaTransformer> tf =
       file_model ? std::make_unique<cuda::CudaTransformer>(*file_model, rt)
                  : std::make_unique<cuda::CudaTransformer>(config, a.seed, rt);
+  ServeResult r;
+  r.key_codec = rt.key_codec;
+  r.value_codec = rt.value_codec;
+  r.decode_path = tf->decode_path();
+  r.device = tf->device_name();
   std::mt19937_64 rng(a.seed);
   std::uniform_int_distribution<int> token(0, config.vocab_size - 1);
   std::vector<SequenceId> ids;
@@ -154,25 +121,23 @@ void run(BenchServeArgs& a, CLI::App* cmd) {
   std::vector<int> next(a.batch);
   tf->synchronize();
   auto t0 = std::chrono::steady_clock::now();
-  size_t prompt_tokens = 0;
   for (int b = 0; b < a.batch; ++b) {
     std::vector<int> p(prompt_len[b]);
     for (int& t : p) t = token(rng);
     tf->forward(ids[b], p.data(), p.size(), logits, false);
     next[b] = static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    prompt_tokens += p.size();
+    r.prompt_tokens += p.size();
   }
   tf->synchronize();
-  const double prefill_s = seconds(t0);
-  const KvMemoryStats mem = tf->memory();
+  r.prefill_s = seconds(t0);
+  r.prefill_tps = r.prompt_tokens / r.prefill_s;
+  r.memory = tf->memory();
 
   std::vector<int> produced(a.batch, 1);  // the prefill chose each sequence's first token
-  size_t generated = static_cast<size_t>(a.batch), steps = 0;
   t0 = std::chrono::steady_clock::now();
   while (true) {
     std::vector<SequenceId> active;
-    std::vector<int> in, out;
-    std::vector<int> who;
+    std::vector<int> in, out, who;
     for (int b = 0; b < a.batch; ++b) {
       if (produced[b] < gen_len[b]) {
         active.push_back(ids[b]);
@@ -183,51 +148,113 @@ void run(BenchServeArgs& a, CLI::App* cmd) {
     if (active.empty()) break;
     out.resize(active.size());
     tf->decode_greedy(active.data(), in.data(), active.size(), out.data());
-    ++steps;
+    ++r.steps;
     for (size_t i = 0; i < who.size(); ++i) {
       next[who[i]] = out[i];
-      ++produced[who[i]];
-      ++generated;
-      if (produced[who[i]] == gen_len[who[i]]) tf->free_sequence(ids[who[i]]);
+      ++r.decoded;
+      if (++produced[who[i]] == gen_len[who[i]]) tf->free_sequence(ids[who[i]]);
     }
   }
-  const double decode_s = seconds(t0);
-  const size_t decoded = generated - static_cast<size_t>(a.batch);
-  const double tps = decoded / std::max(decode_s, 1e-9);
-  const double tpot_ms = 1e3 * decode_s / std::max<size_t>(steps, 1);
+  r.decode_s = seconds(t0);
+  r.decode_tps = r.decoded / std::max(r.decode_s, 1e-9);
+  r.step_ms = 1e3 * r.decode_s / std::max<size_t>(r.steps, 1);
+  return r;
+}
+
+void print_results(const BenchServeArgs& a, const model::RuntimeOptions& rt,
+                   const std::vector<ServeResult>& results) {
+  const ServeResult& base = results.front();
   if (a.model.json) {
-    const nlohmann::json j = {{"device", tf->device_name()},
+    nlohmann::json rows = nlohmann::json::array();
+    for (const ServeResult& r : results) {
+      rows.push_back({{"key_codec", r.key_codec},
+                      {"value_codec", r.value_codec},
+                      {"decode_path", r.decode_path},
+                      {"prefill_seconds", r.prefill_s},
+                      {"prefill_tokens_per_s", r.prefill_tps},
+                      {"prefill_time_vs_first", r.prefill_s / base.prefill_s},
+                      {"decode_seconds", r.decode_s},
+                      {"decode_tokens_per_s", r.decode_tps},
+                      {"decode_speed_vs_first", r.decode_tps / base.decode_tps},
+                      {"time_per_step_ms", r.step_ms},
+                      {"decode_steps", r.steps},
+                      {"kv_bytes_after_prefill", r.memory.total_bytes},
+                      {"kv_fp16_bytes_after_prefill", r.memory.fp16_bytes}});
+    }
+    const nlohmann::json j = {{"device", base.device},
                               {"shape", a.shape.empty() ? a.model.model : a.shape},
-                              {"key_codec", rt.key_codec},
-                              {"value_codec", rt.value_codec},
-                              {"decode_path", tf->decode_path()},
                               {"batch", a.batch},
                               {"prompt", a.prompt},
                               {"gen", a.gen},
                               {"ragged", a.ragged},
-                              {"prefill_seconds", prefill_s},
-                              {"prefill_tokens_per_s", prompt_tokens / prefill_s},
-                              {"decode_seconds", decode_s},
-                              {"decode_tokens_per_s", tps},
-                              {"time_per_step_ms", tpot_ms},
-                              {"decode_steps", steps},
-                              {"kv_bytes_after_prefill", mem.total_bytes},
-                              {"kv_fp16_bytes_after_prefill", mem.fp16_bytes}};
+                              {"sink_tokens", rt.sink_tokens},
+                              {"recent_tokens", rt.recent_tokens},
+                              {"runs", rows}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
-  std::printf("%s | %s | -ctk %s -ctv %s | decode: %s\n", tf->device_name().c_str(),
+  std::printf("%s | %s | batch %d, prompt %d, gen %d%s | sink %d, recent %d\n", base.device.c_str(),
               a.shape.empty() ? a.model.model.c_str() : (a.shape + " (random weights)").c_str(),
-              rt.key_codec.c_str(), rt.value_codec.c_str(), tf->decode_path().c_str());
-  std::printf("batch %d, prompt %d, gen %d%s\n", a.batch, a.prompt, a.gen,
-              a.ragged ? " (ragged: prompts P/2..P, generations G..G/2)" : "");
-  std::printf("prefill: %zu tokens in %.3f s (%.0f tok/s)\n", prompt_tokens, prefill_s,
-              prompt_tokens / prefill_s);
-  std::printf("decode:  %zu tokens in %.3f s, %zu steps: %.1f tok/s, %.2f ms per step\n", decoded,
-              decode_s, steps, tps, tpot_ms);
-  std::printf("KV cache after prefill: %.1f MiB (fp16 would be %.1f MiB, %.2fx)\n",
-              mem.total_bytes / 1048576.0, mem.fp16_bytes / 1048576.0,
-              mem.total_bytes > 0 ? static_cast<double>(mem.fp16_bytes) / mem.total_bytes : 0.0);
+              a.batch, a.prompt, a.gen, a.ragged ? " (ragged: prompts P/2..P, gen G..G/2)" : "",
+              rt.sink_tokens, rt.recent_tokens);
+  std::printf("%-22s %-20s %10s %10s %8s %10s %8s %9s %10s %7s\n", "cache (K/V)", "decode path",
+              "prefill s", "tok/s", "vs 1st", "decode t/s", "vs 1st", "ms/step", "KV MiB",
+              "vs f16");
+  for (const ServeResult& r : results) {
+    std::printf("%-22s %-20s %10.3f %10.0f %7.3fx %10.1f %7.3fx %9.2f %10.1f %6.2fx\n",
+                (r.key_codec + "/" + r.value_codec).c_str(), r.decode_path.c_str(), r.prefill_s,
+                r.prefill_tps, r.prefill_s / base.prefill_s, r.decode_tps,
+                r.decode_tps / base.decode_tps, r.step_ms, r.memory.total_bytes / 1048576.0,
+                r.memory.total_bytes > 0
+                    ? static_cast<double>(r.memory.fp16_bytes) / r.memory.total_bytes
+                    : 0.0);
+  }
+  std::printf(
+      "(vs 1st: prefill time and decode tok/s relative to the first cache of the run; KV: "
+      "bytes after the prefill)\n");
+}
+
+void run(BenchServeArgs& a, CLI::App* cmd) {
+  take_llama_style_flags(cmd, a.model);
+  if (a.batch < 1 || a.prompt < 1 || a.gen < 1)
+    throw_invalid("--batch, --prompt and --gen must be >= 1");
+  std::unique_ptr<model::LlamaModel> file_model;
+  model::LlamaConfig config;
+  if (a.shape.empty()) {
+    file_model = std::make_unique<model::LlamaModel>(model::LlamaModel::load(a.model.model));
+    config = file_model->config();
+  } else {
+    config = model::model_shape(a.shape);
+  }
+  model::RuntimeOptions rt = runtime_options(a.model);
+  rt.device = "cuda";
+  rt.max_sequences = a.batch;
+  rt.max_context = static_cast<size_t>(a.prompt) + a.gen;
+  if (rt.max_context > static_cast<size_t>(config.context_length)) {
+    throw_invalid("--prompt + --gen = " + std::to_string(rt.max_context) +
+                  " exceeds the model's context of " + std::to_string(config.context_length));
+  }
+  rt.prefill_chunk = std::max(rt.prefill_chunk, 512);
+  if (a.plan) {
+    print_plan(config, rt, a.model.json);
+    return;
+  }
+  std::vector<eval::CodecChoice> choices;
+  for (const auto& c : split_list(a.codecs)) choices.push_back(parse_codec_choice(c));
+  if (choices.empty()) choices.push_back({rt.key_codec, rt.value_codec});
+  std::vector<ServeResult> results;
+  for (const eval::CodecChoice& c : choices) {
+    model::RuntimeOptions one = rt;
+    one.key_codec = c.key_codec;
+    one.value_codec = c.value_codec;
+    results.push_back(serve(a, config, file_model.get(), one));
+    if (!a.model.json) {
+      std::fprintf(stderr, "bench-serve: %s/%s done (prefill %.2f s, decode %.1f tok/s)\n",
+                   c.key_codec.c_str(), c.value_codec.c_str(), results.back().prefill_s,
+                   results.back().decode_tps);
+    }
+  }
+  print_results(a, rt, results);
 }
 #else
 void run(BenchServeArgs&, CLI::App*) {
@@ -244,7 +271,7 @@ const CommandRegistration registration("bench-serve", [](CLI::App& app) {
   add_model_flags(cmd, args->model, "paper");
   cmd->add_option("--shape", args->shape,
                   "random weights of a named shape instead of --model (speed only)")
-      ->check(CLI::IsMember({"llama3-8b", "smollm2-135m"}));
+      ->check(CLI::IsMember(model::model_shape_names()));
   cmd->add_option("--batch,-b", args->batch, "sequences decoded together")->capture_default_str();
   cmd->add_option("--prompt,-P", args->prompt, "prompt tokens per sequence")->capture_default_str();
   cmd->add_option("--gen,-g", args->gen, "tokens generated per sequence")->capture_default_str();
@@ -252,6 +279,10 @@ const CommandRegistration registration("bench-serve", [](CLI::App& app) {
                 "prompts from P/2 to P and generations from G to G/2: sequences end apart");
   cmd->add_flag("--plan", args->plan,
                 "print how many tokens fit in the GPU's free memory with each cache, and exit");
+  cmd->add_option("--codecs", args->codecs,
+                  "caches to run one after another in this process, the first the baseline of "
+                  "the ratios (NAME or KEY/VALUE, comma-separated, e.g. f16,paper,polar37; "
+                  "default: -ctk/-ctv)");
   cmd->add_option("--seed", args->seed, "seed of the random weights and tokens")
       ->capture_default_str();
   cmd->callback([args, cmd] { run(*args, cmd); });
