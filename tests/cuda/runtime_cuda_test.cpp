@@ -115,14 +115,34 @@ TEST(CudaRuntime, Stories260KRefusesPolarQuantHeadDim) {
   }
 }
 
-class SmolLM2 : public ::testing::TestWithParam<const char*> {};
+// SmolLM2 loaded once per test; skips without a GPU or the model.
+class SmolLM2Test : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!device_available(&why)) {
+      skip_ = "no CUDA device: " + why;
+      return;
+    }
+    const std::string path = polarquant::testing::smollm2_path();
+    if (path.empty()) {
+      skip_ = "SmolLM2 not fetched (scripts/fetch_model.sh)";
+      return;
+    }
+    m_ = std::make_unique<LlamaModel>(LlamaModel::load(path));
+    tok_ = model::load_tokenizer(*m_, "");
+  }
+  std::unique_ptr<LlamaModel> m_;
+  std::unique_ptr<model::Tokenizer> tok_;
+  std::string skip_;
+};
+
+class SmolLM2 : public SmolLM2Test {};
 
 TEST_P(SmolLM2, LogitsMatchCpuOn512Tokens) {
-  POLARQUANT_REQUIRE_GPU();
-  const std::string path = polarquant::testing::smollm2_path();
-  if (path.empty()) GTEST_SKIP() << "SmolLM2 not fetched (scripts/fetch_model.sh)";
-  const LlamaModel m = LlamaModel::load(path);
-  const auto tok = model::load_tokenizer(m, "");
+  if (!m_) GTEST_SKIP() << skip_;
+  const LlamaModel& m = *m_;
+  const auto& tok = tok_;
   const std::vector<int> tokens = text_tokens(*tok, 512);
   ASSERT_EQ(tokens.size(), 512u);
   const std::string codec = GetParam();
@@ -138,11 +158,9 @@ TEST_P(SmolLM2, LogitsMatchCpuOn512Tokens) {
 }
 
 TEST_P(SmolLM2, BatchedDecodeMatchesOneByOneAndCpu) {
-  POLARQUANT_REQUIRE_GPU();
-  const std::string path = polarquant::testing::smollm2_path();
-  if (path.empty()) GTEST_SKIP() << "SmolLM2 not fetched (scripts/fetch_model.sh)";
-  const LlamaModel m = LlamaModel::load(path);
-  const auto tok = model::load_tokenizer(m, "");
+  if (!m_) GTEST_SKIP() << skip_;
+  const LlamaModel& m = *m_;
+  const auto& tok = tok_;
   const std::vector<int> text = text_tokens(*tok, 400);
   const std::string codec = GetParam();
   RuntimeOptions o = options(codec, codec, "cuda");
@@ -199,14 +217,12 @@ INSTANTIATE_TEST_SUITE_P(Codecs, SmolLM2, ::testing::Values("f16", "paper", "pol
 // chunks of 64 (the dense buffers reused across chunks), then a sequence whose prompt is shorter
 // than the sink decoded beside it, each step against the CPU. The pair polar4kv has no fused
 // kernel (dense path); f16 and paper go through the fused kernels merged with the windows.
-class SmolLM2Windows : public ::testing::TestWithParam<const char*> {};
+class SmolLM2Windows : public SmolLM2Test {};
 
 TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
-  POLARQUANT_REQUIRE_GPU();
-  const std::string path = polarquant::testing::smollm2_path();
-  if (path.empty()) GTEST_SKIP() << "SmolLM2 not fetched (scripts/fetch_model.sh)";
-  const LlamaModel m = LlamaModel::load(path);
-  const auto tok = model::load_tokenizer(m, "");
+  if (!m_) GTEST_SKIP() << skip_;
+  const LlamaModel& m = *m_;
+  const auto& tok = tok_;
   const std::vector<int> text = text_tokens(*tok, 400);
   const CodecPair pair = codec_pair(GetParam());
   auto windowed = [&](const std::string& device, int sink, int recent) {
