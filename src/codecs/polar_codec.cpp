@@ -125,18 +125,7 @@ PolarConfig polar_preset(std::string_view name, int dim) {
     if (bits.empty() || bits.size() > 16) {
       throw_invalid("codec '" + std::string(name) + "' needs 1..16 levels, one digit each");
     }
-    if (dim < 2 || dim % 2 != 0) {
-      throw_invalid("codec '" + std::string(name) + "' needs an even dim >= 2, got " +
-                    std::to_string(dim));
-    }
-    // As the presets: a dim that cannot hold 2^levels uses the first levels that divide it.
-    c.levels = fit_levels(dim, static_cast<int>(bits.size()));
-    bits.resize(static_cast<size_t>(c.levels));
-    c.bits = bits;
-    c.validate();
-    return c;
-  }
-  if (name == "paper") {
+  } else if (name == "paper") {
     bits = {4, 2, 2, 2};
   } else if (name == "polar37") {
     bits = {4, 3, 3, 3, 3, 3};
@@ -151,10 +140,10 @@ PolarConfig polar_preset(std::string_view name, int dim) {
                   ", or polar-DIGITS (bits per level, e.g. polar-4222)");
   }
   if (dim < 2 || dim % 2 != 0) {
-    throw_invalid("preset '" + std::string(name) + "' needs an even dim >= 2, got " +
+    throw_invalid("codec '" + std::string(name) + "' needs an even dim >= 2, got " +
                   std::to_string(dim));
   }
-  // A dim that cannot hold the preset's block size uses as many levels as divide it.
+  // A dim that cannot hold 2^levels uses as many levels as divide it (presets and polar-DIGITS).
   c.levels = fit_levels(dim, static_cast<int>(bits.size()));
   bits.resize(static_cast<size_t>(c.levels));
   c.bits = bits;
