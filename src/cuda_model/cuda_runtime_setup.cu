@@ -16,8 +16,8 @@ namespace {
 
 constexpr size_t kReserveBytes = size_t{512} << 20;  // CUDA context, cuBLAS workspace, slack
 constexpr int kPageTokens = 32;
-// window_decode_merge keeps a row index and a score per window row in shared memory (48 KiB).
-constexpr int kMaxWindow = 4096;
+constexpr int kMaxWindow =
+    8192;  // window_decode_merge keeps a score per window row in shared memory
 
 std::string gib(size_t bytes) {
   char buf[32];

@@ -73,9 +73,8 @@ __global__ void __launch_bounds__(kThreads)
                         const float* q, int n_q_heads, const int32_t* slots, const int32_t* lengths,
                         float scale, const float* lse_codes, float* out) {
   extern __shared__ float smem[];
-  int* rows_at = reinterpret_cast<int*>(smem);               // w.rows(): window position i's row
-  float* qs = reinterpret_cast<float*>(rows_at + w.rows());  // head_dim
-  float* scores = qs + w.head_dim;                           // w.rows()
+  float* qs = smem;                 // head_dim
+  float* scores = qs + w.head_dim;  // w.rows()
   __shared__ float red[kThreads / 32];
   const int qh = blockIdx.x, b = blockIdx.y;
   const int g = n_q_heads / w.n_kv_heads, h = qh / g;
@@ -84,15 +83,13 @@ __global__ void __launch_bounds__(kThreads)
   const int slot = slots[b];
   const int n = window_count(w, length);
   const size_t row = static_cast<size_t>(b) * n_q_heads + qh;
-  const size_t base = row_offset(w, slot, layer, 0) + static_cast<size_t>(h) * w.head_dim;
   if (n == 0) return;  // out already holds the codes' attention
   for (int e = threadIdx.x; e < w.head_dim; e += blockDim.x) qs[e] = q[row * w.head_dim + e];
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    rows_at[i] = window_row(w, window_position(w, length, i));
-  }
   __syncthreads();
   for (int i = warp; i < n; i += kThreads / 32) {
-    const __half* kr = win_k + base + static_cast<size_t>(rows_at[i]) * w.kv_dim();
+    const __half* kr = win_k +
+                       row_offset(w, slot, layer, window_row(w, window_position(w, length, i))) +
+                       static_cast<size_t>(h) * w.head_dim;
     float dot = 0.0f;
     for (int e = lane; e < w.head_dim; e += 32) dot += qs[e] * __half2float(kr[e]);
     for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
@@ -124,9 +121,11 @@ __global__ void __launch_bounds__(kThreads)
   const float ww = expf(lse_w - m);
   for (int e = threadIdx.x; e < w.head_dim; e += blockDim.x) {
     float acc = 0.0f;
-    for (int i = 0; i < n; ++i)
-      acc +=
-          scores[i] * __half2float(win_v[base + static_cast<size_t>(rows_at[i]) * w.kv_dim() + e]);
+    for (int i = 0; i < n; ++i) {
+      const size_t src = row_offset(w, slot, layer, window_row(w, window_position(w, length, i))) +
+                         static_cast<size_t>(h) * w.head_dim;
+      acc += scores[i] * __half2float(win_v[src + e]);
+    }
     float& o = out[row * w.head_dim + e];
     o = (wc * o + ww * acc / sum) / (wc + ww);
   }
@@ -163,8 +162,7 @@ void window_decode_merge(const WindowLayout& w, const __half* win_k, const __hal
                          const int32_t* lengths, float scale, const float* lse_codes, float* out,
                          CUstream_st* stream) {
   if (w.empty() || batch <= 0) return;
-  const size_t smem = static_cast<size_t>(w.rows()) * sizeof(int) +
-                      static_cast<size_t>(w.head_dim + w.rows()) * sizeof(float);
+  const size_t smem = static_cast<size_t>(w.head_dim + w.rows()) * sizeof(float);
   decode_merge_kernel<<<dim3(n_q_heads, batch), kThreads, smem, stream>>>(
       w, win_k, win_v, layer, q, n_q_heads, slots, lengths, scale, lse_codes, out);
   check_launch("window decode attention");
