@@ -198,6 +198,12 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   std::printf("-- KV cache (K %s, V %s): %zu bytes vs %zu bytes fp16 (%.2fx %s)\n",
               rt.key_codec.c_str(), rt.value_codec.c_str(), mem.total_bytes, mem.fp16_bytes,
               ratio >= 1.0 ? ratio : 1.0 / ratio, ratio >= 1.0 ? "smaller" : "larger");
+  if (rt.sink_tokens + rt.recent_tokens > 0) {
+    std::printf(
+        "   (the first %d and the %d most recent tokens stay in full precision: on a short "
+        "text they are most of the cache; the saving grows with the context)\n",
+        rt.sink_tokens, rt.recent_tokens);
+  }
   if (compared) {
     std::printf(
         "-- vs an fp16-cache run: first %zu of %zu generated tokens identical%s; on these tokens "
