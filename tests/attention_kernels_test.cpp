@@ -10,6 +10,7 @@
 #include <polarquant/polar_codec.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -29,13 +30,21 @@ std::vector<const KernelSet*> simd_sets() {
 }
 
 TEST(AttentionKernels, SimdSetsAreCompiledWhereTheCpuHasThem) {
-  // Not a tautology on this project's machines (AVX-512 with VBMI): the tests below would
-  // otherwise pass vacuously. On other CPUs this reports which sets ran.
-  if (__builtin_cpu_supports("avx512vbmi")) {
-    EXPECT_EQ(simd_sets().size(), 1u);
-    EXPECT_EQ(best_kernels().name, "avx512");
-  }
+  // Not a tautology on this project's machines (AVX-512 with VBMI, hence AVX2): the tests below
+  // would otherwise pass vacuously. On other CPUs this reports which sets ran.
+  std::vector<std::string> want{"scalar"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) want.push_back("avx2");
+  if (__builtin_cpu_supports("avx512vbmi")) want.push_back("avx512");
+  std::vector<std::string> got;
+  for (const KernelSet* k : available_kernels()) got.push_back(k->name);
+  EXPECT_EQ(got, want);
+  if (std::getenv("POLARQUANT_CPU") == nullptr) EXPECT_EQ(best_kernels().name, want.back());
   for (const KernelSet* k : available_kernels()) std::printf("kernel set: %s\n", k->name.c_str());
+}
+
+TEST(AttentionKernels, KernelSetsAreFoundByName) {
+  for (const KernelSet* k : available_kernels()) EXPECT_EQ(kernels_named(k->name), k);
+  EXPECT_EQ(kernels_named("sse9"), nullptr);
 }
 
 TEST(AttentionKernels, RowKernelsMatchScalar) {

@@ -63,11 +63,18 @@ struct KernelSet {
 };
 
 const KernelSet& scalar_kernels();
+// nullptr when this build or CPU lacks AVX2, FMA or F16C.
+const KernelSet* avx2_kernels();
 // nullptr when this build or CPU lacks AVX-512 (F, BW, DQ, VL, VBMI).
 const KernelSet* avx512_kernels();
-// The fastest set this CPU runs (chosen once).
+// The set decode attention uses, chosen once per process: the fastest this CPU runs, or the one
+// the environment variable POLARQUANT_CPU names ("scalar", "avx2", "avx512"). A name this CPU
+// cannot run, or an unknown one, is reported on stderr once and the fastest set is used.
 const KernelSet& best_kernels();
-// Every set this CPU runs, scalar first (for the equivalence tests and the benchmark).
+// The set POLARQUANT_CPU-style name `target` names, or nullptr when unknown or not runnable here.
+const KernelSet* kernels_named(const std::string& target);
+// Every set this CPU runs, scalar first, fastest last (for the equivalence tests and the
+// benchmark).
 std::vector<const KernelSet*> available_kernels();
 
 }  // namespace polarquant
