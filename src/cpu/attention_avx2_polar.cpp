@@ -314,6 +314,18 @@ struct PaperPage {
       f[2 * k + 1] = _mm256_mul_ps(v3[k], perm(sin[1], c));
     }
   }
+  // The 2 level-1 pair factors of quarter `qt` (0..3) of block b, 8 slots: pairs 8b + 2qt + j.
+  template <RadiusPrecision R>
+  void quarter_factors(int b, int qt, size_t first, int half, __m256* f) const {
+    const __m256 r = radius<R>(b, first + 8 * half);
+    const __m256i c4 = codes2(4, b, first, half);
+    const __m256 v4 = _mm256_mul_ps(r, perm(qt / 2 ? sin[3] : cos[3], c4));
+    const __m256i c3 = codes2(3, 2 * b + qt / 2, first, half);
+    const __m256 v3 = _mm256_mul_ps(v4, perm(qt % 2 ? sin[2] : cos[2], c3));
+    const __m256i c = codes2(2, 4 * b + qt, first, half);
+    f[0] = _mm256_mul_ps(v3, perm(cos[1], c));
+    f[1] = _mm256_mul_ps(v3, perm(sin[1], c));
+  }
 };
 
 // G query heads (h0 .. h0 + G - 1), 8 slots per pass.
@@ -359,37 +371,64 @@ void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size
   }
 }
 
-// 8 slots per pass, half a block (8 rotated coordinates, in registers) at a time.
+// K groups of 16 slots from `first` (K = 1 or 2), 8 lanes (one half of each group) and a quarter
+// block (4 rotated coordinates) at a time: the 4K coordinates are decoded into registers, then
+// each lane accumulator is loaded and stored once for all K groups. The radius and levels 4-3 are
+// decoded again for every quarter (about 4 more uops per 8 coordinates than half blocks), which
+// keeps the decoded values of both groups in the 16 ymm registers.
+template <RadiusPrecision R, int K>
+void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n,
+                        size_t first, int half, int g, const float* p, size_t p_stride,
+                        float* acc_lanes) {
+  const int blocks = tb.dim >> 4;
+  const float* cos1 = tb.cos[0].data();
+  const float* sin1 = tb.sin[0].data();
+  size_t at[K];
+  __m256i keep[K];
+  for (int k = 0; k < K; ++k) {
+    at[k] = first + 16 * k + 8 * half - slot;
+    keep[k] = lane_mask(at[k] < n ? n - at[k] : 0);
+  }
+  for (int qb = 0; qb < 4 * blocks; ++qb) {
+    const int b = qb / 4, qt = qb % 4;
+    __m256 y[K][4];
+    for (int k = 0; k < K; ++k) {
+      __m256 f[2];
+      pg.quarter_factors<R>(b, qt, first + 16 * k, half, f);
+      for (int j = 0; j < 2; ++j) {
+        const __m256i c = pg.codes1(2 * qb + j, first + 16 * k, half);
+        const __m256 sel = select_bit3(c);
+        y[k][2 * j] = _mm256_mul_ps(f[j], lookup16(cos1, c, sel));
+        y[k][2 * j + 1] = _mm256_mul_ps(f[j], lookup16(sin1, c, sel));
+      }
+    }
+    for (int h = 0; h < g; ++h) {
+      __m256 w[K];
+      for (int k = 0; k < K; ++k) w[k] = _mm256_maskload_ps(p + h * p_stride + at[k], keep[k]);
+      float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + qb * 4) * 16 + 8 * half;
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        __m256 a = _mm256_loadu_ps(acc + j * 16);
+        for (int k = 0; k < K; ++k) a = _mm256_fmadd_ps(w[k], y[k][j], a);
+        _mm256_storeu_ps(acc + j * 16, a);
+      }
+    }
+  }
+}
+
 template <RadiusPrecision R>
 void value_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                  const float* p, size_t p_stride, float* acc_lanes) {
   const PaperPage pg(tb, region);
-  const int blocks = tb.dim >> 4;
-  const float* cos1 = tb.cos[0].data();
-  const float* sin1 = tb.sin[0].data();
-  for (size_t first = slot; first < slot + n; first += 16) {
+  size_t first = slot;
+  for (; first + 16 < slot + n; first += 32) {
     for (int half = 0; half < 2; ++half) {
-      const size_t at = first + 8 * half - slot;
-      if (at >= n) break;
-      const __m256i keep = lane_mask(n - at);
-      for (int hb = 0; hb < 2 * blocks; ++hb) {
-        __m256 f[4], y[8];
-        pg.half_factors<R>(hb / 2, hb % 2, first, half, f);
-        for (int j = 0; j < 4; ++j) {
-          const __m256i c = pg.codes1(4 * hb + j, first, half);
-          const __m256 sel = select_bit3(c);
-          y[2 * j] = _mm256_mul_ps(f[j], lookup16(cos1, c, sel));
-          y[2 * j + 1] = _mm256_mul_ps(f[j], lookup16(sin1, c, sel));
-        }
-        for (int h = 0; h < g; ++h) {
-          const __m256 w = _mm256_maskload_ps(p + h * p_stride + at, keep);
-          float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + hb * 8) * 16 + 8 * half;
-#pragma GCC unroll 8
-          for (int j = 0; j < 8; ++j) {
-            _mm256_storeu_ps(acc + j * 16, _mm256_fmadd_ps(w, y[j], _mm256_loadu_ps(acc + j * 16)));
-          }
-        }
-      }
+      value_paper_groups<R, 2>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
+    }
+  }
+  if (first < slot + n) {
+    for (int half = 0; half < 2 && first + 8 * half < slot + n; ++half) {
+      value_paper_groups<R, 1>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
     }
   }
 }
