@@ -38,7 +38,9 @@ TEST(AttentionKernels, SimdSetsAreCompiledWhereTheCpuHasThem) {
   std::vector<std::string> got;
   for (const KernelSet* k : available_kernels()) got.push_back(k->name);
   EXPECT_EQ(got, want);
-  if (std::getenv("POLARQUANT_CPU") == nullptr) EXPECT_EQ(best_kernels().name, want.back());
+  if (std::getenv("POLARQUANT_CPU") == nullptr) {
+    EXPECT_EQ(best_kernels().name, want.back());
+  }
   for (const KernelSet* k : available_kernels()) std::printf("kernel set: %s\n", k->name.c_str());
 }
 
@@ -166,22 +168,30 @@ TEST(AttentionKernels, PolarKernelsMatchScalarForEveryCodeWidth) {
           const auto q = gaussian(g * c.dim, 8);
           PolarTables tables;
           build_polar_tables(*page.format, q.data(), g, tables);
-          for (size_t slot : {0u, 16u}) {
-            if (slot >= filled) continue;
-            const size_t n = filled - slot;
-            std::vector<float> a(g * 64, 0.0f), b(g * 64, 0.0f);
-            scalar_kernels().score_polar(tables, page.bytes.data(), slot, n, g, a.data(), 64);
-            k->score_polar(tables, page.bytes.data(), slot, n, g, b.data(), 64);
-            for (size_t i = 0; i < a.size(); ++i) {
-              EXPECT_NEAR(a[i], b[i], 1e-5 * (1 + 4 * c.dim)) << "score " << i;
-            }
-            const auto p = gaussian(g * 64, 9);
-            std::vector<float> la(g * c.dim * 16, 0.25f), lb(la);
-            scalar_kernels().value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64,
-                                         la.data());
-            k->value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64, lb.data());
-            for (size_t i = 0; i < la.size(); ++i) {
-              EXPECT_NEAR(la[i], lb[i], 1e-5 * (1 + 4 * std::sqrt(c.dim))) << "lane acc " << i;
+          // The analytic level-1 codebook is a half-turn one; paper pages are also read with the
+          // flag off, as a codebook without that symmetry would be.
+          EXPECT_EQ(tables.level1_half_turn, c.bits[0] == 4);
+          const bool built = tables.level1_half_turn;
+          for (bool turn : paper ? std::vector<bool>{true, false} : std::vector<bool>{built}) {
+            SCOPED_TRACE(turn ? "level-1 half turn" : "level-1 any codebook");
+            tables.level1_half_turn = turn;
+            for (size_t slot : {0u, 16u}) {
+              if (slot >= filled) continue;
+              const size_t n = filled - slot;
+              std::vector<float> a(g * 64, 0.0f), b(g * 64, 0.0f);
+              scalar_kernels().score_polar(tables, page.bytes.data(), slot, n, g, a.data(), 64);
+              k->score_polar(tables, page.bytes.data(), slot, n, g, b.data(), 64);
+              for (size_t i = 0; i < a.size(); ++i) {
+                EXPECT_NEAR(a[i], b[i], 1e-5 * (1 + 4 * c.dim)) << "score " << i;
+              }
+              const auto p = gaussian(g * 64, 9);
+              std::vector<float> la(g * c.dim * 16, 0.25f), lb(la);
+              scalar_kernels().value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64,
+                                           la.data());
+              k->value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64, lb.data());
+              for (size_t i = 0; i < la.size(); ++i) {
+                EXPECT_NEAR(la[i], lb[i], 1e-5 * (1 + 4 * std::sqrt(c.dim))) << "lane acc " << i;
+              }
             }
           }
         }

@@ -31,6 +31,12 @@ struct PolarTables {
   // interleaved widths, and the vpmultishiftqb control for the others.
   int32_t lane_shifts[16][16] = {};
   uint64_t multishift[16] = {};
+  // Level 1 has 16 codes whose angles are a half turn apart: entry c + 8 of cos[0] and sin[0] is
+  // the negation of entry c to within 2^-20 (the analytic codebook: equal in exact arithmetic,
+  // 1-2 float ulps apart as stored). The AVX2 set then looks up 8 entries and flips the sign
+  // (one permute instead of two and a blend), reading entry c + 8 as -entry c: its results
+  // differ from the scalar twin's by that rounding of the table (relative 2e-7 per term).
+  bool level1_half_turn = false;
   static int table_size(int bits) { return bits <= 4 ? 16 : (bits == 5 ? 32 : 1 << bits); }
 };
 

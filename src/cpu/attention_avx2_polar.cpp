@@ -48,6 +48,10 @@ inline __m256 lookup16(const float* table, __m256i c, __m256 sel) {
 inline __m256 select_bit3(__m256i c) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(c, 28));
 }
+// Bit 3 of each code as the sign bit (for tables whose entry c + 8 is -entry c).
+inline __m256 sign_of_bit3(__m256i c) {
+  return _mm256_and_ps(select_bit3(c), _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
+}
 
 // The codes of slots first + 8 * half + [0, 8) of one field (first a multiple of 16; layout:
 // code_bit in cache/page_format.h), one per 32-bit lane. 1-, 2- and 4-bit codes keep the bits
@@ -329,7 +333,7 @@ struct PaperPage {
 };
 
 // G query heads (h0 .. h0 + G - 1), 8 slots per pass.
-template <RadiusPrecision R, int G>
+template <RadiusPrecision R, int G, bool HalfTurn>
 void score_paper_heads(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n, int h0,
                        float* scores, size_t s_stride) {
   const int blocks = tb.dim >> 4;
@@ -348,10 +352,20 @@ void score_paper_heads(const PolarTables& tb, const PaperPage& pg, size_t slot, 
         for (int k = 0; k < 4; ++k) {
           const int pair = 4 * hb + k;
           const __m256i c = pg.codes1(pair, first, half);
-          const __m256 sel = select_bit3(c);
+          if constexpr (HalfTurn) {  // a1[c + 8] = -a1[c]: the sign goes into the factor
+            const __m256 fs = _mm256_xor_ps(f[k], sign_of_bit3(c));
 #pragma GCC unroll 4
-          for (int i = 0; i < G; ++i) {
-            acc[i] = _mm256_fmadd_ps(f[k], lookup16(a1 + (i * pairs + pair) * 16, c, sel), acc[i]);
+            for (int i = 0; i < G; ++i) {
+              acc[i] =
+                  _mm256_fmadd_ps(fs, PaperPage::perm(a1 + (i * pairs + pair) * 16, c), acc[i]);
+            }
+          } else {
+            const __m256 sel = select_bit3(c);
+#pragma GCC unroll 4
+            for (int i = 0; i < G; ++i) {
+              acc[i] =
+                  _mm256_fmadd_ps(f[k], lookup16(a1 + (i * pairs + pair) * 16, c, sel), acc[i]);
+            }
           }
         }
       }
@@ -366,7 +380,12 @@ void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size
   const PaperPage pg(tb, region);
   for (int h0 = 0; h0 < g; h0 += kHeadGroup) {
     with_count<1, kHeadGroup>(std::min(g - h0, kHeadGroup), [&](auto heads) {
-      score_paper_heads<R, decltype(heads)::value>(tb, pg, slot, n, h0, scores, s_stride);
+      constexpr int G = decltype(heads)::value;
+      if (tb.level1_half_turn) {
+        score_paper_heads<R, G, true>(tb, pg, slot, n, h0, scores, s_stride);
+      } else {
+        score_paper_heads<R, G, false>(tb, pg, slot, n, h0, scores, s_stride);
+      }
     });
   }
 }
@@ -376,7 +395,7 @@ void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size
 // each lane accumulator is loaded and stored once for all K groups. The radius and levels 4-3 are
 // decoded again for every quarter (about 4 more uops per 8 coordinates than half blocks), which
 // keeps the decoded values of both groups in the 16 ymm registers.
-template <RadiusPrecision R, int K>
+template <RadiusPrecision R, int K, bool HalfTurn>
 void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n,
                         size_t first, int half, int g, const float* p, size_t p_stride,
                         float* acc_lanes) {
@@ -397,9 +416,15 @@ void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot,
       pg.quarter_factors<R>(b, qt, first + 16 * k, half, f);
       for (int j = 0; j < 2; ++j) {
         const __m256i c = pg.codes1(2 * qb + j, first + 16 * k, half);
-        const __m256 sel = select_bit3(c);
-        y[k][2 * j] = _mm256_mul_ps(f[j], lookup16(cos1, c, sel));
-        y[k][2 * j + 1] = _mm256_mul_ps(f[j], lookup16(sin1, c, sel));
+        if constexpr (HalfTurn) {
+          const __m256 fs = _mm256_xor_ps(f[j], sign_of_bit3(c));
+          y[k][2 * j] = _mm256_mul_ps(fs, PaperPage::perm(cos1, c));
+          y[k][2 * j + 1] = _mm256_mul_ps(fs, PaperPage::perm(sin1, c));
+        } else {
+          const __m256 sel = select_bit3(c);
+          y[k][2 * j] = _mm256_mul_ps(f[j], lookup16(cos1, c, sel));
+          y[k][2 * j + 1] = _mm256_mul_ps(f[j], lookup16(sin1, c, sel));
+        }
       }
     }
     for (int h = 0; h < g; ++h) {
@@ -416,20 +441,30 @@ void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot,
   }
 }
 
-template <RadiusPrecision R>
-void value_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
-                 const float* p, size_t p_stride, float* acc_lanes) {
+template <RadiusPrecision R, bool HalfTurn>
+void value_paper_turn(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                      const float* p, size_t p_stride, float* acc_lanes) {
   const PaperPage pg(tb, region);
   size_t first = slot;
   for (; first + 16 < slot + n; first += 32) {
     for (int half = 0; half < 2; ++half) {
-      value_paper_groups<R, 2>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
+      value_paper_groups<R, 2, HalfTurn>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
     }
   }
   if (first < slot + n) {
     for (int half = 0; half < 2 && first + 8 * half < slot + n; ++half) {
-      value_paper_groups<R, 1>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
+      value_paper_groups<R, 1, HalfTurn>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
     }
+  }
+}
+
+template <RadiusPrecision R>
+void value_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                 const float* p, size_t p_stride, float* acc_lanes) {
+  if (tb.level1_half_turn) {
+    value_paper_turn<R, true>(tb, region, slot, n, g, p, p_stride, acc_lanes);
+  } else {
+    value_paper_turn<R, false>(tb, region, slot, n, g, p, p_stride, acc_lanes);
   }
 }
 
