@@ -390,11 +390,13 @@ void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size
   }
 }
 
-// K groups of 16 slots from `first` (K = 1 or 2), 8 lanes (one half of each group) and a quarter
-// block (4 rotated coordinates) at a time: the 4K coordinates are decoded into registers, then
-// each lane accumulator is loaded and stored once for all K groups. The radius and levels 4-3 are
-// decoded again for every quarter (about 4 more uops per 8 coordinates than half blocks), which
-// keeps the decoded values of both groups in the 16 ymm registers.
+// K groups of 16 slots from `first` (K = 1 or 2), 8 lanes (one half of each group) and
+// kValueCoords rotated coordinates at a time: the coordinates of both groups are decoded, then each
+// lane accumulator is loaded and stored once for all K groups (stage value, llama shape: 129 us
+// with K = 1, 99 us with K = 2 over quarter blocks, 93 us over half blocks, where the 16 decoded
+// vectors exceed the 16 ymm registers and some are spilled to L1 and read back by the FMAs, which
+// costs less than decoding the radius and levels 4-3 once per quarter).
+constexpr int kValueCoords = 8;
 template <RadiusPrecision R, int K, bool HalfTurn>
 void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n,
                         size_t first, int half, int g, const float* p, size_t p_stride,
@@ -408,14 +410,19 @@ void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot,
     at[k] = first + 16 * k + 8 * half - slot;
     keep[k] = lane_mask(at[k] < n ? n - at[k] : 0);
   }
-  for (int qb = 0; qb < 4 * blocks; ++qb) {
-    const int b = qb / 4, qt = qb % 4;
-    __m256 y[K][4];
+  constexpr int kParts = 16 / kValueCoords;  // passes per block
+  for (int pb = 0; pb < kParts * blocks; ++pb) {
+    const int b = pb / kParts, part = pb % kParts;
+    __m256 y[K][kValueCoords];
     for (int k = 0; k < K; ++k) {
-      __m256 f[2];
-      pg.quarter_factors<R>(b, qt, first + 16 * k, half, f);
-      for (int j = 0; j < 2; ++j) {
-        const __m256i c = pg.codes1(2 * qb + j, first + 16 * k, half);
+      __m256 f[kValueCoords / 2];
+      if constexpr (kValueCoords == 4) {
+        pg.quarter_factors<R>(b, part, first + 16 * k, half, f);
+      } else {
+        pg.half_factors<R>(b, part, first + 16 * k, half, f);
+      }
+      for (int j = 0; j < kValueCoords / 2; ++j) {
+        const __m256i c = pg.codes1(kValueCoords / 2 * pb + j, first + 16 * k, half);
         if constexpr (HalfTurn) {
           const __m256 fs = _mm256_xor_ps(f[j], sign_of_bit3(c));
           y[k][2 * j] = _mm256_mul_ps(fs, PaperPage::perm(cos1, c));
@@ -430,9 +437,10 @@ void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot,
     for (int h = 0; h < g; ++h) {
       __m256 w[K];
       for (int k = 0; k < K; ++k) w[k] = _mm256_maskload_ps(p + h * p_stride + at[k], keep[k]);
-      float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + qb * 4) * 16 + 8 * half;
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
+      float* acc =
+          acc_lanes + (static_cast<size_t>(h) * tb.dim + pb * kValueCoords) * 16 + 8 * half;
+#pragma GCC unroll 8
+      for (int j = 0; j < kValueCoords; ++j) {
         __m256 a = _mm256_loadu_ps(acc + j * 16);
         for (int k = 0; k < K; ++k) a = _mm256_fmadd_ps(w[k], y[k][j], a);
         _mm256_storeu_ps(acc + j * 16, a);
