@@ -11,9 +11,6 @@
 // Built for AVX2 through the target pragma (see attention_avx2_rows.cpp for why not -mavx2).
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
-#include <type_traits>
-#include <utility>
 
 #include "attention/kernels.h"
 #include "cpu/attention_avx2.h"
@@ -23,129 +20,14 @@
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
+#include "cpu/avx2_lanes.h"
+
 namespace polarquant {
 namespace {
 
-inline __m256i lane_mask(size_t n) {
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n < 8 ? n : 8)), lanes);
-}
-
-inline void store_scores(float* dst, size_t count, __m256 v) {
-  if (count >= 8) {
-    _mm256_storeu_ps(dst, v);
-  } else {
-    _mm256_maskstore_ps(dst, lane_mask(count), v);
-  }
-}
-
-// table[c & 15] for 8 lanes: 2 permutes of the table's halves, blended on bit 3 (moved to the
-// sign bit). Bits of c above bit 3 are ignored.
-inline __m256 lookup16(const float* table, __m256i c, __m256 sel) {
-  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c),
-                          _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), c), sel);
-}
-inline __m256 select_bit3(__m256i c) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(c, 28));
-}
-// Bit 3 of each code as the sign bit (for tables whose entry c + 8 is -entry c).
-inline __m256 sign_of_bit3(__m256i c) {
-  return _mm256_and_ps(select_bit3(c), _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
-}
-
-// The codes of slots first + 8 * half + [0, 8) of one field (first a multiple of 16; layout:
-// code_bit in cache/page_format.h), one per 32-bit lane. 1-, 2- and 4-bit codes keep the bits
-// above the code (the lookups ignore them); other widths are exact.
-struct CodeUnpacker {
-  enum Kind { kShift, kNibble, kByte, kPacked };
-  int bits = 0;
-  Kind kind = kPacked;
-  __m256i shifts[2] = {};  // kShift: per-lane right shift of the broadcast group, per half
-  __m256i lo_shifts = _mm256_setzero_si256(), hi_shifts = _mm256_setzero_si256();  // kPacked
-  __m256i mask = _mm256_setzero_si256();
-
-  CodeUnpacker() = default;
-  explicit CodeUnpacker(int b) : bits(b) {
-    kind = b <= 2 ? kShift : b == 4 ? kNibble : b == 8 ? kByte : kPacked;
-    alignas(32) int32_t s[8];
-    for (int half = 0; half < 2; ++half) {
-      for (int j = 0; j < 8; ++j) s[j] = static_cast<int32_t>(code_bit(8 * half + j, b));
-      shifts[half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(s));
-    }
-    lo_shifts = _mm256_setr_epi64x(0, b, 2 * b, 3 * b);
-    hi_shifts = _mm256_setr_epi64x(4 * b, 5 * b, 6 * b, 7 * b);
-    mask = _mm256_set1_epi32((1 << b) - 1);
-  }
-
-  __m256i operator()(const uint8_t* field, size_t first, int half) const {
-    const uint8_t* p = field + first / 8 * bits;
-    switch (kind) {
-      case kShift: {
-        uint32_t u;
-        std::memcpy(&u, p, 4);  // a 2-byte group (1 bit) reads 2 bytes more: the region has slack
-        return _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(u)), shifts[half]);
-      }
-      case kNibble: {
-        const __m256i v =
-            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-        return half ? _mm256_srli_epi32(v, 4) : v;
-      }
-      case kByte:
-        return _mm256_cvtepu8_epi32(
-            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * half)));
-      case kPacked:
-        break;
-    }
-    // Slots 8 * half + j at bits j * b of the 8 bytes from p + half * b.
-    uint64_t u;
-    std::memcpy(&u, p + half * bits, 8);
-    const __m256i v = _mm256_set1_epi64x(static_cast<long long>(u));
-    const __m256i lo = _mm256_srlv_epi64(v, lo_shifts);                         // slots 0-3
-    const __m256i hi = _mm256_slli_epi64(_mm256_srlv_epi64(v, hi_shifts), 32);  // slots 4-7
-    const __m256i mixed = _mm256_blend_epi32(lo, hi, 0xAA);                     // 0 4 1 5 2 6 3 7
-    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    return _mm256_and_si256(_mm256_permutevar8x32_epi32(mixed, order), mask);
-  }
-};
-
-inline __m256 lookup(const float* table, int bits, __m256i c) {
-  if (bits <= 3) return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c);
-  if (bits == 4) return lookup16(table, c, select_bit3(c));
-  return _mm256_i32gather_ps(table, c, 4);
-}
-
-inline __m256 load_radii(const PolarPageLayout& layout, RadiusPrecision radius,
-                         const uint8_t* region, int block, size_t first) {
-  const uint8_t* p =
-      region + layout.radii_offset +
-      (static_cast<size_t>(block) * layout.page_tokens + first) * layout.radius_bytes;
-  switch (radius) {
-    case RadiusPrecision::kFp16:
-      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    case RadiusPrecision::kBf16:
-      return _mm256_castsi256_ps(_mm256_slli_epi32(
-          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
-    case RadiusPrecision::kFp32:
-      break;
-  }
-  return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
-}
+using namespace avx2;
 
 constexpr int kMaxLevels = 8;  // deeper trees use the scalar set
-constexpr int kHeadGroup = 4;  // query heads scored per pass over the codes (16 ymm registers)
-
-template <int Lo, int Hi, class F>
-bool with_count(int v, F&& f) {
-  if constexpr (Lo > Hi) {
-    return false;
-  } else {
-    if (v == Lo) {
-      f(std::integral_constant<int, Lo>{});
-      return true;
-    }
-    return with_count<Lo + 1, Hi>(v, std::forward<F>(f));
-  }
-}
 
 // ---- Any allocation of up to kMaxLevels levels ------------------------------------------------
 
@@ -246,248 +128,9 @@ void value_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slo
   }
 }
 
-// ---- The paper allocation: L = 4, bits 4,2,2,2 ------------------------------------------------
-// The same arithmetic as the generic kernels at L = 4, with the widths known at compile time.
-
-bool is_paper_allocation(const PolarTables& tb) {
-  return tb.levels == 4 && tb.bits[0] == 4 && tb.bits[1] == 2 && tb.bits[2] == 2 && tb.bits[3] == 2;
-}
-
-struct PaperPage {
-  const uint8_t* radii;
-  const uint8_t* level[4];  // level l + 1, node n at level[l] + n * field[l]
-  size_t radius_stride;
-  size_t field[4];
-  const float* cos[4];
-  const float* sin[4];
-  __m256i shifts2[2];  // 2-bit groups: per-lane shift of the broadcast 4 bytes, per half
-
-  PaperPage(const PolarTables& tb, const uint8_t* region) {
-    const PolarPageLayout& layout = *tb.layout;
-    radii = region + layout.radii_offset;
-    radius_stride = static_cast<size_t>(layout.page_tokens) * layout.radius_bytes;
-    for (int l = 0; l < 4; ++l) {
-      level[l] = region + layout.level_offset[l];
-      field[l] = layout.field_bytes[l];
-      cos[l] = tb.cos[l].data();
-      sin[l] = tb.sin[l].data();
-    }
-    const CodeUnpacker two(2);
-    shifts2[0] = two.shifts[0];
-    shifts2[1] = two.shifts[1];
-  }
-
-  __m256i codes1(int node, size_t first, int half) const {
-    const __m256i v = _mm256_cvtepu8_epi32(
-        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(level[0] + node * field[0] + first / 2)));
-    return half ? _mm256_srli_epi32(v, 4) : v;
-  }
-  __m256i codes2(int l, int node, size_t first, int half) const {
-    uint32_t u;
-    std::memcpy(&u, level[l - 1] + node * field[l - 1] + first / 4, 4);
-    return _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(u)), shifts2[half]);
-  }
-  static __m256 perm(const float* table, __m256i c) {
-    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c);
-  }
-
-  template <RadiusPrecision R>
-  __m256 radius(int block, size_t first) const {
-    const uint8_t* p = radii + block * radius_stride + first * radius_bytes(R);
-    if constexpr (R == RadiusPrecision::kFp16) {
-      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    } else if constexpr (R == RadiusPrecision::kBf16) {
-      return _mm256_castsi256_ps(_mm256_slli_epi32(
-          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
-    } else {
-      return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
-    }
-  }
-
-  // The 4 level-1 pair factors of half block `hb` (0 or 1) of block b, 8 slots.
-  template <RadiusPrecision R>
-  void half_factors(int b, int hb, size_t first, int half, __m256* f) const {
-    const __m256 r = radius<R>(b, first + 8 * half);
-    const __m256i c4 = codes2(4, b, first, half);
-    const __m256 v4 = _mm256_mul_ps(r, perm(hb ? sin[3] : cos[3], c4));
-    const __m256i c3 = codes2(3, 2 * b + hb, first, half);
-    const __m256 v3[2] = {_mm256_mul_ps(v4, perm(cos[2], c3)), _mm256_mul_ps(v4, perm(sin[2], c3))};
-    for (int k = 0; k < 2; ++k) {
-      const __m256i c = codes2(2, 4 * b + 2 * hb + k, first, half);
-      f[2 * k] = _mm256_mul_ps(v3[k], perm(cos[1], c));
-      f[2 * k + 1] = _mm256_mul_ps(v3[k], perm(sin[1], c));
-    }
-  }
-  // The 2 level-1 pair factors of quarter `qt` (0..3) of block b, 8 slots: pairs 8b + 2qt + j.
-  template <RadiusPrecision R>
-  void quarter_factors(int b, int qt, size_t first, int half, __m256* f) const {
-    const __m256 r = radius<R>(b, first + 8 * half);
-    const __m256i c4 = codes2(4, b, first, half);
-    const __m256 v4 = _mm256_mul_ps(r, perm(qt / 2 ? sin[3] : cos[3], c4));
-    const __m256i c3 = codes2(3, 2 * b + qt / 2, first, half);
-    const __m256 v3 = _mm256_mul_ps(v4, perm(qt % 2 ? sin[2] : cos[2], c3));
-    const __m256i c = codes2(2, 4 * b + qt, first, half);
-    f[0] = _mm256_mul_ps(v3, perm(cos[1], c));
-    f[1] = _mm256_mul_ps(v3, perm(sin[1], c));
-  }
-};
-
-// G query heads (h0 .. h0 + G - 1), 8 slots per pass.
-template <RadiusPrecision R, int G, bool HalfTurn>
-void score_paper_heads(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n, int h0,
-                       float* scores, size_t s_stride) {
-  const int blocks = tb.dim >> 4;
-  const size_t pairs = static_cast<size_t>(tb.dim / 2);
-  const float* a1 = tb.a1.data() + h0 * pairs * 16;
-  for (size_t first = slot; first < slot + n; first += 16) {
-    for (int half = 0; half < 2; ++half) {
-      const size_t at = first + 8 * half - slot;
-      if (at >= n) break;
-      __m256 acc[G];
-      for (int i = 0; i < G; ++i) acc[i] = _mm256_setzero_ps();
-      for (int hb = 0; hb < 2 * blocks; ++hb) {
-        __m256 f[4];
-        pg.half_factors<R>(hb / 2, hb % 2, first, half, f);
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; ++k) {
-          const int pair = 4 * hb + k;
-          const __m256i c = pg.codes1(pair, first, half);
-          if constexpr (HalfTurn) {  // a1[c + 8] = -a1[c]: the sign goes into the factor
-            const __m256 fs = _mm256_xor_ps(f[k], sign_of_bit3(c));
-#pragma GCC unroll 4
-            for (int i = 0; i < G; ++i) {
-              acc[i] =
-                  _mm256_fmadd_ps(fs, PaperPage::perm(a1 + (i * pairs + pair) * 16, c), acc[i]);
-            }
-          } else {
-            const __m256 sel = select_bit3(c);
-#pragma GCC unroll 4
-            for (int i = 0; i < G; ++i) {
-              acc[i] =
-                  _mm256_fmadd_ps(f[k], lookup16(a1 + (i * pairs + pair) * 16, c, sel), acc[i]);
-            }
-          }
-        }
-      }
-      for (int i = 0; i < G; ++i) store_scores(scores + (h0 + i) * s_stride + at, n - at, acc[i]);
-    }
-  }
-}
-
-template <RadiusPrecision R>
-void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
-                 float* scores, size_t s_stride) {
-  const PaperPage pg(tb, region);
-  for (int h0 = 0; h0 < g; h0 += kHeadGroup) {
-    with_count<1, kHeadGroup>(std::min(g - h0, kHeadGroup), [&](auto heads) {
-      constexpr int G = decltype(heads)::value;
-      if (tb.level1_half_turn) {
-        score_paper_heads<R, G, true>(tb, pg, slot, n, h0, scores, s_stride);
-      } else {
-        score_paper_heads<R, G, false>(tb, pg, slot, n, h0, scores, s_stride);
-      }
-    });
-  }
-}
-
-// K groups of 16 slots from `first` (K = 1 or 2), 8 lanes (one half of each group) and
-// kValueCoords rotated coordinates at a time: the coordinates of both groups are decoded, then each
-// lane accumulator is loaded and stored once for all K groups (stage value, llama shape: 129 us
-// with K = 1, 99 us with K = 2 over quarter blocks, 93 us over half blocks, where the 16 decoded
-// vectors exceed the 16 ymm registers and some are spilled to L1 and read back by the FMAs, which
-// costs less than decoding the radius and levels 4-3 once per quarter).
-constexpr int kValueCoords = 8;
-template <RadiusPrecision R, int K, bool HalfTurn>
-void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n,
-                        size_t first, int half, int g, const float* p, size_t p_stride,
-                        float* acc_lanes) {
-  const int blocks = tb.dim >> 4;
-  const float* cos1 = tb.cos[0].data();
-  const float* sin1 = tb.sin[0].data();
-  size_t at[K];
-  __m256i keep[K];
-  for (int k = 0; k < K; ++k) {
-    at[k] = first + 16 * k + 8 * half - slot;
-    keep[k] = lane_mask(at[k] < n ? n - at[k] : 0);
-  }
-  constexpr int kParts = 16 / kValueCoords;  // passes per block
-  for (int pb = 0; pb < kParts * blocks; ++pb) {
-    const int b = pb / kParts, part = pb % kParts;
-    __m256 y[K][kValueCoords];
-    for (int k = 0; k < K; ++k) {
-      __m256 f[kValueCoords / 2];
-      if constexpr (kValueCoords == 4) {
-        pg.quarter_factors<R>(b, part, first + 16 * k, half, f);
-      } else {
-        pg.half_factors<R>(b, part, first + 16 * k, half, f);
-      }
-      for (int j = 0; j < kValueCoords / 2; ++j) {
-        const __m256i c = pg.codes1(kValueCoords / 2 * pb + j, first + 16 * k, half);
-        if constexpr (HalfTurn) {
-          const __m256 fs = _mm256_xor_ps(f[j], sign_of_bit3(c));
-          y[k][2 * j] = _mm256_mul_ps(fs, PaperPage::perm(cos1, c));
-          y[k][2 * j + 1] = _mm256_mul_ps(fs, PaperPage::perm(sin1, c));
-        } else {
-          const __m256 sel = select_bit3(c);
-          y[k][2 * j] = _mm256_mul_ps(f[j], lookup16(cos1, c, sel));
-          y[k][2 * j + 1] = _mm256_mul_ps(f[j], lookup16(sin1, c, sel));
-        }
-      }
-    }
-    for (int h = 0; h < g; ++h) {
-      __m256 w[K];
-      for (int k = 0; k < K; ++k) w[k] = _mm256_maskload_ps(p + h * p_stride + at[k], keep[k]);
-      float* acc =
-          acc_lanes + (static_cast<size_t>(h) * tb.dim + pb * kValueCoords) * 16 + 8 * half;
-#pragma GCC unroll 8
-      for (int j = 0; j < kValueCoords; ++j) {
-        __m256 a = _mm256_loadu_ps(acc + j * 16);
-        for (int k = 0; k < K; ++k) a = _mm256_fmadd_ps(w[k], y[k][j], a);
-        _mm256_storeu_ps(acc + j * 16, a);
-      }
-    }
-  }
-}
-
-template <RadiusPrecision R, bool HalfTurn>
-void value_paper_turn(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
-                      const float* p, size_t p_stride, float* acc_lanes) {
-  const PaperPage pg(tb, region);
-  size_t first = slot;
-  for (; first + 16 < slot + n; first += 32) {
-    for (int half = 0; half < 2; ++half) {
-      value_paper_groups<R, 2, HalfTurn>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
-    }
-  }
-  if (first < slot + n) {
-    for (int half = 0; half < 2 && first + 8 * half < slot + n; ++half) {
-      value_paper_groups<R, 1, HalfTurn>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
-    }
-  }
-}
-
-template <RadiusPrecision R>
-void value_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
-                 const float* p, size_t p_stride, float* acc_lanes) {
-  if (tb.level1_half_turn) {
-    value_paper_turn<R, true>(tb, region, slot, n, g, p, p_stride, acc_lanes);
-  } else {
-    value_paper_turn<R, false>(tb, region, slot, n, g, p, p_stride, acc_lanes);
-  }
-}
-
 void score_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                  float* scores, size_t s_stride) {
-  if (is_paper_allocation(tb)) {
-    switch (tb.radius) {
-      case RadiusPrecision::kFp16:
-        return score_paper<RadiusPrecision::kFp16>(tb, region, slot, n, g, scores, s_stride);
-      case RadiusPrecision::kBf16:
-        return score_paper<RadiusPrecision::kBf16>(tb, region, slot, n, g, scores, s_stride);
-      case RadiusPrecision::kFp32:
-        return score_paper<RadiusPrecision::kFp32>(tb, region, slot, n, g, scores, s_stride);
-    }
-  }
+  if (avx2_score_paper(tb, region, slot, n, g, scores, s_stride)) return;
   const bool done = with_count<1, kMaxLevels>(tb.levels, [&](auto levels) {
     score_polar_levels<decltype(levels)::value>(tb, region, slot, n, g, scores, s_stride);
   });
@@ -496,22 +139,12 @@ void score_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size
 
 void value_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                  const float* p, size_t p_stride, float* acc) {
-  if (is_paper_allocation(tb)) {
-    switch (tb.radius) {
-      case RadiusPrecision::kFp16:
-        return value_paper<RadiusPrecision::kFp16>(tb, region, slot, n, g, p, p_stride, acc);
-      case RadiusPrecision::kBf16:
-        return value_paper<RadiusPrecision::kBf16>(tb, region, slot, n, g, p, p_stride, acc);
-      case RadiusPrecision::kFp32:
-        return value_paper<RadiusPrecision::kFp32>(tb, region, slot, n, g, p, p_stride, acc);
-    }
-  }
+  if (avx2_value_paper(tb, region, slot, n, g, p, p_stride, acc)) return;
   const bool done = with_count<1, kMaxLevels>(tb.levels, [&](auto levels) {
     value_polar_levels<decltype(levels)::value>(tb, region, slot, n, g, p, p_stride, acc);
   });
   if (!done) scalar_kernels().value_polar(tb, region, slot, n, g, p, p_stride, acc);
 }
-
 }  // namespace
 }  // namespace polarquant
 
