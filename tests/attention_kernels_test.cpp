@@ -47,6 +47,16 @@ TEST(AttentionKernels, SimdSetsAreCompiledWhereTheCpuHasThem) {
 TEST(AttentionKernels, KernelSetsAreFoundByName) {
   for (const KernelSet* k : available_kernels()) EXPECT_EQ(kernels_named(k->name), k);
   EXPECT_EQ(kernels_named("sse9"), nullptr);
+  // POLARQUANT_CPU values: unset or empty -> the fastest; a runnable name -> that set; anything
+  // else -> the fastest (and a line on stderr).
+  const KernelSet* fastest = available_kernels().back();
+  EXPECT_EQ(&kernels_for(nullptr), fastest);
+  EXPECT_EQ(&kernels_for(""), fastest);
+  EXPECT_EQ(&kernels_for("scalar"), &scalar_kernels());
+  EXPECT_EQ(&kernels_for("sse9"), fastest);
+  if (avx2_kernels() != nullptr) {
+    EXPECT_EQ(&kernels_for("avx2"), avx2_kernels());
+  }
 }
 
 TEST(AttentionKernels, RowKernelsMatchScalar) {

@@ -20,18 +20,19 @@ const KernelSet* kernels_named(const std::string& target) {
   return nullptr;
 }
 
+const KernelSet& kernels_for(const char* target) {
+  const KernelSet& fastest = *available_kernels().back();
+  if (target == nullptr || *target == '\0') return fastest;
+  if (const KernelSet* k = kernels_named(target)) return *k;
+  std::fprintf(stderr,
+               "polarquant: POLARQUANT_CPU=%s is not a kernel set this CPU runs (scalar, avx2, "
+               "avx512); using %s\n",
+               target, fastest.name.c_str());
+  return fastest;
+}
+
 const KernelSet& best_kernels() {
-  static const KernelSet& best = []() -> const KernelSet& {
-    const KernelSet& fastest = *available_kernels().back();
-    const char* env = std::getenv("POLARQUANT_CPU");
-    if (env == nullptr || *env == '\0') return fastest;
-    if (const KernelSet* k = kernels_named(env)) return *k;
-    std::fprintf(stderr,
-                 "polarquant: POLARQUANT_CPU=%s is not a kernel set this CPU runs (scalar, avx2, "
-                 "avx512); using %s\n",
-                 env, fastest.name.c_str());
-    return fastest;
-  }();
+  static const KernelSet& best = kernels_for(std::getenv("POLARQUANT_CPU"));
   return best;
 }
 

@@ -1,6 +1,7 @@
 // The inner loops of decode attention, one set per instruction-set level. Every set does exactly
 // the same arithmetic up to float rounding (order of additions, fused multiply-adds, exp
-// polynomial): the scalar set is the reference the tests hold the SIMD sets to
+// polynomial, and in the AVX2 set the level-1 tables' half-turn rounding, see
+// PolarTables::level1_half_turn): the scalar set is the reference the tests hold the SIMD sets to
 // (tests/attention_kernels_test.cpp).
 //
 // Shapes: g query heads share one KV head; q is g x dim (already scaled, and rotated for PolarQuant
@@ -79,6 +80,9 @@ const KernelSet* avx512_kernels();
 const KernelSet& best_kernels();
 // The set POLARQUANT_CPU-style name `target` names, or nullptr when unknown or not runnable here.
 const KernelSet* kernels_named(const std::string& target);
+// The set best_kernels() uses for a POLARQUANT_CPU value: the fastest for nullptr or "", the named
+// set when this CPU runs it, else the fastest (with a line on stderr).
+const KernelSet& kernels_for(const char* target);
 // Every set this CPU runs, scalar first, fastest last (for the equivalence tests and the
 // benchmark).
 std::vector<const KernelSet*> available_kernels();
