@@ -10,6 +10,7 @@
 #include <polarquant/polar_codec.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -29,13 +30,33 @@ std::vector<const KernelSet*> simd_sets() {
 }
 
 TEST(AttentionKernels, SimdSetsAreCompiledWhereTheCpuHasThem) {
-  // Not a tautology on this project's machines (AVX-512 with VBMI): the tests below would
-  // otherwise pass vacuously. On other CPUs this reports which sets ran.
-  if (__builtin_cpu_supports("avx512vbmi")) {
-    EXPECT_EQ(simd_sets().size(), 1u);
-    EXPECT_EQ(best_kernels().name, "avx512");
+  // Not a tautology on this project's machines (AVX-512 with VBMI, hence AVX2): the tests below
+  // would otherwise pass vacuously. On other CPUs this reports which sets ran.
+  std::vector<std::string> want{"scalar"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) want.push_back("avx2");
+  if (__builtin_cpu_supports("avx512vbmi")) want.push_back("avx512");
+  std::vector<std::string> got;
+  for (const KernelSet* k : available_kernels()) got.push_back(k->name);
+  EXPECT_EQ(got, want);
+  if (std::getenv("POLARQUANT_CPU") == nullptr) {
+    EXPECT_EQ(best_kernels().name, want.back());
   }
   for (const KernelSet* k : available_kernels()) std::printf("kernel set: %s\n", k->name.c_str());
+}
+
+TEST(AttentionKernels, KernelSetsAreFoundByName) {
+  for (const KernelSet* k : available_kernels()) EXPECT_EQ(kernels_named(k->name), k);
+  EXPECT_EQ(kernels_named("sse9"), nullptr);
+  // POLARQUANT_CPU values: unset or empty -> the fastest; a runnable name -> that set; anything
+  // else -> the fastest (and a line on stderr).
+  const KernelSet* fastest = available_kernels().back();
+  EXPECT_EQ(&kernels_for(nullptr), fastest);
+  EXPECT_EQ(&kernels_for(""), fastest);
+  EXPECT_EQ(&kernels_for("scalar"), &scalar_kernels());
+  EXPECT_EQ(&kernels_for("sse9"), fastest);
+  if (avx2_kernels() != nullptr) {
+    EXPECT_EQ(&kernels_for("avx2"), avx2_kernels());
+  }
 }
 
 TEST(AttentionKernels, RowKernelsMatchScalar) {
@@ -157,22 +178,30 @@ TEST(AttentionKernels, PolarKernelsMatchScalarForEveryCodeWidth) {
           const auto q = gaussian(g * c.dim, 8);
           PolarTables tables;
           build_polar_tables(*page.format, q.data(), g, tables);
-          for (size_t slot : {0u, 16u}) {
-            if (slot >= filled) continue;
-            const size_t n = filled - slot;
-            std::vector<float> a(g * 64, 0.0f), b(g * 64, 0.0f);
-            scalar_kernels().score_polar(tables, page.bytes.data(), slot, n, g, a.data(), 64);
-            k->score_polar(tables, page.bytes.data(), slot, n, g, b.data(), 64);
-            for (size_t i = 0; i < a.size(); ++i) {
-              EXPECT_NEAR(a[i], b[i], 1e-5 * (1 + 4 * c.dim)) << "score " << i;
-            }
-            const auto p = gaussian(g * 64, 9);
-            std::vector<float> la(g * c.dim * 16, 0.25f), lb(la);
-            scalar_kernels().value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64,
-                                         la.data());
-            k->value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64, lb.data());
-            for (size_t i = 0; i < la.size(); ++i) {
-              EXPECT_NEAR(la[i], lb[i], 1e-5 * (1 + 4 * std::sqrt(c.dim))) << "lane acc " << i;
+          // The analytic level-1 codebook is a half-turn one; paper pages are also read with the
+          // flag off, as a codebook without that symmetry would be.
+          EXPECT_EQ(tables.level1_half_turn, c.bits[0] == 4);
+          const bool built = tables.level1_half_turn;
+          for (bool turn : paper ? std::vector<bool>{true, false} : std::vector<bool>{built}) {
+            SCOPED_TRACE(turn ? "level-1 half turn" : "level-1 any codebook");
+            tables.level1_half_turn = turn;
+            for (size_t slot : {0u, 16u}) {
+              if (slot >= filled) continue;
+              const size_t n = filled - slot;
+              std::vector<float> a(g * 64, 0.0f), b(g * 64, 0.0f);
+              scalar_kernels().score_polar(tables, page.bytes.data(), slot, n, g, a.data(), 64);
+              k->score_polar(tables, page.bytes.data(), slot, n, g, b.data(), 64);
+              for (size_t i = 0; i < a.size(); ++i) {
+                EXPECT_NEAR(a[i], b[i], 1e-5 * (1 + 4 * c.dim)) << "score " << i;
+              }
+              const auto p = gaussian(g * 64, 9);
+              std::vector<float> la(g * c.dim * 16, 0.25f), lb(la);
+              scalar_kernels().value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64,
+                                           la.data());
+              k->value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64, lb.data());
+              for (size_t i = 0; i < la.size(); ++i) {
+                EXPECT_NEAR(la[i], lb[i], 1e-5 * (1 + 4 * std::sqrt(c.dim))) << "lane acc " << i;
+              }
             }
           }
         }

@@ -1,6 +1,7 @@
 // The inner loops of decode attention, one set per instruction-set level. Every set does exactly
 // the same arithmetic up to float rounding (order of additions, fused multiply-adds, exp
-// polynomial): the scalar set is the reference the tests hold the SIMD sets to
+// polynomial, and in the AVX2 set the level-1 tables' half-turn rounding, see
+// PolarTables::level1_half_turn): the scalar set is the reference the tests hold the SIMD sets to
 // (tests/attention_kernels_test.cpp).
 //
 // Shapes: g query heads share one KV head; q is g x dim (already scaled, and rotated for PolarQuant
@@ -31,6 +32,12 @@ struct PolarTables {
   // interleaved widths, and the vpmultishiftqb control for the others.
   int32_t lane_shifts[16][16] = {};
   uint64_t multishift[16] = {};
+  // Level 1 has 16 codes whose angles are a half turn apart: entry c + 8 of cos[0] and sin[0] is
+  // the negation of entry c to within 2^-20 (the analytic codebook: equal in exact arithmetic,
+  // 1-2 float ulps apart as stored). The AVX2 set then looks up 8 entries and flips the sign
+  // (one permute instead of two and a blend), reading entry c + 8 as -entry c: its results
+  // differ from the scalar twin's by that rounding of the table (relative 2e-7 per term).
+  bool level1_half_turn = false;
   static int table_size(int bits) { return bits <= 4 ? 16 : (bits == 5 ? 32 : 1 << bits); }
 };
 
@@ -63,11 +70,21 @@ struct KernelSet {
 };
 
 const KernelSet& scalar_kernels();
+// nullptr when this build or CPU lacks AVX2, FMA or F16C.
+const KernelSet* avx2_kernels();
 // nullptr when this build or CPU lacks AVX-512 (F, BW, DQ, VL, VBMI).
 const KernelSet* avx512_kernels();
-// The fastest set this CPU runs (chosen once).
+// The set decode attention uses, chosen once per process: the fastest this CPU runs, or the one
+// the environment variable POLARQUANT_CPU names ("scalar", "avx2", "avx512"). A name this CPU
+// cannot run, or an unknown one, is reported on stderr once and the fastest set is used.
 const KernelSet& best_kernels();
-// Every set this CPU runs, scalar first (for the equivalence tests and the benchmark).
+// The set POLARQUANT_CPU-style name `target` names, or nullptr when unknown or not runnable here.
+const KernelSet* kernels_named(const std::string& target);
+// The set best_kernels() uses for a POLARQUANT_CPU value: the fastest for nullptr or "", the named
+// set when this CPU runs it, else the fastest (with a line on stderr).
+const KernelSet& kernels_for(const char* target);
+// Every set this CPU runs, scalar first, fastest last (for the equivalence tests and the
+// benchmark).
 std::vector<const KernelSet*> available_kernels();
 
 }  // namespace polarquant

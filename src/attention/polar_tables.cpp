@@ -31,6 +31,11 @@ void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, i
       tables.sin[l][c] = book.sines()[c % book.size()];
     }
   }
+  tables.level1_half_turn = config.bits[0] == 4;
+  for (int c = 0; c < 8 && tables.level1_half_turn; ++c) {
+    tables.level1_half_turn = std::fabs(tables.cos[0][c + 8] + tables.cos[0][c]) <= 0x1p-20f &&
+                              std::fabs(tables.sin[0][c + 8] + tables.sin[0][c]) <= 0x1p-20f;
+  }
   if (q_rotated == nullptr) return;
   const int pairs = config.dim / 2;
   const int size1 = PolarTables::table_size(config.bits[0]);

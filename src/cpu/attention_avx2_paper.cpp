@@ -1,0 +1,308 @@
+// The AVX2 kernels for the paper allocation (L = 4, bits 4,2,2,2): the arithmetic of the generic
+// AVX2 kernels at L = 4 (attention_avx2_polar.cpp), with every width known at compile time, the
+// level-2..4 cos/sin tables read by vpermps straight from L1, and the level-1 half-turn symmetry
+// (PolarTables::level1_half_turn) used when the codebook has it. Built for AVX2 through the target
+// pragma (see attention_avx2_rows.cpp for why not -mavx2).
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cstring>
+
+#include "attention/kernels.h"
+#include "cpu/attention_avx2.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+
+#include "cpu/avx2_lanes.h"
+
+namespace polarquant {
+namespace {
+
+using namespace avx2;
+
+// ---- The paper allocation: L = 4, bits 4,2,2,2 ------------------------------------------------
+// The same arithmetic as the generic kernels at L = 4, with the widths known at compile time.
+
+bool is_paper_allocation(const PolarTables& tb) {
+  return tb.levels == 4 && tb.bits[0] == 4 && tb.bits[1] == 2 && tb.bits[2] == 2 && tb.bits[3] == 2;
+}
+
+struct PaperPage {
+  const uint8_t* radii;
+  const uint8_t* level[4];  // level l + 1, node n at level[l] + n * field[l]
+  size_t radius_stride;
+  size_t field[4];
+  const float* cos[4];
+  const float* sin[4];
+  __m256i shifts2[2];  // 2-bit groups: per-lane shift of the broadcast 4 bytes, per half
+
+  PaperPage(const PolarTables& tb, const uint8_t* region) {
+    const PolarPageLayout& layout = *tb.layout;
+    radii = region + layout.radii_offset;
+    radius_stride = static_cast<size_t>(layout.page_tokens) * layout.radius_bytes;
+    for (int l = 0; l < 4; ++l) {
+      level[l] = region + layout.level_offset[l];
+      field[l] = layout.field_bytes[l];
+      cos[l] = tb.cos[l].data();
+      sin[l] = tb.sin[l].data();
+    }
+    const CodeUnpacker two(2);
+    shifts2[0] = two.shifts[0];
+    shifts2[1] = two.shifts[1];
+  }
+
+  __m256i codes1(int node, size_t first, int half) const {
+    const __m256i v = _mm256_cvtepu8_epi32(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(level[0] + node * field[0] + first / 2)));
+    return half ? _mm256_srli_epi32(v, 4) : v;
+  }
+  __m256i codes2(int l, int node, size_t first, int half) const {
+    uint32_t u;
+    std::memcpy(&u, level[l - 1] + node * field[l - 1] + first / 4, 4);
+    return _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(u)), shifts2[half]);
+  }
+  static __m256 perm(const float* table, __m256i c) {
+    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c);
+  }
+
+  template <RadiusPrecision R>
+  __m256 radius(int block, size_t first) const {
+    const uint8_t* p = radii + block * radius_stride + first * radius_bytes(R);
+    if constexpr (R == RadiusPrecision::kFp16) {
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    } else if constexpr (R == RadiusPrecision::kBf16) {
+      return _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+    } else {
+      return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+    }
+  }
+
+  // The 4 level-1 pair factors of half block `hb` (0 or 1) of block b, 8 slots.
+  template <RadiusPrecision R>
+  void half_factors(int b, int hb, size_t first, int half, __m256* f) const {
+    const __m256 r = radius<R>(b, first + 8 * half);
+    const __m256i c4 = codes2(4, b, first, half);
+    const __m256 v4 = _mm256_mul_ps(r, perm(hb ? sin[3] : cos[3], c4));
+    const __m256i c3 = codes2(3, 2 * b + hb, first, half);
+    const __m256 v3[2] = {_mm256_mul_ps(v4, perm(cos[2], c3)), _mm256_mul_ps(v4, perm(sin[2], c3))};
+    for (int k = 0; k < 2; ++k) {
+      const __m256i c = codes2(2, 4 * b + 2 * hb + k, first, half);
+      f[2 * k] = _mm256_mul_ps(v3[k], perm(cos[1], c));
+      f[2 * k + 1] = _mm256_mul_ps(v3[k], perm(sin[1], c));
+    }
+  }
+  // The 2 level-1 pair factors of quarter `qt` (0..3) of block b, 8 slots: pairs 8b + 2qt + j.
+  template <RadiusPrecision R>
+  void quarter_factors(int b, int qt, size_t first, int half, __m256* f) const {
+    const __m256 r = radius<R>(b, first + 8 * half);
+    const __m256i c4 = codes2(4, b, first, half);
+    const __m256 v4 = _mm256_mul_ps(r, perm(qt / 2 ? sin[3] : cos[3], c4));
+    const __m256i c3 = codes2(3, 2 * b + qt / 2, first, half);
+    const __m256 v3 = _mm256_mul_ps(v4, perm(qt % 2 ? sin[2] : cos[2], c3));
+    const __m256i c = codes2(2, 4 * b + qt, first, half);
+    f[0] = _mm256_mul_ps(v3, perm(cos[1], c));
+    f[1] = _mm256_mul_ps(v3, perm(sin[1], c));
+  }
+};
+
+// G query heads (h0 .. h0 + G - 1), 8 slots per pass.
+template <RadiusPrecision R, int G, bool HalfTurn>
+void score_paper_heads(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n, int h0,
+                       float* scores, size_t s_stride) {
+  const int blocks = tb.dim >> 4;
+  const size_t pairs = static_cast<size_t>(tb.dim / 2);
+  const float* a1 = tb.a1.data() + h0 * pairs * 16;
+  for (size_t first = slot; first < slot + n; first += 16) {
+    for (int half = 0; half < 2; ++half) {
+      const size_t at = first + 8 * half - slot;
+      if (at >= n) break;
+      __m256 acc[G];
+      for (int i = 0; i < G; ++i) acc[i] = _mm256_setzero_ps();
+      for (int hb = 0; hb < 2 * blocks; ++hb) {
+        __m256 f[4];
+        pg.half_factors<R>(hb / 2, hb % 2, first, half, f);
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+          const int pair = 4 * hb + k;
+          const __m256i c = pg.codes1(pair, first, half);
+          if constexpr (HalfTurn) {  // a1[c + 8] = -a1[c]: the sign goes into the factor
+            const __m256 fs = _mm256_xor_ps(f[k], sign_of_bit3(c));
+#pragma GCC unroll 4
+            for (int i = 0; i < G; ++i) {
+              acc[i] =
+                  _mm256_fmadd_ps(fs, PaperPage::perm(a1 + (i * pairs + pair) * 16, c), acc[i]);
+            }
+          } else {
+            const __m256 sel = select_bit3(c);
+#pragma GCC unroll 4
+            for (int i = 0; i < G; ++i) {
+              acc[i] =
+                  _mm256_fmadd_ps(f[k], lookup16(a1 + (i * pairs + pair) * 16, c, sel), acc[i]);
+            }
+          }
+        }
+      }
+      for (int i = 0; i < G; ++i) store_scores(scores + (h0 + i) * s_stride + at, n - at, acc[i]);
+    }
+  }
+}
+
+template <RadiusPrecision R>
+void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                 float* scores, size_t s_stride) {
+  const PaperPage pg(tb, region);
+  for (int h0 = 0; h0 < g; h0 += kHeadGroup) {
+    with_count<1, kHeadGroup>(std::min(g - h0, kHeadGroup), [&](auto heads) {
+      constexpr int G = decltype(heads)::value;
+      if (tb.level1_half_turn) {
+        score_paper_heads<R, G, true>(tb, pg, slot, n, h0, scores, s_stride);
+      } else {
+        score_paper_heads<R, G, false>(tb, pg, slot, n, h0, scores, s_stride);
+      }
+    });
+  }
+}
+
+// K groups of 16 slots from `first` (K = 1 or 2), 8 lanes (one half of each group) and
+// kValueCoords rotated coordinates at a time: the coordinates of both groups are decoded, then each
+// lane accumulator is loaded and stored once for all K groups (stage value, llama shape: 129 us
+// with K = 1, 99 us with K = 2 over quarter blocks, 93 us over half blocks, where the 16 decoded
+// vectors exceed the 16 ymm registers and some are spilled to L1 and read back by the FMAs, which
+// costs less than decoding the radius and levels 4-3 once per quarter).
+constexpr int kValueCoords = 8;
+template <RadiusPrecision R, int K, bool HalfTurn>
+void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n,
+                        size_t first, int half, int g, const float* p, size_t p_stride,
+                        float* acc_lanes) {
+  const int blocks = tb.dim >> 4;
+  const float* cos1 = tb.cos[0].data();
+  const float* sin1 = tb.sin[0].data();
+  size_t at[K];
+  __m256i keep[K];
+  for (int k = 0; k < K; ++k) {
+    at[k] = first + 16 * k + 8 * half - slot;
+    keep[k] = lane_mask(at[k] < n ? n - at[k] : 0);
+  }
+  constexpr int kParts = 16 / kValueCoords;  // passes per block
+  for (int pb = 0; pb < kParts * blocks; ++pb) {
+    const int b = pb / kParts, part = pb % kParts;
+    __m256 y[K][kValueCoords];
+    for (int k = 0; k < K; ++k) {
+      __m256 f[kValueCoords / 2];
+      if constexpr (kValueCoords == 4) {
+        pg.quarter_factors<R>(b, part, first + 16 * k, half, f);
+      } else {
+        pg.half_factors<R>(b, part, first + 16 * k, half, f);
+      }
+      for (int j = 0; j < kValueCoords / 2; ++j) {
+        const __m256i c = pg.codes1(kValueCoords / 2 * pb + j, first + 16 * k, half);
+        if constexpr (HalfTurn) {
+          const __m256 fs = _mm256_xor_ps(f[j], sign_of_bit3(c));
+          y[k][2 * j] = _mm256_mul_ps(fs, PaperPage::perm(cos1, c));
+          y[k][2 * j + 1] = _mm256_mul_ps(fs, PaperPage::perm(sin1, c));
+        } else {
+          const __m256 sel = select_bit3(c);
+          y[k][2 * j] = _mm256_mul_ps(f[j], lookup16(cos1, c, sel));
+          y[k][2 * j + 1] = _mm256_mul_ps(f[j], lookup16(sin1, c, sel));
+        }
+      }
+    }
+    for (int h = 0; h < g; ++h) {
+      __m256 w[K];
+      for (int k = 0; k < K; ++k) w[k] = _mm256_maskload_ps(p + h * p_stride + at[k], keep[k]);
+      float* acc =
+          acc_lanes + (static_cast<size_t>(h) * tb.dim + pb * kValueCoords) * 16 + 8 * half;
+#pragma GCC unroll 8
+      for (int j = 0; j < kValueCoords; ++j) {
+        __m256 a = _mm256_loadu_ps(acc + j * 16);
+        for (int k = 0; k < K; ++k) a = _mm256_fmadd_ps(w[k], y[k][j], a);
+        _mm256_storeu_ps(acc + j * 16, a);
+      }
+    }
+  }
+}
+
+template <RadiusPrecision R, bool HalfTurn>
+void value_paper_turn(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                      const float* p, size_t p_stride, float* acc_lanes) {
+  const PaperPage pg(tb, region);
+  size_t first = slot;
+  for (; first + 16 < slot + n; first += 32) {
+    for (int half = 0; half < 2; ++half) {
+      value_paper_groups<R, 2, HalfTurn>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
+    }
+  }
+  if (first < slot + n) {
+    for (int half = 0; half < 2 && first + 8 * half < slot + n; ++half) {
+      value_paper_groups<R, 1, HalfTurn>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
+    }
+  }
+}
+
+template <RadiusPrecision R>
+void value_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                 const float* p, size_t p_stride, float* acc_lanes) {
+  if (tb.level1_half_turn) {
+    value_paper_turn<R, true>(tb, region, slot, n, g, p, p_stride, acc_lanes);
+  } else {
+    value_paper_turn<R, false>(tb, region, slot, n, g, p, p_stride, acc_lanes);
+  }
+}
+
+}  // namespace
+}  // namespace polarquant
+
+#pragma GCC pop_options
+
+namespace polarquant {
+
+bool avx2_score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                      float* scores, size_t s_stride) {
+  if (!is_paper_allocation(tb)) return false;
+  switch (tb.radius) {
+    case RadiusPrecision::kFp16:
+      score_paper<RadiusPrecision::kFp16>(tb, region, slot, n, g, scores, s_stride);
+      break;
+    case RadiusPrecision::kBf16:
+      score_paper<RadiusPrecision::kBf16>(tb, region, slot, n, g, scores, s_stride);
+      break;
+    case RadiusPrecision::kFp32:
+      score_paper<RadiusPrecision::kFp32>(tb, region, slot, n, g, scores, s_stride);
+      break;
+  }
+  return true;
+}
+
+bool avx2_value_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                      const float* p, size_t p_stride, float* acc) {
+  if (!is_paper_allocation(tb)) return false;
+  switch (tb.radius) {
+    case RadiusPrecision::kFp16:
+      value_paper<RadiusPrecision::kFp16>(tb, region, slot, n, g, p, p_stride, acc);
+      break;
+    case RadiusPrecision::kBf16:
+      value_paper<RadiusPrecision::kBf16>(tb, region, slot, n, g, p, p_stride, acc);
+      break;
+    case RadiusPrecision::kFp32:
+      value_paper<RadiusPrecision::kFp32>(tb, region, slot, n, g, p, p_stride, acc);
+      break;
+  }
+  return true;
+}
+
+}  // namespace polarquant
+#else
+namespace polarquant {
+bool avx2_score_paper(const PolarTables&, const uint8_t*, size_t, size_t, int, float*, size_t) {
+  return false;
+}
+bool avx2_value_paper(const PolarTables&, const uint8_t*, size_t, size_t, int, const float*, size_t,
+                      float*) {
+  return false;
+}
+}  // namespace polarquant
+#endif

@@ -1,0 +1,137 @@
+// Shared pieces of the AVX2 PolarQuant kernels (attention_avx2_polar.cpp and
+// attention_avx2_paper.cpp): lane masks, 8-lane table lookups, code unpacking and radius loads.
+// Include only after `#pragma GCC target("avx2,fma,f16c")` and <immintrin.h>, in a file that has
+// included every header this one includes before the pragma (see attention_avx2_rows.cpp).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#include "attention/kernels.h"
+#include "cache/page_format.h"
+
+namespace polarquant::avx2 {
+
+inline __m256i lane_mask(size_t n) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n < 8 ? n : 8)), lanes);
+}
+
+inline void store_scores(float* dst, size_t count, __m256 v) {
+  if (count >= 8) {
+    _mm256_storeu_ps(dst, v);
+  } else {
+    _mm256_maskstore_ps(dst, lane_mask(count), v);
+  }
+}
+
+// table[c & 15] for 8 lanes: 2 permutes of the table's halves, blended on bit 3 (moved to the
+// sign bit). Bits of c above bit 3 are ignored.
+inline __m256 lookup16(const float* table, __m256i c, __m256 sel) {
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c),
+                          _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), c), sel);
+}
+inline __m256 select_bit3(__m256i c) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(c, 28));
+}
+// Bit 3 of each code as the sign bit (for tables whose entry c + 8 is -entry c).
+inline __m256 sign_of_bit3(__m256i c) {
+  return _mm256_and_ps(select_bit3(c), _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
+}
+
+// The codes of slots first + 8 * half + [0, 8) of one field (first a multiple of 16; layout:
+// code_bit in cache/page_format.h), one per 32-bit lane. 1-, 2- and 4-bit codes keep the bits
+// above the code (the lookups ignore them); other widths are exact.
+struct CodeUnpacker {
+  enum Kind { kShift, kNibble, kByte, kPacked };
+  int bits = 0;
+  Kind kind = kPacked;
+  __m256i shifts[2] = {};  // kShift: per-lane right shift of the broadcast group, per half
+  __m256i lo_shifts = _mm256_setzero_si256(), hi_shifts = _mm256_setzero_si256();  // kPacked
+  __m256i mask = _mm256_setzero_si256();
+
+  CodeUnpacker() = default;
+  explicit CodeUnpacker(int b) : bits(b) {
+    kind = b <= 2 ? kShift : b == 4 ? kNibble : b == 8 ? kByte : kPacked;
+    alignas(32) int32_t s[8];
+    for (int half = 0; half < 2; ++half) {
+      for (int j = 0; j < 8; ++j) s[j] = static_cast<int32_t>(code_bit(8 * half + j, b));
+      shifts[half] = _mm256_load_si256(reinterpret_cast<const __m256i*>(s));
+    }
+    lo_shifts = _mm256_setr_epi64x(0, b, 2 * b, 3 * b);
+    hi_shifts = _mm256_setr_epi64x(4 * b, 5 * b, 6 * b, 7 * b);
+    mask = _mm256_set1_epi32((1 << b) - 1);
+  }
+
+  __m256i operator()(const uint8_t* field, size_t first, int half) const {
+    const uint8_t* p = field + first / 8 * bits;
+    switch (kind) {
+      case kShift: {
+        uint32_t u;
+        std::memcpy(&u, p, 4);  // a 2-byte group (1 bit) reads 2 bytes more: the region has slack
+        return _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(u)), shifts[half]);
+      }
+      case kNibble: {
+        const __m256i v =
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+        return half ? _mm256_srli_epi32(v, 4) : v;
+      }
+      case kByte:
+        return _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * half)));
+      case kPacked:
+        break;
+    }
+    // Slots 8 * half + j at bits j * b of the 8 bytes from p + half * b.
+    uint64_t u;
+    std::memcpy(&u, p + half * bits, 8);
+    const __m256i v = _mm256_set1_epi64x(static_cast<long long>(u));
+    const __m256i lo = _mm256_srlv_epi64(v, lo_shifts);                         // slots 0-3
+    const __m256i hi = _mm256_slli_epi64(_mm256_srlv_epi64(v, hi_shifts), 32);  // slots 4-7
+    const __m256i mixed = _mm256_blend_epi32(lo, hi, 0xAA);                     // 0 4 1 5 2 6 3 7
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    return _mm256_and_si256(_mm256_permutevar8x32_epi32(mixed, order), mask);
+  }
+};
+
+inline __m256 lookup(const float* table, int bits, __m256i c) {
+  if (bits <= 3) return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c);
+  if (bits == 4) return lookup16(table, c, select_bit3(c));
+  return _mm256_i32gather_ps(table, c, 4);
+}
+
+inline __m256 load_radii(const PolarPageLayout& layout, RadiusPrecision radius,
+                         const uint8_t* region, int block, size_t first) {
+  const uint8_t* p =
+      region + layout.radii_offset +
+      (static_cast<size_t>(block) * layout.page_tokens + first) * layout.radius_bytes;
+  switch (radius) {
+    case RadiusPrecision::kFp16:
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    case RadiusPrecision::kBf16:
+      return _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+    case RadiusPrecision::kFp32:
+      break;
+  }
+  return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+}
+
+constexpr int kHeadGroup = 4;  // query heads scored per pass over the codes (16 ymm registers)
+
+template <int Lo, int Hi, class F>
+bool with_count(int v, F&& f) {
+  if constexpr (Lo > Hi) {
+    return false;
+  } else {
+    if (v == Lo) {
+      f(std::integral_constant<int, Lo>{});
+      return true;
+    }
+    return with_count<Lo + 1, Hi>(v, std::forward<F>(f));
+  }
+}
+
+}  // namespace polarquant::avx2
