@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with Debian's clang (libFuzzer + ASan + UBSan) into build/fuzz, from
 # the library sources the targets need; it does not touch the main CMake build.
-#   fuzz/build.sh                          build the four targets (gguf, llama2c, tokenizer,
-#                                          cache_file)
+#   fuzz/build.sh [build [TARGET...]]      build the targets (default: all four: gguf, llama2c,
+#                                          tokenizer, cache_file)
 #   fuzz/build.sh run SECONDS [TARGET...]  build the targets (default: all), then run each for
 #                                          SECONDS (default 60), one after another, from the seeds
 #                                          in fuzz/corpus/TARGET (fuzz/make_seeds.py; the
@@ -51,8 +51,12 @@ build_target() {
   fi
 }
 mode="${1:-build}"
-seconds="${2:-60}"
-shift $(( $# >= 2 ? 2 : $# ))
+[[ $# -gt 0 ]] && shift
+seconds=60
+if [[ "${mode}" == run ]]; then
+  seconds="${1:-60}"
+  [[ $# -gt 0 ]] && shift
+fi
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(gguf llama2c tokenizer cache_file)
 for target in "${targets[@]}"; do build_target "${target}"; done
