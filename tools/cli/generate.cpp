@@ -120,7 +120,7 @@ Comparison compare_with_f16(const model::LlamaModel& m, const model::Tokenizer& 
 }
 
 void run(GenerateArgs& a, CLI::App* cmd) {
-  take_llama_style_flags(cmd, a.model);
+  finish_codec_flags(a.model);
   if (a.prompt_cache_ro && a.prompt_cache.empty()) {
     throw_invalid("--prompt-cache-ro needs --prompt-cache FILE");
   }
@@ -129,6 +129,7 @@ void run(GenerateArgs& a, CLI::App* cmd) {
                   a.model.device + " the cache lives on the device (leave out --prompt-cache)");
   }
   LoadedModel lm = load_model(a.model);
+  check_codecs(a.model, {}, lm.model->config().head_dim);
   const model::Tokenizer& tok = *lm.tokenizer;
   std::string text = a.prompt;
   const bool chat = lm.tokenizer->has_chat_template() && !a.raw;
