@@ -137,6 +137,12 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   if (chat) text = model::chatml_prompt(text);
   std::vector<int> prompt = tok.encode(text, tok.wants_bos(), chat);
   if (prompt.empty()) prompt.push_back(tok.bos());  // llama2.c: generation starts from BOS
+  const size_t context = static_cast<size_t>(lm.model->config().context_length);
+  if (prompt.size() > context) {
+    throw_invalid("the prompt is " + std::to_string(prompt.size()) +
+                  " tokens, more than the model's context of " + std::to_string(context) +
+                  " tokens");
+  }
 
   model::RuntimeOptions rt = runtime_options(a.model);
   // The GPU cache is sized up front: the prompt plus what may be generated.
