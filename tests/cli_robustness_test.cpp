@@ -97,7 +97,9 @@ TEST(CliRobustness, BadTextsPromptsAndCodecNames) {
   { std::ofstream empty(tmp("empty.txt")); }
   expect_refused("perplexity" + tiny() + "-f " + tmp("empty.txt") + " --ctx 64",
                  "fewer than one chunk");
-  expect_refused("niah" + tiny() + "-f " + tmp("empty.txt") + " --contexts 64", "haystack");
+  expect_refused("niah" + tiny() + "-f " + tmp("empty.txt") + " --contexts 128 --depths 0.5",
+                 "context 128 needs 27 haystack tokens; the text gives 1");
+  expect_refused("niah" + tiny() + "--contexts 64", "context 64 leaves no room for a haystack");
   expect_refused("perplexity" + tiny() + "-f /nonexistent.txt --ctx 64", "/nonexistent.txt");
   expect_refused("generate" + tiny() + "-ctk nosuch -n 2", "unknown codec 'nosuch'");
   // A prompt longer than the context (512) is refused before anything is printed or computed.
@@ -134,6 +136,11 @@ TEST(CliRobustness, LlamaStyleFlagsAndCodecListsAreCheckedFirst) {
   EXPECT_NE(r.output.find("--codecs entry 4 ('nosuch')"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("perplexity: "), std::string::npos) << "work started: " << r.output;
   expect_refused("niah" + tiny() + "--contexts 64 --codecs f16,polar-9", "--codecs entry 2");
+  r = run_cli("niah" + tiny() + "--contexts 64,4096 --depths 0.5");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("niah context 4096 exceeds the model's 512"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("niah: "), std::string::npos) << "work started: " << r.output;
   r = run_cli(ppl + "--codecs kivi4,f16 --json");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(json_of(r.output)["codecs"][0]["key_codec"], "kivi4k");
