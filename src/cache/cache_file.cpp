@@ -343,6 +343,8 @@ void check_pages(const KvCache::Impl& m, const SequenceLayer& sl, ByteReader& r)
 }  // namespace
 
 SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
+  // KvCache exposes its internals read-only; the cache itself is not const here, so adding the
+  // restored sequence through them is well-defined.
   KvCache::Impl& m = const_cast<KvCache::Impl&>(cache.impl());
   const KvCacheOptions& o = m.options;
   if (file.layer_data.size() != static_cast<size_t>(o.n_layers)) {
