@@ -65,8 +65,10 @@ void write_file_bytes(const std::string& path, const std::vector<uint8_t>& bytes
   if (!f) throw_io("cannot open '" + tmp + "' for writing: " + std::strerror(errno));
   // fsync before the rename: after a crash the real name holds either the old file or all of the
   // new one.
-  const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() &&
-                  std::fflush(f) == 0 && fsync(fileno(f)) == 0;
+  // (An empty vector's data() may be null, which fwrite must not get.)
+  const bool ok =
+      (bytes.empty() || std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size()) &&
+      std::fflush(f) == 0 && fsync(fileno(f)) == 0;
   const bool closed = std::fclose(f) == 0;
   if (!ok || !closed) {
     std::remove(tmp.c_str());
