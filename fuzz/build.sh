@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with Debian's clang (libFuzzer + ASan + UBSan) into build/fuzz, from
 # the library sources the targets need; it does not touch the main CMake build.
-#   fuzz/build.sh                 build the three targets
-#   fuzz/build.sh run SECONDS     build, then run each target for SECONDS (default 60) on its corpus
+#   fuzz/build.sh [build [TARGET...]]      build the targets (default: all four: gguf, llama2c,
+#                                          tokenizer, cache_file)
+#   fuzz/build.sh run SECONDS [TARGET...]  build the targets (default: all), then run each for
+#                                          SECONDS (default 60), one after another, from the seeds
+#                                          in fuzz/corpus/TARGET (fuzz/make_seeds.py; the
+#                                          cache_file seeds come from the test suite)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${root}/build/fuzz"
@@ -32,39 +36,39 @@ void dot_tile_simd(const float* w, int64_t n_rows, int64_t cols, const float* x,
 }
 }  // namespace polarquant::model::detail
 STUB
-for target in gguf llama2c tokenizer; do
+build_target() {
+  local target="$1"
   echo "building ${out}/${target}_fuzz" >&2
-  "${CXX}" "${flags[@]}" -fopenmp=libgomp "${root}/fuzz/${target}_fuzz.cpp" "${lib[@]}" "${out}/matmul_scalar_stub.cpp" \
-    -o "${out}/${target}_fuzz" -lgomp
-done
-if [[ "${1:-}" == "run" ]]; then
-  seconds="${2:-60}"
-  for target in gguf llama2c tokenizer; do
+  if [[ "${target}" == cache_file ]]; then
+    # The cache file target needs the core, codec and cache layers (Highway for the rotations).
+    # shellcheck disable=SC2046
+    "${CXX}" "${flags[@]}" -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION $(pkg-config --cflags libhwy) \
+      "${root}/fuzz/cache_file_fuzz.cpp" "${root}"/src/core/*.cpp "${root}"/src/codecs/*.cpp \
+      "${root}"/src/cache/*.cpp -o "${out}/cache_file_fuzz" $(pkg-config --libs libhwy)
+  else
+    "${CXX}" "${flags[@]}" -fopenmp=libgomp "${root}/fuzz/${target}_fuzz.cpp" "${lib[@]}" \
+      "${out}/matmul_scalar_stub.cpp" -o "${out}/${target}_fuzz" -lgomp
+  fi
+}
+mode="${1:-build}"
+[[ $# -gt 0 ]] && shift
+seconds=60
+if [[ "${mode}" == run ]]; then
+  seconds="${1:-60}"
+  [[ $# -gt 0 ]] && shift
+fi
+targets=("$@")
+[[ ${#targets[@]} -eq 0 ]] && targets=(gguf llama2c tokenizer cache_file)
+for target in "${targets[@]}"; do build_target "${target}"; done
+if [[ "${mode}" == "run" ]]; then
+  for target in "${targets[@]}"; do
+    # The committed seeds (fuzz/corpus/TARGET, written by fuzz/make_seeds.py and the test suite)
+    # start a working corpus under build/fuzz that the run grows.
     corpus="${out}/corpus_${target}"
     mkdir -p "${corpus}"
-    # Seeds: the tiny real model and tokenizer when ../shared is present.
-    case "${target}" in
-      gguf) python3 - "${corpus}/seed.gguf" <<'PY'
-# A small valid GGUF v3: a few metadata keys of each kind and two tensors (F32 and Q8_0).
-import struct, sys
-def s(x): b = x.encode(); return struct.pack('<Q', len(b)) + b
-kv = [s('general.architecture') + struct.pack('<I', 8) + s('llama'),
-      s('llama.block_count') + struct.pack('<II', 4, 1),
-      s('llama.rope.freq_base') + struct.pack('<If', 6, 10000.0),
-      s('tokenizer.ggml.model') + struct.pack('<I', 8) + s('gpt2'),
-      s('tokenizer.ggml.tokens') + struct.pack('<IIQ', 9, 8, 3) + s('a') + s('b') + s('ab'),
-      s('tokenizer.ggml.merges') + struct.pack('<IIQ', 9, 8, 1) + s('a b')]
-tensors = [(s('v') + struct.pack('<IQIQ', 1, 32, 0, 0), b'\0' * 128),
-           (s('m') + struct.pack('<IQQIQ', 2, 32, 1, 8, 128), b'\0' * 34)]
-out = struct.pack('<IIQQ', 0x46554747, 3, len(tensors), len(kv)) + b''.join(kv) + b''.join(t[0] for t in tensors)
-out += b'\0' * (-len(out) % 32) + tensors[0][1] + tensors[1][1]
-open(sys.argv[1], 'wb').write(out)
-PY
-        ;;
-      llama2c) [[ -f "${root}/../shared/models/stories260K.bin" ]] && cp -n "${root}/../shared/models/stories260K.bin" "${corpus}/" ;;
-      tokenizer) [[ -f "${root}/../shared/models/tok512.bin" ]] && cp -n "${root}/../shared/models/tok512.bin" "${corpus}/" ;;
-    esac
+    cp -n "${root}/fuzz/corpus/${target}/"* "${corpus}/" 2>/dev/null || true
     echo "running ${target}_fuzz for ${seconds}s" >&2
-    "${out}/${target}_fuzz" -max_total_time="${seconds}" -max_len=65536 -rss_limit_mb=4096 "${corpus}"
+    "${out}/${target}_fuzz" -max_total_time="${seconds}" -max_len=65536 -rss_limit_mb=4096 \
+      -print_final_stats=1 -artifact_prefix="${out}/crash_${target}_" "${corpus}"
   done
 fi

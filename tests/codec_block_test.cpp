@@ -73,6 +73,30 @@ TEST(CodecBlock, Q8_0DesignedBlock) {
   EXPECT_EQ(int8_t(codes[2 + 10]), 0);
 }
 
+// Regression (fuzz/cache_file_fuzz): a block of subnormal values has a scale whose reciprocal
+// overflows; it used to convert +-inf to an integer (undefined behaviour, garbage codes in q4_0).
+// It now codes as zeros, which is what its fp16 scale (0) decodes to anyway.
+TEST(CodecBlock, SubnormalBlocksCodeAsZeros) {
+  std::vector<float> x(32, 0.0f);
+  x[0] = -1e-40f;
+  x[5] = 3e-41f;
+  const auto q4 = encode("q4_0", x, 32);
+  ASSERT_EQ(q4.size(), 18u);
+  EXPECT_EQ(q4[0], 0);  // fp16 scale 0
+  EXPECT_EQ(q4[1], 0);
+  for (size_t j = 2; j < q4.size(); ++j) EXPECT_EQ(q4[j], 0x88) << j;  // code 8 = zero
+  const auto q8 = encode("q8_0", x, 32);
+  for (uint8_t b : q8) EXPECT_EQ(b, 0);
+  for (const char* name : {"q4_0", "q8_0", "q4_0h", "q8_0h"}) {
+    const auto codec = make_codec(name, 32);
+    std::vector<uint8_t> codes(codec->group_bytes());
+    codec->encode(x.data(), 1, codes.data());
+    std::vector<float> back(32, 1.0f);
+    codec->decode(codes.data(), 1, back.data());
+    for (float v : back) EXPECT_EQ(v, 0.0f) << name;
+  }
+}
+
 TEST(CodecBlock, RandomBlocksMatchTheDefinition) {
   Rng rng(99);
   const int dim = 128;

@@ -87,7 +87,11 @@ class BlockCodec final : public Codec {
   }
 
   void encode_block(const float* v, float d, uint8_t* out) const {
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    // A scale so small that its reciprocal overflows (|d| < 2^-128; its fp16 is 0, so the block
+    // decodes to zeros anyway) codes as zeros: an infinite id would turn v * id into +-inf, and
+    // converting that to an integer is undefined behaviour (found by fuzz/cache_file_fuzz).
+    const float inverse = 1.0f / d;
+    const float id = d != 0.0f && std::isfinite(inverse) ? inverse : 0.0f;
     store_u16(out, float_to_half(d));
     if (bits_ == 8) {
       // |v * id| <= 127 (up to rounding of id), so the rounded value fits int8.

@@ -23,6 +23,10 @@ class ByteWriter {
     std::memcpy(&u, &v, 4);
     u32(u);
   }
+  void str(const std::string& s) {
+    u32(static_cast<uint32_t>(s.size()));
+    raw(s.data(), s.size());
+  }
   void raw(const void* data, size_t n) {
     const auto* p = static_cast<const uint8_t*>(data);
     bytes_.insert(bytes_.end(), p, p + n);
@@ -50,6 +54,17 @@ class ByteReader {
     float v;
     std::memcpy(&v, &u, 4);
     return v;
+  }
+  // A u32 length (at most max_bytes) followed by that many bytes (ByteWriter::str).
+  std::string str(const char* field, size_t max_bytes) {
+    const uint32_t n = u32(field);
+    if (n > max_bytes) {
+      pos_ -= 4;
+      fail(std::string("field '") + field + "' is " + std::to_string(n) + " bytes long; at most " +
+           std::to_string(max_bytes) + " expected");
+    }
+    const uint8_t* p = take(n, field);
+    return std::string(reinterpret_cast<const char*>(p), n);
   }
   // Returns a pointer to the next n bytes and advances past them.
   const uint8_t* take(size_t n, const char* field) {
@@ -87,8 +102,16 @@ class ByteReader {
 
 // CRC-32 (IEEE 802.3, reflected, as zlib computes it).
 uint32_t crc32(const uint8_t* data, size_t size);
+// CRC-32C (Castagnoli, reflected polynomial 0x82f63b78, as iSCSI / ext4 / RFC 3720): crc32c of
+// "123456789" is 0xe3069283.
+uint32_t crc32c(const uint8_t* data, size_t size);
+// 64-bit FNV-1a, continuing from `hash` (start with kFnv64Offset). Not cryptographic: it tells
+// files apart, it does not authenticate them.
+inline constexpr uint64_t kFnv64Offset = 0xcbf29ce484222325ull;
+uint64_t fnv1a64(uint64_t hash, const void* data, size_t size);
 
-// Whole-file helpers throwing Io with the path and the system's reason.
+// Whole-file helpers throwing Io with the path and the system's reason. write_file_bytes writes
+// PATH.tmp, syncs it and renames it to PATH, so PATH is never left half-written.
 std::vector<uint8_t> read_file_bytes(const std::string& path);
 void write_file_bytes(const std::string& path, const std::vector<uint8_t>& bytes);
 

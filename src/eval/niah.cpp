@@ -33,7 +33,13 @@ std::vector<int> build_niah_prompt(const model::Tokenizer& tok, const std::vecto
   const std::vector<int> needle = tok.encode(" " + config.needle + " ", false, false);
   const long budget = static_cast<long>(ctx) - config.max_new_tokens -
                       static_cast<long>(head.size() + tail.size() + needle.size());
-  if (budget <= 0 || static_cast<size_t>(budget) > haystack.size()) {
+  if (budget <= 0) {
+    throw_invalid("context " + std::to_string(ctx) +
+                  " leaves no room for a haystack: the needle, " + "question and " +
+                  std::to_string(config.max_new_tokens) + " answer tokens take " +
+                  std::to_string(ctx - budget) + " tokens");
+  }
+  if (static_cast<size_t>(budget) > haystack.size()) {
     throw_invalid("context " + std::to_string(ctx) + " needs " +
                   std::to_string(std::max(budget, 1L)) + " haystack tokens; the text gives " +
                   std::to_string(haystack.size()));
@@ -54,11 +60,14 @@ NiahReport run_niah(const model::LlamaModel& m, const model::Tokenizer& tok,
   report.recall.assign(config.codecs.size(), 0.0);
   const size_t total = config.contexts.size() * config.depths.size() * config.codecs.size();
   size_t done = 0;
+  // Every context is checked before the first cell runs.
   for (int ctx : config.contexts) {
     if (ctx > m.config().context_length) {
       throw_invalid("niah context " + std::to_string(ctx) + " exceeds the model's " +
                     std::to_string(m.config().context_length));
     }
+  }
+  for (int ctx : config.contexts) {
     // One runtime per codec and context (on a GPU each holds the weights); one sequence per cell.
     std::vector<std::unique_ptr<model::Runtime>> runtimes;
     for (const eval::CodecChoice& codec : config.codecs) {

@@ -18,17 +18,32 @@ GenerationResult generate(Runtime& transformer, SequenceId seq, const Tokenizer&
                           const TokenCallback& on_token) {
   if (prompt.empty()) throw_invalid("generation needs a prompt of at least one token (e.g. BOS)");
   if (options.max_new_tokens < 0) throw_invalid("max_new_tokens must be >= 0");
+  std::vector<float> logits;
+  const auto t0 = std::chrono::steady_clock::now();
+  transformer.forward(seq, prompt.data(), prompt.size(), logits, false);
+  const double prefill = seconds_since(t0);
+  GenerationResult result =
+      generate_from(transformer, seq, tokenizer, prompt, std::move(logits), options, on_token);
+  result.prefill_seconds = prefill;
+  return result;
+}
+
+GenerationResult generate_from(Runtime& transformer, SequenceId seq, const Tokenizer& tokenizer,
+                               const std::vector<int>& prompt, std::vector<float> logits,
+                               const GenerationOptions& options, const TokenCallback& on_token) {
+  if (prompt.empty()) throw_invalid("generation needs a prompt of at least one token (e.g. BOS)");
+  if (options.max_new_tokens < 0) throw_invalid("max_new_tokens must be >= 0");
+  const size_t vocab = static_cast<size_t>(transformer.config().vocab_size);
+  const size_t context = static_cast<size_t>(transformer.config().context_length);
+  if (logits.size() != vocab) {
+    throw_invalid("generate_from: " + std::to_string(logits.size()) +
+                  " logits for a vocabulary of " + std::to_string(vocab));
+  }
   GenerationResult result;
   result.prompt = prompt;
   Sampler sampler(options.sampler);
-  std::vector<float> logits;
-  auto t0 = std::chrono::steady_clock::now();
-  transformer.forward(seq, prompt.data(), prompt.size(), logits, false);
-  result.prefill_seconds = seconds_since(t0);
-  const size_t vocab = static_cast<size_t>(transformer.config().vocab_size);
-  const size_t context = static_cast<size_t>(transformer.config().context_length);
   int prev = prompt.back();
-  t0 = std::chrono::steady_clock::now();
+  const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < options.max_new_tokens; ++i) {
     const int token = sampler.sample(logits.data(), vocab);
     if (options.stop_at_end && tokenizer.is_end_of_generation(token)) {

@@ -33,6 +33,12 @@ using TokenCallback = std::function<void(int token, const std::string& text)>;
 GenerationResult generate(Runtime& transformer, SequenceId seq, const Tokenizer& tokenizer,
                           const std::vector<int>& prompt, const GenerationOptions& options,
                           const TokenCallback& on_token = {});
+// The decoding part of generate(): seq already holds the prompt (e.g. restored from a prompt cache
+// file) and `logits` are the model's logits after its last token. prefill_seconds stays 0.
+GenerationResult generate_from(Runtime& transformer, SequenceId seq, const Tokenizer& tokenizer,
+                               const std::vector<int>& prompt, std::vector<float> logits,
+                               const GenerationOptions& options,
+                               const TokenCallback& on_token = {});
 
 // Where scripts/fetch_model.sh puts the default model: $POLARQUANT_MODEL_DIR or
 // ~/.cache/polarquant/models, file SmolLM2-135M-Instruct.Q4_1.gguf.

@@ -215,7 +215,7 @@ void print_results(const BenchServeArgs& a, const model::RuntimeOptions& rt,
 }
 
 void run(BenchServeArgs& a, CLI::App* cmd) {
-  take_llama_style_flags(cmd, a.model);
+  finish_codec_flags(a.model);
   if (a.batch < 1 || a.prompt < 1 || a.gen < 1)
     throw_invalid("--batch, --prompt and --gen must be >= 1");
   std::unique_ptr<model::LlamaModel> file_model;

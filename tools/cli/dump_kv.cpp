@@ -58,7 +58,7 @@ std::vector<int> parse_layers(const std::string& list, int n_layers) {
 }
 
 void run(DumpArgs& a, CLI::App* cmd) {
-  take_llama_style_flags(cmd, a.model);
+  finish_codec_flags(a.model);
   LoadedModel lm = load_model(a.model);
   const model::LlamaConfig& c = lm.model->config();
   if (a.tokens <= 0 || a.tokens > c.context_length) {

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -11,6 +12,7 @@
 
 #include "command.h"
 #include "model/generation.h"
+#include "model/prompt_cache.h"
 #include "model/sampler.h"
 #include "model/transformer.h"
 #include "model_options.h"
@@ -35,6 +37,8 @@ struct GenerateArgs {
   bool compare = true;
   bool fp16_generated = false;
   std::string logits_out;
+  std::string prompt_cache;  // --prompt-cache FILE
+  bool prompt_cache_ro = false;
 };
 
 // Writes the prompt's token ids (PREFIX.json) and the logits of every prompt position from an
@@ -116,8 +120,16 @@ Comparison compare_with_f16(const model::LlamaModel& m, const model::Tokenizer& 
 }
 
 void run(GenerateArgs& a, CLI::App* cmd) {
-  take_llama_style_flags(cmd, a.model);
+  finish_codec_flags(a.model);
+  if (a.prompt_cache_ro && a.prompt_cache.empty()) {
+    throw_invalid("--prompt-cache-ro needs --prompt-cache FILE");
+  }
+  if (!a.prompt_cache.empty() && a.model.device != "cpu") {
+    throw_invalid("--prompt-cache works with the CPU runtime only; with --device " +
+                  a.model.device + " the cache lives on the device (leave out --prompt-cache)");
+  }
   LoadedModel lm = load_model(a.model);
+  check_codecs(a.model, {}, lm.model->config().head_dim);
   const model::Tokenizer& tok = *lm.tokenizer;
   std::string text = a.prompt;
   const bool chat = lm.tokenizer->has_chat_template() && !a.raw;
@@ -125,6 +137,12 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   if (chat) text = model::chatml_prompt(text);
   std::vector<int> prompt = tok.encode(text, tok.wants_bos(), chat);
   if (prompt.empty()) prompt.push_back(tok.bos());  // llama2.c: generation starts from BOS
+  const size_t context = static_cast<size_t>(lm.model->config().context_length);
+  if (prompt.size() > context) {
+    throw_invalid("the prompt is " + std::to_string(prompt.size()) +
+                  " tokens, more than the model's context of " + std::to_string(context) +
+                  " tokens");
+  }
 
   model::RuntimeOptions rt = runtime_options(a.model);
   // The GPU cache is sized up front: the prompt plus what may be generated.
@@ -138,7 +156,6 @@ void run(GenerateArgs& a, CLI::App* cmd) {
 
   if (!a.logits_out.empty()) write_prompt_logits(*lm.model, prompt, rt, a.logits_out);
   const std::unique_ptr<model::Runtime> tf = model::make_runtime(*lm.model, rt);
-  const SequenceId seq = tf->add_sequence();
   if (!a.model.json) {
     std::fputs(
         chat ? (a.prompt_given ? a.prompt : std::string(kDefaultChatPrompt)).c_str() : text.c_str(),
@@ -147,14 +164,28 @@ void run(GenerateArgs& a, CLI::App* cmd) {
     std::fflush(stdout);
   }
   std::string out;
-  const auto result =
-      model::generate(*tf, seq, tok, prompt, gen, [&](int, const std::string& piece) {
-        out += piece;
-        if (!a.model.json) {
-          std::fputs(piece.c_str(), stdout);
-          std::fflush(stdout);
-        }
-      });
+  const model::TokenCallback stream = [&](int, const std::string& piece) {
+    out += piece;
+    if (!a.model.json) {
+      std::fputs(piece.c_str(), stdout);
+      std::fflush(stdout);
+    }
+  };
+  model::GenerationResult result;
+  model::PromptPrefill cached;
+  if (a.prompt_cache.empty()) {
+    result = model::generate(*tf, tf->add_sequence(), tok, prompt, gen, stream);
+  } else {
+    // make_runtime("cpu") is the CPU Transformer; the device was checked above.
+    auto& cpu = dynamic_cast<model::Transformer&>(*tf);
+    const auto t0 = std::chrono::steady_clock::now();
+    cached = model::prefill_with_prompt_cache(cpu, model::cache_owner(*lm.model, tok), prompt,
+                                              a.prompt_cache, a.prompt_cache_ro);
+    const std::chrono::duration<double> prefill = std::chrono::steady_clock::now() - t0;
+    std::fprintf(stderr, "-- prompt cache: %s\n", cached.note.c_str());
+    result = model::generate_from(*tf, cached.seq, tok, prompt, cached.logits, gen, stream);
+    result.prefill_seconds = prefill.count();
+  }
   const KvMemoryStats mem = tf->memory();
   const bool same_as_f16 = rt.key_codec == "f16" && rt.value_codec == "f16";
   Comparison cmp;
@@ -181,6 +212,10 @@ void run(GenerateArgs& a, CLI::App* cmd) {
                         {"compression_vs_fp16", ratio},
                         {"prefill_tokens_per_s", prefill_tps},
                         {"decode_tokens_per_s", decode_tps}};
+    if (!a.prompt_cache.empty()) {
+      j["prompt_cache"] = {
+          {"file", a.prompt_cache}, {"reused_tokens", cached.reused}, {"saved", cached.saved}};
+    }
     if (compared) {
       j["f16_match_prefix"] = cmp.match_prefix;
       j["f16_generated_tokens"] = cmp.f16_generated;
@@ -239,6 +274,12 @@ const CommandRegistration registration("generate", [](CLI::App& app) {
   cmd->add_option(
       "--logits-out", args->logits_out,
       "also write the prompt's tokens (PREFIX.json) and exact-cache logits (PREFIX.f32)");
+  cmd->add_option("--prompt-cache", args->prompt_cache,
+                  "restore the prompt's KV cache from FILE when it holds (a prefix of) this "
+                  "prompt for this model and cache settings, else compute it and save it there "
+                  "(CPU runtime)");
+  cmd->add_flag("--prompt-cache-ro", args->prompt_cache_ro,
+                "use --prompt-cache FILE but never write it");
   cmd->callback([args, cmd] { run(*args, cmd); });
 });
 

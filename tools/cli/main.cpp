@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <string>
+#include <vector>
 
 int main(int argc, char** argv) {
 #ifdef POLARQUANT_WITH_CUDA
@@ -21,10 +23,23 @@ int main(int argc, char** argv) {
   std::sort(entries.begin(), entries.end(),
             [](const auto& a, const auto& b) { return a.name < b.name; });
   for (auto& entry : entries) entry.setup(app);
+  // llama.cpp spells the cache types -ctk / -ctv; CLI11 would read "-ctk" as the short flag -c
+  // with value "tk" (perplexity has -c), so they become --ctk / --ctv before parsing.
+  std::vector<std::string> args;
+  for (int i = argc - 1; i >= 1; --i) {
+    std::string a = argv[i];
+    for (const char* flag : {"-ctk", "-ctv"}) {
+      const std::string f = flag;
+      if (a == f || a.rfind(f + "=", 0) == 0) a = "-" + a;
+    }
+    args.push_back(std::move(a));  // CLI11 takes the arguments in reverse order
+  }
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // CLI11 prints the message (or the help); a usage error exits with 2 like every other bad
+    // input, --help with 0.
+    return app.exit(e) == 0 ? 0 : 2;
   } catch (const polarquant::Error& e) {
     std::fprintf(stderr, "polarquant: error: %s\n", e.what());
     return 2;

@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <polarquant/codec.h>
 #include <polarquant/codec_pair.h>
 #include <polarquant/error.h>
 #include <polarquant/polar_codec.h>
@@ -58,9 +59,6 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
       ->capture_default_str();
   cmd->add_option("--ctv,--cache-type-v", f.value_codec, "value codec, also -ctv")
       ->capture_default_str();
-  // CLI11 cannot declare multi-letter single-dash options: llama.cpp's -ctk/-ctv reach the command
-  // as extras and take_llama_style_flags() reads them.
-  cmd->allow_extras();
   cmd->add_option("--threads,-t", f.threads, "threads (0: all)")->capture_default_str();
   cmd->add_flag("--json", f.json, "print one JSON object instead of text");
   cmd->add_option("--device", f.device,
@@ -81,28 +79,10 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
                 "attention exact and lowers a lossy codec's error)");
 }
 
-// Reads -ctk X / -ctv X (or -ctk=X) from the arguments CLI11 left over; anything else left over is
-// an error, as it would be without allow_extras().
-inline void take_llama_style_flags(CLI::App* cmd, ModelFlags& f) {
-  const std::vector<std::string> rest = cmd->remaining();
-  for (size_t i = 0; i < rest.size(); ++i) {
-    const std::string& a = rest[i];
-    std::string* target = nullptr;
-    std::string value;
-    for (const auto& [name, field] :
-         {std::pair<std::string, std::string*>{"-ctk", &f.key_codec}, {"-ctv", &f.value_codec}}) {
-      if (a == name) {
-        if (i + 1 >= rest.size()) throw CLI::ArgumentMismatch(name + " needs a codec name");
-        target = field;
-        value = rest[++i];
-      } else if (a.rfind(name + "=", 0) == 0) {
-        target = field;
-        value = a.substr(name.size() + 1);
-      }
-    }
-    if (target == nullptr) throw CLI::ExtrasError({a});
-    *target = value;
-  }
+// After parsing: a pair name gives -ctk its key codec and -ctv its value codec; codebook files
+// need PolarQuant codecs. (llama.cpp's single-dash -ctk/-ctv reach CLI11 as --ctk/--ctv:
+// main.cpp rewrites them, since CLI11 would read "-ctk" as "-c tk".)
+inline void finish_codec_flags(ModelFlags& f) {
   // A pair name gives -ctk its key codec and -ctv its value codec ("-ctk kivi4 -ctv kivi4").
   f.key_codec = codec_pair(f.key_codec).key;
   f.value_codec = codec_pair(f.value_codec).value;
@@ -116,6 +96,27 @@ inline void take_llama_style_flags(CLI::App* cmd, ModelFlags& f) {
 
 // The runtime options every model command shares (codecs, codebooks, windows, threads, key
 // centering, device).
+// Builds every codec a command will use (its -ctk/-ctv and any --codecs list) for the model's head
+// dimension, so that an unknown name or one that does not suit the model stops the command before
+// any work starts, naming the entry.
+inline void check_codecs(const ModelFlags& f, const std::vector<eval::CodecChoice>& list,
+                         int head_dim) {
+  std::vector<eval::CodecChoice> all = list;
+  all.push_back({f.key_codec, f.value_codec});
+  for (size_t i = 0; i < all.size(); ++i) {
+    for (const std::string* name : {&all[i].key_codec, &all[i].value_codec}) {
+      try {
+        (void)make_codec(*name, head_dim);
+      } catch (const Error& e) {
+        throw_invalid((i + 1 < all.size() ? "--codecs entry " + std::to_string(i + 1) + " ('" +
+                                                all[i].label() + "')"
+                                          : std::string("-ctk/-ctv")) +
+                      ": " + e.what());
+      }
+    }
+  }
+}
+
 inline model::RuntimeOptions runtime_options(const ModelFlags& f) {
   model::RuntimeOptions rt;
   rt.key_codec = f.key_codec;

@@ -15,6 +15,9 @@
 namespace polarquant::cli {
 namespace {
 
+constexpr const char* kFiller =
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+
 struct NiahArgs {
   ModelFlags model;
   std::string text;
@@ -42,7 +45,7 @@ std::vector<T> parse_numbers(const std::string& list, const char* flag) {
 }
 
 void run(NiahArgs& a, CLI::App* cmd) {
-  take_llama_style_flags(cmd, a.model);
+  finish_codec_flags(a.model);
   LoadedModel lm = load_model(a.model);
   eval::NiahConfig& cfg = a.config;
   cfg.contexts = parse_numbers<int>(a.contexts, "--contexts");
@@ -54,11 +57,21 @@ void run(NiahArgs& a, CLI::App* cmd) {
   if (a.model.key_codec != defaults.key || a.model.value_codec != defaults.value) {
     cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
   }
+  check_codecs(a.model, cfg.codecs, lm.model->config().head_dim);
   cfg.runtime = runtime_options(a.model);
   int max_ctx = 0;
   for (int c : cfg.contexts) max_ctx = std::max(max_ctx, c);
+  std::string text;
+  if (a.text.empty()) {
+    // No --text: the filler of the passkey retrieval test (Mohtashami & Jaggi, 2023), repeated
+    // (each repetition is more than 4 tokens).
+    for (int i = 0; i <= max_ctx / 4; ++i) text += kFiller;
+  } else {
+    text = read_text_file(a.text);
+  }
   const std::vector<int> haystack =
-      tokenize_prefix(*lm.tokenizer, read_text_file(a.text), static_cast<size_t>(max_ctx));
+      tokenize_prefix(*lm.tokenizer, text, static_cast<size_t>(max_ctx));
+  const std::string source = a.text.empty() ? "the built-in filler text" : a.text;
   Progress progress("niah");
   cfg.progress = [&](size_t done, size_t total) { progress.update(done, total); };
   const eval::NiahReport r = eval::run_niah(*lm.model, *lm.tokenizer, haystack, cfg);
@@ -75,7 +88,7 @@ void run(NiahArgs& a, CLI::App* cmd) {
     nlohmann::json recall = nlohmann::json::object();
     for (size_t k = 0; k < cfg.codecs.size(); ++k) recall[cfg.codecs[k].label()] = r.recall[k];
     std::printf("%s\n", nlohmann::json({{"model", a.model.model},
-                                        {"text", a.text},
+                                        {"text", source},
                                         {"needle", cfg.needle},
                                         {"recall", recall},
                                         {"cells", cells}})
@@ -83,7 +96,7 @@ void run(NiahArgs& a, CLI::App* cmd) {
                             .c_str());
     return;
   }
-  std::printf("needle \"%s\" in %s; recalled cells marked +\n", cfg.needle.c_str(), a.text.c_str());
+  std::printf("needle \"%s\" in %s; recalled cells marked +\n", cfg.needle.c_str(), source.c_str());
   for (size_t k = 0; k < cfg.codecs.size(); ++k) {
     std::printf("\n%s: recall %.1f%%\n%8s", cfg.codecs[k].label().c_str(), 100.0 * r.recall[k],
                 "ctx\\depth");
@@ -106,7 +119,8 @@ const CommandRegistration registration("niah", [](CLI::App& app) {
   auto args = std::make_shared<NiahArgs>();
   CLI::App* cmd = app.add_subcommand("niah", "needle-in-a-haystack recall grid per KV codec");
   add_model_flags(cmd, args->model, kDefaultPolarPair);
-  cmd->add_option("--text,-f", args->text, "haystack text file")->required();
+  cmd->add_option("--text,-f", args->text,
+                  "haystack text file (default: a built-in filler text, repeated)");
   cmd->add_option("--codecs", args->codecs,
                   "comma-separated codecs, each NAME (K and V) or KEY/VALUE")
       ->capture_default_str();

@@ -25,7 +25,7 @@ struct PerplexityArgs {
 };
 
 void run(PerplexityArgs& a, CLI::App* cmd) {
-  take_llama_style_flags(cmd, a.model);
+  finish_codec_flags(a.model);
   LoadedModel lm = load_model(a.model);
   eval::PerplexityConfig cfg;
   cfg.ctx = a.ctx;
@@ -34,9 +34,9 @@ void run(PerplexityArgs& a, CLI::App* cmd) {
   cfg.runtime.use_fused = !a.reference_attention;
   if (!a.codecs.empty()) {
     for (const auto& c : split_list(a.codecs)) cfg.codecs.push_back(parse_codec_choice(c));
-  } else {
-    cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
   }
+  check_codecs(a.model, cfg.codecs, lm.model->config().head_dim);
+  if (cfg.codecs.empty()) cfg.codecs.push_back({a.model.key_codec, a.model.value_codec});
   const std::string text = read_text_file(a.text);
   const size_t needed =
       static_cast<size_t>(a.ctx) * static_cast<size_t>(a.chunks > 0 ? a.chunks : 1 << 20);
