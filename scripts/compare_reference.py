@@ -15,7 +15,7 @@ prints the max/mean absolute logit difference, the KL divergence and top-1 agree
 If the `tokenizers` PyPI package is importable, it also checks our token ids against a HF BPE
 tokenizer built from the GGUF's vocabulary and merges (Digits + ByteLevel pre-tokenizer).
 
-Usage: pip install gguf numpy [tokenizers]
+Usage: pip install gguf numpy [tokenizers] [transformers (gemma3 token check)]
        scripts/compare_reference.py --cli build/release/polarquant [--model PATH] [--prompt TEXT]
 """
 import argparse
@@ -153,15 +153,30 @@ def reference_logits_gemma3(path, tokens):
     return rms(x, w("output_norm.weight")) @ head.T, r
 
 
-def check_tokenizer_spm(path, text, ours):
-    """Our ids against HF's GGUF tokenizer conversion (transformers + tokenizers), if installed."""
+def check_tokenizer_spm(reader, text, ours):
+    """Our ids against transformers' GGUF tokenizer conversion for gemma3 (no torch needed), if installed."""
     try:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+        from transformers.integrations.gguf import gguf_tokenizer_mapping
     except Exception as e:  # noqa: BLE001 - any missing piece means no check
         print(f"tokenizer check skipped: {type(e).__name__}: {str(e)[:120]}")
         return
-    theirs = tok(text).input_ids
+
+    def arr(key, conv):
+        f = reader.fields[key]
+        return [conv(f.parts[i]) for i in f.data]
+
+    d = {"tokenizer_type": "llama",
+         "tokens": arr("tokenizer.ggml.tokens", lambda p: bytes(p).decode()),
+         "scores": arr("tokenizer.ggml.scores", lambda p: float(p[0])),
+         "token_type": arr("tokenizer.ggml.token_type", lambda p: int(p[0]))}
+    for k in ["bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id"]:
+        d[k] = int(field(reader, "tokenizer.ggml." + k))
+    for k in ["add_bos_token", "add_eos_token", "add_space_prefix"]:
+        d[k] = bool(field(reader, "tokenizer.ggml." + k))
+    tok, _ = gguf_tokenizer_mapping.convert_gguf_tokenizer("gemma3", d)
+    theirs = tok.encode(text).ids
+    if d["add_bos_token"]:
+        theirs = [d["bos_token_id"]] + theirs
     same = theirs == ours
     print(f"tokenizer: {len(ours)} tokens, {'identical to' if same else 'DIFFERENT from'} transformers' GGUF tokenizer")
     if not same:
@@ -211,7 +226,7 @@ def main():
     arch = field(GGUFReader(args.model), "general.architecture")
     if arch == "gemma3":
         ref, reader = reference_logits_gemma3(args.model, meta["tokens"])
-        check_tokenizer_spm(args.model, args.prompt, meta["tokens"])
+        check_tokenizer_spm(reader, args.prompt, meta["tokens"])
     else:
         ref, reader = reference_logits(args.model, meta["tokens"])
         check_tokenizer(reader, args.prompt, meta["tokens"])
