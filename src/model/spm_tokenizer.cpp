@@ -176,7 +176,12 @@ void SpmTokenizer::encode_fragment(std::string_view raw, bool at_start,
   }
   std::vector<Symbol> sym;
   for (size_t i = 0; i < text.size();) {
-    const size_t len = std::min(utf8_length(static_cast<unsigned char>(text[i])), text.size() - i);
+    // One UTF-8 character per symbol; a lead byte without its continuation bytes stands alone (so
+    // it cannot swallow the escaped space after it) and falls back to a byte piece.
+    const size_t want = std::min(utf8_length(static_cast<unsigned char>(text[i])), text.size() - i);
+    size_t len = 1;
+    while (len < want && (static_cast<unsigned char>(text[i + len]) & 0xC0) == 0x80) ++len;
+    if (len < want) len = 1;
     const int idx = static_cast<int>(sym.size());
     sym.push_back({idx - 1, idx + 1, i, len});
     i += len;
