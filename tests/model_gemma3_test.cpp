@@ -230,6 +230,23 @@ TEST(Gemma3Model, SlidingWindowPastPosition512) {
   }
 }
 
+TEST(Gemma3Model, DeviceRuntimesRefuseIt) {
+  const Gemma g = load_gemma();
+  SKIP_WITHOUT_GEMMA(g);
+  // A registered device runtime implements only the llama forward pass: make_runtime says so
+  // instead of running Gemma 3 as llama.
+  register_runtime("gemma3-refusal-test",
+                   [](const LlamaModel&, const RuntimeOptions&) -> std::unique_ptr<Runtime> {
+                     ADD_FAILURE() << "factory reached";
+                     return nullptr;
+                   });
+  RuntimeOptions rt;
+  rt.device = "gemma3-refusal-test";
+  expect_error(ErrorKind::kUnsupported, "not 'gemma3'", [&] { make_runtime(*g.model, rt); });
+  rt.device = "cpu";
+  EXPECT_NE(make_runtime(*g.model, rt), nullptr);
+}
+
 TEST(Gemma3Model, GreedyGenerationWithF32AndF16Caches) {
   const Gemma g = load_gemma();
   SKIP_WITHOUT_GEMMA(g);
