@@ -30,6 +30,7 @@ struct Case {
   size_t context;
   int sink = 0, recent = 0;
   int page = 32;
+  size_t window = 0;  // sliding window (0: none)
 };
 
 float max_abs(const std::vector<float>& x) {
@@ -67,10 +68,12 @@ void check_case(const Case& c, size_t n_queries = 1, int threads = 1, float q_sc
   std::vector<float> want(q.size()), got(q.size());
   AttentionOptions ref;
   ref.use_fused = false;
+  ref.window = c.window;
   cache_attention(cache, s, 0, q.data(), n_queries, n_q, want.data(), ref);
   const float tol = kTolerance * max_abs(data.v);
   AttentionOptions fused;
   fused.n_threads = threads;
+  fused.window = c.window;
   for (const KernelSet* k : available_kernels()) {
     SCOPED_TRACE(k->name);
     std::fill(got.begin(), got.end(), NAN);
@@ -113,6 +116,34 @@ TEST(AttentionFused, MixedRunsCodecsAndConfigs) {
 TEST(AttentionFused, PrefillOverTheCacheIsCausal) {
   check_case({"paper", "paper", 64, 2, 3, 90, 2, 5}, 40);
   check_case({"f16", "f32", 128, 1, 4, 33}, 33);
+}
+
+TEST(AttentionFused, SlidingWindowMatchesReference) {
+  // Windows that start in the sink, inside a page, on a page boundary and in the recent tail;
+  // decode and prefill queries; the generic decoded-page path too.
+  for (size_t window : {1, 5, 32, 47, 64, 200}) {
+    check_case({"paper", "paper", 256, 1, 4, 300, 4, 16, 32, window}, 1);
+    check_case({"paper", "f16", 256, 1, 4, 300, 4, 16, 32, window}, 40, 2);
+    check_case({"q8_0", "f32", 64, 2, 2, 130, 0, 0, 16, window}, 7);
+  }
+}
+
+TEST(AttentionFused, SlidingWindowReferenceSeesOnlyTheWindow) {
+  // The windowed reference equals plain causal attention over the last `window` keys alone.
+  const int n_kv = 1, g = 2, dim = 32;
+  const size_t n = 50, window = 9;
+  const auto q = gaussian(g * dim, 3);
+  const auto kv = token_data(n, n_kv, dim, 4);
+  std::vector<float> windowed(q.size()), sliced(q.size());
+  reference_attention(q.data(), 1, kv.k.data(), kv.v.data(), n, g, n_kv, dim, 0.2f, windowed.data(),
+                      window);
+  const size_t off = (n - window) * dim;
+  reference_attention(q.data(), 1, kv.k.data() + off, kv.v.data() + off, window, g, n_kv, dim, 0.2f,
+                      sliced.data());
+  EXPECT_EQ(windowed, sliced);
+  std::vector<float> full(q.size());
+  reference_attention(q.data(), 1, kv.k.data(), kv.v.data(), n, g, n_kv, dim, 0.2f, full.data());
+  EXPECT_GT(testing::max_abs_diff(full, windowed), 1e-3f);
 }
 
 TEST(AttentionFused, StableWithLargeScores) {

@@ -106,7 +106,7 @@ TEST(GgufReader, BadTensorsAreRefused) {
     b.tensor("t", std::move(dims), type, std::vector<uint8_t>(n_bytes));
     return b.build();
   };
-  const auto unsupported = with({32}, 12, 32);  // Q4_K
+  const auto unsupported = with({256}, 10, 84);  // Q2_K
   try {
     GgufFile::parse(unsupported.data(), unsupported.size());
     ADD_FAILURE();

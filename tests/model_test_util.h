@@ -116,13 +116,20 @@ inline std::string shared_dir() {
   return env != nullptr && *env != '\0' ? env : POLARQUANT_SHARED_DIR;
 }
 
-// The fetch script's cache location (scripts/fetch_model.sh); empty when the model is absent.
-inline std::string smollm2_path() {
+// A file in the fetch script's cache (scripts/fetch_model.sh); empty when it is absent.
+inline std::string cached_model_path(const std::string& name) {
   const char* env = std::getenv("POLARQUANT_MODEL_DIR");
   const char* home = std::getenv("HOME");
   std::string dir = env ? env : (home ? std::string(home) + "/.cache/polarquant/models" : "");
-  std::string path = dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+  std::string path = dir + "/" + name;
   return std::filesystem::exists(path) ? path : "";
+}
+inline std::string smollm2_path() {
+  return cached_model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+// scripts/fetch_model.sh gemma3-270m
+inline std::string gemma3_path() {
+  return cached_model_path("gemma-3-270m-q4_k_m.gguf");
 }
 
 // stories260K (llama2.c) and its 512-token tokenizer from ../shared/models; both null when absent

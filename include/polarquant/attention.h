@@ -13,6 +13,10 @@ struct AttentionOptions {
   int n_threads = 0;      // 0: all hardware threads
   float scale = 0.0f;     // 0: 1/sqrt(head_dim)
   bool use_fused = true;  // false: decode-then-attend reference path (for tests and comparison)
+  // Sliding-window attention (Gemma 3's local layers): query at position p sees keys
+  // max(0, p - window + 1)..p. 0: no window. cache_attention only; dense_causal_attention refuses
+  // a window.
+  size_t window = 0;
 };
 
 // Causal attention of the last n_queries tokens of a sequence (already appended to the cache at

@@ -15,10 +15,10 @@ void cache_attention_with(const KernelSet& kernels, const KvCache& cache, Sequen
 
 // Causal attention in double precision over explicit K/V rows: query i of n_queries sits at
 // position n_keys - n_queries + i and sees keys 0..that position. q/out: n_queries x n_q_heads x
-// dim; k/v: n_keys x n_kv_heads x dim.
+// dim; k/v: n_keys x n_kv_heads x dim. window > 0 limits each query to its last window keys.
 void reference_attention(const float* q, size_t n_queries, const float* k, const float* v,
                          size_t n_keys, int n_q_heads, int n_kv_heads, int dim, float scale,
-                         float* out);
+                         float* out, size_t window = 0);
 
 // Shared argument checks; returns the scale to use.
 float check_attention_args(const char* caller, const float* q, size_t n_queries, int n_q_heads,

@@ -46,6 +46,9 @@ struct Task {
   int kv_head = 0;
   bool coded = false;
   size_t begin = 0, end = 0;  // positions
+  // Sliding window: positions [begin, visible) are read (the PolarQuant kernels start at a slot
+  // that is a multiple of 16) but masked out of the softmax.
+  size_t visible = 0;
 };
 
 struct State {
@@ -128,6 +131,14 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
         c.kernels.score_f32(q, c.g, c.dim, decoded.data() + (slot - first) * c.dim, c.dim, n,
                             scores.data(), page_tokens);
         break;
+      }
+    }
+    if (pos < task.visible) {
+      // The masked prefix shares this call with at least one visible position (visible lies in
+      // the task's first page), so the running maximum stays finite.
+      const size_t masked = std::min(n, task.visible - pos);
+      for (int i = 0; i < c.g; ++i) {
+        std::fill_n(&scores[i * page_tokens], masked, -std::numeric_limits<float>::infinity());
       }
     }
     for (int i = 0; i < c.g; ++i) {
@@ -257,21 +268,32 @@ void cache_attention_with(const KernelSet& kernels, const KvCache& cache, Sequen
       }
     }
     // Split the runs into tasks: the page run into about 2 * threads / n_kv pieces of whole pages.
+    // With a sliding window, positions before `start` are skipped (no window: start is 0 and
+    // the tasks are exactly those of plain causal attention).
+    const size_t start = options.window > 0 && limit > options.window ? limit - options.window : 0;
     const size_t sink_end = std::min(sink, limit);
+    const size_t coded_begin = std::max(sink, start);
+    const size_t page_of_begin = (coded_begin - sink) / page_tokens;
+    const size_t read_begin =  // coded_begin rounded down to a multiple of 16 slots in its page
+        sink + page_of_begin * page_tokens +
+        (coded_begin - sink - page_of_begin * page_tokens) / 16 * 16;
     const size_t coded_end = std::min(sink + sl.coded, limit);
     std::vector<Task> tasks;
     for (int h = 0; h < n_kv; ++h) {
-      if (sink_end > 0) tasks.push_back({h, false, 0, sink_end});
-      if (coded_end > sink) {
-        const size_t pages = (coded_end - sink + page_tokens - 1) / page_tokens;
+      if (sink_end > start) tasks.push_back({h, false, start, sink_end});
+      if (coded_end > coded_begin) {
+        const size_t pages = (coded_end - sink + page_tokens - 1) / page_tokens - page_of_begin;
         const size_t pieces = std::clamp<size_t>((2 * threads + n_kv - 1) / n_kv, 1, pages);
         for (size_t p = 0; p < pieces; ++p) {
-          const size_t b = sink + pages * p / pieces * page_tokens;
-          const size_t e = std::min(coded_end, sink + pages * (p + 1) / pieces * page_tokens);
-          if (e > b) tasks.push_back({h, true, b, e});
+          const size_t b =
+              std::max(read_begin, sink + (page_of_begin + pages * p / pieces) * page_tokens);
+          const size_t e =
+              std::min(coded_end, sink + (page_of_begin + pages * (p + 1) / pieces) * page_tokens);
+          if (e > b) tasks.push_back({h, true, b, e, coded_begin});
         }
       }
-      if (limit > sink + sl.coded) tasks.push_back({h, false, sink + sl.coded, limit});
+      const size_t tail_begin = std::max(sink + sl.coded, start);
+      if (limit > tail_begin) tasks.push_back({h, false, tail_begin, limit});
     }
     std::vector<State> states(tasks.size());
     const int n_tasks = static_cast<int>(tasks.size());

@@ -21,6 +21,11 @@ void dense_causal_attention(const float* q, const float* k, const float* v, size
                             const AttentionOptions& options) {
   const float scale = check_attention_args("dense_causal_attention", q, n_tokens, n_q_heads,
                                            n_kv_heads, head_dim, options);
+  if (options.window > 0) {
+    throw_invalid(
+        "dense_causal_attention: AttentionOptions.window = " + std::to_string(options.window) +
+        " is not supported here (sliding-window attention is cache_attention's)");
+  }
   if (n_tokens == 0) return;
   const size_t row = static_cast<size_t>(n_kv_heads) * head_dim;
   const size_t kv_count = n_tokens * row;

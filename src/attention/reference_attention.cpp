@@ -50,16 +50,17 @@ float check_attention_args(const char* caller, const float* q, size_t n_queries,
 
 void reference_attention(const float* q, size_t n_queries, const float* k, const float* v,
                          size_t n_keys, int n_q_heads, int n_kv_heads, int dim, float scale,
-                         float* out) {
+                         float* out, size_t window) {
   const int g = n_q_heads / n_kv_heads;
   std::vector<double> scores(n_keys), acc(dim);
   for (size_t i = 0; i < n_queries; ++i) {
     const size_t limit = n_keys - n_queries + i + 1;
+    const size_t start = window > 0 && limit > window ? limit - window : 0;
     for (int h = 0; h < n_q_heads; ++h) {
       const float* qh = q + (i * n_q_heads + h) * static_cast<size_t>(dim);
       const int kv = h / g;
       double m = -INFINITY;
-      for (size_t t = 0; t < limit; ++t) {
+      for (size_t t = start; t < limit; ++t) {
         const float* kt = k + (t * n_kv_heads + kv) * static_cast<size_t>(dim);
         double s = 0.0;
         for (int j = 0; j < dim; ++j) s += static_cast<double>(qh[j]) * kt[j];
@@ -68,7 +69,7 @@ void reference_attention(const float* q, size_t n_queries, const float* k, const
       }
       std::fill(acc.begin(), acc.end(), 0.0);
       double l = 0.0;
-      for (size_t t = 0; t < limit; ++t) {
+      for (size_t t = start; t < limit; ++t) {
         const double p = std::exp(scores[t] - m);
         l += p;
         const float* vt = v + (t * n_kv_heads + kv) * static_cast<size_t>(dim);
@@ -100,7 +101,7 @@ void cache_attention(const KvCache& cache, SequenceId seq, int layer, const floa
   std::vector<float> k(length * m.row_floats), v(length * m.row_floats);
   cache.read(seq, layer, 0, length, k.data(), v.data());
   reference_attention(q, n_queries, k.data(), v.data(), length, n_q_heads, m.options.n_kv_heads,
-                      dim, scale, out);
+                      dim, scale, out, options.window);
 }
 
 }  // namespace polarquant

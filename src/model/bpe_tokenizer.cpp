@@ -200,9 +200,9 @@ BpeTokenizer::BpeTokenizer(BpeVocabulary vocab) : vocab_(std::move(vocab)) {
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_gguf(const GgufFile& f) {
   const std::string model = f.get_string("tokenizer.ggml.model");
   if (model != "gpt2") {
-    throw Error(ErrorKind::kUnsupported, "GGUF '" + f.label() + "': tokenizer.ggml.model '" +
-                                             model +
-                                             "' is not supported (expected 'gpt2' byte-level BPE)");
+    throw Error(ErrorKind::kUnsupported,
+                "GGUF '" + f.label() + "': tokenizer.ggml.model '" + model +
+                    "' is not supported (expected 'gpt2' byte-level BPE or 'llama' sentencepiece)");
   }
   BpeVocabulary v;
   v.tokens = f.get_string_array("tokenizer.ggml.tokens");

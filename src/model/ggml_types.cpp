@@ -31,6 +31,18 @@ bool lookup(uint32_t id, TypeInfo* info) {
     case GgmlType::kQ8_0:
       *info = {"Q8_0", kQuantBlock, sizeof(BlockQ8_0)};
       return true;
+    case GgmlType::kQ5_0:
+      *info = {"Q5_0", kQuantBlock, sizeof(BlockQ5_0)};
+      return true;
+    case GgmlType::kQ4_K:
+      *info = {"Q4_K", kSuperBlock, sizeof(BlockQ4_K)};
+      return true;
+    case GgmlType::kQ5_K:
+      *info = {"Q5_K", kSuperBlock, sizeof(BlockQ5_K)};
+      return true;
+    case GgmlType::kQ6_K:
+      *info = {"Q6_K", kSuperBlock, sizeof(BlockQ6_K)};
+      return true;
   }
   return false;
 }
@@ -47,7 +59,8 @@ TypeInfo type_info(uint32_t type_id) {
   if (!lookup(type_id, &info)) {
     throw Error(ErrorKind::kUnsupported,
                 "ggml tensor type " + std::to_string(type_id) +
-                    " is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)");
+                    " is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, "
+                    "Q4_K, Q5_K, Q6_K)");
   }
   return info;
 }
@@ -69,6 +82,18 @@ size_t row_bytes(GgmlType type, int64_t n) {
 void dequantize_row_ref(GgmlType type, const uint8_t* row, float* out, int64_t n) {
   const int64_t nb = n / kQuantBlock;
   switch (type) {
+    case GgmlType::kQ5_0:
+      detail::dequantize_q5_0(row, out, nb);
+      return;
+    case GgmlType::kQ4_K:
+      detail::dequantize_q4_k(row, out, n / kSuperBlock);
+      return;
+    case GgmlType::kQ5_K:
+      detail::dequantize_q5_k(row, out, n / kSuperBlock);
+      return;
+    case GgmlType::kQ6_K:
+      detail::dequantize_q6_k(row, out, n / kSuperBlock);
+      return;
     case GgmlType::kF32:
       std::memcpy(out, row, static_cast<size_t>(n) * 4);
       return;
@@ -123,11 +148,9 @@ void dequantize_row_ref(GgmlType type, const uint8_t* row, float* out, int64_t n
 
 double dot_row_ref(GgmlType type, const uint8_t* row, const float* x, int64_t n) {
   // Decode block by block so the reference needs no buffer of the full row.
-  const int64_t step = (type == GgmlType::kF32 || type == GgmlType::kF16 || type == GgmlType::kBF16)
-                           ? 1
-                           : kQuantBlock;
+  const int64_t step = type_info(static_cast<uint32_t>(type)).block_size;
   const size_t step_bytes = row_bytes(type, step);
-  float tmp[kQuantBlock];
+  float tmp[kSuperBlock];
   double sum = 0.0;
   for (int64_t i = 0; i < n; i += step) {
     dequantize_row_ref(type, row + (i / step) * step_bytes, tmp, step);
@@ -207,6 +230,13 @@ void quantize_row_ref(GgmlType type, const float* x, uint8_t* row, int64_t n) {
         std::memcpy(row + b * sizeof blk, &blk, sizeof blk);
       }
       return;
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K:
+    case GgmlType::kQ6_K:
+      throw Error(ErrorKind::kUnsupported, std::string("quantize_row_ref: ") +
+                                               type_info(static_cast<uint32_t>(type)).name +
+                                               " is read from files only, not quantized here");
   }
   type_info(static_cast<uint32_t>(type));
 }

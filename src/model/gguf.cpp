@@ -264,9 +264,9 @@ GgufFile GgufFile::parse(const uint8_t* data, size_t size, const std::string& la
     }
     const uint32_t type = c.read<uint32_t>("tensor type");
     if (!is_supported_type(type)) {
-      throw Error(ErrorKind::kUnsupported, "GGUF '" + label + "': tensor '" + t.name +
-                                               "' has type " + type_name(type) +
-                                               " (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)");
+      throw Error(ErrorKind::kUnsupported,
+                  "GGUF '" + label + "': tensor '" + t.name + "' has type " + type_name(type) +
+                      " (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K)");
     }
     t.type = static_cast<GgmlType>(type);
     const TypeInfo info = type_info(type);

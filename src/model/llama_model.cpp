@@ -1,5 +1,7 @@
 #include "model/llama_model.h"
 
+#include "model/gguf_weights.h"
+
 #include <polarquant/error.h>
 
 #include <cstring>
@@ -7,7 +9,7 @@
 
 namespace polarquant::model {
 
-namespace {
+namespace detail {
 
 int checked_int(uint64_t v, const std::string& key, const std::string& label, int64_t max_value) {
   if (v == 0 || v > static_cast<uint64_t>(max_value)) {
@@ -44,7 +46,15 @@ std::vector<float> vector_from(const GgufFile& f, const std::string& name, int64
   return tensor_to_floats(t);
 }
 
-}  // namespace
+}  // namespace detail
+
+using detail::checked_int;
+using detail::matrix_from;
+using detail::vector_from;
+
+const char* architecture_name(Architecture arch) {
+  return arch == Architecture::kGemma3 ? "gemma3" : "llama";
+}
 
 const std::vector<std::string>& model_shape_names() {
   static const std::vector<std::string> names = {"llama3-8b", "smollm2-135m"};
@@ -94,9 +104,10 @@ LlamaModel LlamaModel::load_gguf(const std::string& path) {
 
 LlamaModel LlamaModel::from_gguf(const GgufFile& f) {
   const std::string arch = f.get_string("general.architecture");
+  if (arch == "gemma3") return from_gguf_gemma3(f);
   if (arch != "llama") {
     throw Error(ErrorKind::kUnsupported, "GGUF '" + f.label() + "': architecture '" + arch +
-                                             "' is not supported (expected 'llama')");
+                                             "' is not supported (expected 'llama' or 'gemma3')");
   }
   const std::string& label = f.label();
   constexpr int64_t kMaxDim = 1 << 16;

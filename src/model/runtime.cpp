@@ -75,6 +75,13 @@ std::unique_ptr<Runtime> make_runtime(const LlamaModel& model, const RuntimeOpti
                     "' is not available in this build (devices: " + known +
                     (options.device == "cuda" ? "; rebuild where nvcc is found for CUDA)" : ")"));
   }
+  // The device runtimes implement the llama forward pass only.
+  if (model.config().arch != Architecture::kLlama) {
+    throw Error(ErrorKind::kUnsupported, std::string("device '") + options.device +
+                                             "' runs llama-architecture models only, not '" +
+                                             architecture_name(model.config().arch) +
+                                             "'; use --device cpu");
+  }
   return factory(model, options);
 }
 

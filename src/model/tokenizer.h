@@ -1,6 +1,7 @@
 // Tokenizers read from the model files: GPT-2 style byte-level BPE from GGUF metadata (SmolLM2 and
-// other HF-converted models) and the llama2.c sentencepiece-style vocabulary (tok512.bin), plus the
-// ChatML chat format of the instruct models.
+// other HF-converted models), the GGUF sentencepiece ("llama") model (Gemma 3, spm_tokenizer.h)
+// and the llama2.c sentencepiece-style vocabulary (tok512.bin), plus the chat formats (ChatML of
+// the SmolLM2 instruct models, Gemma's turns).
 #pragma once
 
 #include <memory>
@@ -29,8 +30,10 @@ class Tokenizer {
   virtual bool is_end_of_generation(int token) const { return token == eos(); }
   // True when the model expects BOS at the start of a prompt.
   virtual bool wants_bos() const = 0;
-  // Whether the model uses the ChatML format (<|im_start|>role\n...<|im_end|>).
+  // Whether the model has a chat format (ChatML <|im_start|>role\n...<|im_end|>, or Gemma's).
   virtual bool has_chat_template() const { return false; }
+  // A user message in the model's chat format with the generation prompt (default: ChatML).
+  virtual std::string chat_prompt(std::string_view user_message) const;
 };
 
 // The tokenizer of a model: from GGUF metadata, or for a llama2.c checkpoint from tokenizer_path

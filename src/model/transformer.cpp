@@ -32,6 +32,26 @@ void rope_rotate(float* x, int head_dim, int n_heads, size_t position, const flo
   }
 }
 
+void rope_rotate_neox(float* x, int head_dim, int n_heads, size_t position, const float* inv_freq) {
+  const int half = head_dim / 2;
+  for (int i = 0; i < half; ++i) {
+    const double angle = static_cast<double>(position) * inv_freq[i];
+    const float c = static_cast<float>(std::cos(angle));
+    const float s = static_cast<float>(std::sin(angle));
+    for (int h = 0; h < n_heads; ++h) {
+      float* p = x + h * head_dim + i;
+      const float a = p[0], b = p[half];
+      p[0] = a * c - b * s;
+      p[half] = a * s + b * c;
+    }
+  }
+}
+
+float gelu_tanh(float x) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
+
 Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
     : model_(model), options_(options) {
   const LlamaConfig& c = model.config();
@@ -60,6 +80,14 @@ Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
     inv_freq_[i] =
         static_cast<float>(std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim));
   }
+  if (c.arch == Architecture::kGemma3) {
+    inv_freq_local_.resize(inv_freq_.size());
+    for (int i = 0; i < c.head_dim / 2; ++i) {
+      inv_freq_local_[i] = static_cast<float>(
+          std::pow(static_cast<double>(c.rope_theta_local), -2.0 * i / c.head_dim));
+    }
+    attention_.scale = c.attention_scale;
+  }
 }
 
 void Transformer::apply_rope(float* x, size_t n, int n_heads, size_t first_position) const {
@@ -87,6 +115,10 @@ void Transformer::forward(SequenceId seq, const int* tokens, size_t n, std::vect
 
 void Transformer::forward_chunk(SequenceId seq, const int* tokens, size_t n, float* logits,
                                 bool all_logits) {
+  if (config().arch == Architecture::kGemma3) {
+    forward_chunk_gemma3(seq, tokens, n, logits, all_logits);
+    return;
+  }
   const LlamaConfig& c = config();
   const size_t dim = c.dim, qd = c.q_dim(), kvd = c.kv_dim(), hid = c.hidden_dim;
   const int threads = options_.n_threads;

@@ -1,7 +1,7 @@
-// The Llama forward pass on CPU over the quantized KV cache. Every token's keys and values go into
-// polarquant::KvCache (with the codecs chosen by name), and attention, prefill included, reads them
-// back through polarquant::cache_attention: a lossy codec therefore affects every position the way
-// llama.cpp's quantized cache does.
+// The Llama and Gemma 3 forward passes on CPU over the quantized KV cache. Every token's keys and
+// values go into polarquant::KvCache (with the codecs chosen by name), and attention, prefill
+// included, reads them back through polarquant::cache_attention: a lossy codec therefore affects
+// every position the way llama.cpp's quantized cache does.
 #pragma once
 
 #include "model/llama_model.h"
@@ -50,18 +50,26 @@ class Transformer : public Runtime {
 
  private:
   void forward_chunk(SequenceId seq, const int* tokens, size_t n, float* logits, bool all_logits);
+  // Gemma 3's layers (transformer_gemma3.cpp), same contract as forward_chunk.
+  void forward_chunk_gemma3(SequenceId seq, const int* tokens, size_t n, float* logits,
+                            bool all_logits);
   void apply_rope(float* x, size_t n, int n_heads, size_t first_position) const;
 
   const LlamaModel& model_;
   RuntimeOptions options_;
   std::unique_ptr<KvCache> cache_;
   AttentionOptions attention_;
-  std::vector<float> inv_freq_;  // theta^(-2i/head_dim), i < head_dim/2
+  std::vector<float> inv_freq_;        // theta^(-2i/head_dim), i < head_dim/2
+  std::vector<float> inv_freq_local_;  // the same with rope_theta_local (Gemma 3's local layers)
   AttentionObserver observer_;
 };
 
 // Scalar building blocks, exposed for tests.
 void rms_norm(const float* x, const float* weight, int n, float eps, float* out);
 void rope_rotate(float* x, int head_dim, int n_heads, size_t position, const float* inv_freq);
+// ggml's NEOX RoPE (HF's rotate_half), which gemma3 GGUFs use: pairs (i, i + head_dim/2).
+void rope_rotate_neox(float* x, int head_dim, int n_heads, size_t position, const float* inv_freq);
+// GELU with the tanh approximation (gelu_pytorch_tanh).
+float gelu_tanh(float x);
 
 }  // namespace polarquant::model

@@ -79,9 +79,13 @@ void run(DumpArgs& a, CLI::App* cmd) {
   dump.n_kv_heads = c.n_kv_heads;
   dump.n_q_heads = c.n_heads;
   dump.head_dim = c.head_dim;
-  dump.description = "model " + a.model.model + "; " + std::to_string(tokens.size()) +
-                     " tokens of " + (a.text.empty() ? std::string("a prompt") : a.text) +
-                     "; K and Q after RoPE (adjacent-pair rotation); fp32 cache while recording";
+  dump.description =
+      "model " + a.model.model + "; " + std::to_string(tokens.size()) + " tokens of " +
+      (a.text.empty() ? std::string("a prompt") : a.text) + "; K and Q after RoPE (" +
+      (c.arch == model::Architecture::kGemma3
+           ? "rotate-half rotation, Q/K RMSNorm first; sliding-window layers included"
+           : "adjacent-pair rotation") +
+      "); fp32 cache while recording";
   for (int id : layer_ids) dump.layers.push_back({id, {}, {}, {}});
   // The run itself uses an exact cache, so later layers see unquantized history.
   model::RuntimeOptions rt;

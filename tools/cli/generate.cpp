@@ -134,7 +134,7 @@ void run(GenerateArgs& a, CLI::App* cmd) {
   std::string text = a.prompt;
   const bool chat = lm.tokenizer->has_chat_template() && !a.raw;
   if (!a.prompt_given && chat) text = kDefaultChatPrompt;
-  if (chat) text = model::chatml_prompt(text);
+  if (chat) text = tok.chat_prompt(text);
   std::vector<int> prompt = tok.encode(text, tok.wants_bos(), chat);
   if (prompt.empty()) prompt.push_back(tok.bos());  // llama2.c: generation starts from BOS
   const size_t context = static_cast<size_t>(lm.model->config().context_length);
