@@ -27,17 +27,20 @@ namespace {
 
 struct Example {
   Example(std::vector<std::pair<std::string, std::string>> edits_ = {}, bool model = false,
-          bool shared = false, bool cuda = false, std::string prepare_ = "")
+          bool shared = false, bool cuda = false, std::string prepare_ = "",
+          std::string file_ = "")
       : edits(std::move(edits_)),
         needs_model(model),
         needs_shared(shared),
         needs_cuda(cuda),
-        prepare(std::move(prepare_)) {}
+        prepare(std::move(prepare_)),
+        needs_file(std::move(file_)) {}
   std::vector<std::pair<std::string, std::string>> edits;  // replace first with second
   bool needs_model;                                        // SmolLM2 (scripts/fetch_model.sh)
   bool needs_shared;                                       // ../shared/data
   bool needs_cuda;
-  std::string prepare;  // a command that makes this one's input (run first)
+  std::string prepare;     // a command that makes this one's input (run first)
+  std::string needs_file;  // another model file (~ is $HOME), e.g. the second model's
 };
 
 std::string tmp(const std::string& name) {
@@ -70,6 +73,13 @@ const std::map<std::string, Example>& examples() {
       {"bench-serve --shape llama3-8b -b 8 -P 32768 -g 64 --codecs f16,paper,polar37",
        {{{"-P 32768 -g 64", "-P 256 -g 4"}}, false, false, true}},
       {"bench-serve --shape llama3-8b -b 8 -P 32768 --plan", {{}, false, false, true}},
+      {"generate --model ~/.cache/polarquant/models/gemma-3-270m-q4_k_m.gguf",
+       {{{".gguf", ".gguf -n 8"}},
+        false,
+        false,
+        false,
+        "",
+        "~/.cache/polarquant/models/gemma-3-270m-q4_k_m.gguf"}},
   };
   return table;
 }
@@ -146,6 +156,13 @@ TEST_P(ReadmeExample, Runs) {
   if (e.needs_model && !have_model) GTEST_SKIP() << "needs the default model (fetch_model.sh)";
   if (e.needs_shared && !have_shared) GTEST_SKIP() << "needs ../shared/data";
   if (e.needs_cuda && !have_cuda) GTEST_SKIP() << "needs a CUDA build and a GPU";
+  if (!e.needs_file.empty()) {
+    const char* home = std::getenv("HOME");
+    std::string file = e.needs_file;
+    if (file.rfind("~/", 0) == 0) file = std::string(home ? home : "") + file.substr(1);
+    if (!std::filesystem::exists(file))
+      GTEST_SKIP() << "needs " << e.needs_file << " (scripts/fetch_model.sh gemma3-270m)";
+  }
   std::string text;
   for (int i = 0; i < 40; ++i) text += "The quick brown fox jumps over the lazy dog. ";
   write_file_bytes(text_path(), std::vector<uint8_t>(text.begin(), text.end()));
