@@ -75,7 +75,7 @@ MemoryPlan plan_memory(const model::LlamaConfig& c, const model::RuntimeOptions&
   MemoryPlan p;
   size_t free = 0, total = 0;
   check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-  p.free_bytes = free;
+  p.free_bytes = o.gpu_memory_limit > 0 ? std::min(free, o.gpu_memory_limit) : free;
   p.weight_bytes = DeviceWeights::bytes_for(c);
   const size_t rows = static_cast<size_t>(resolved_rows(o));
   const size_t ctx = resolved_context(c, o);
@@ -125,7 +125,7 @@ CudaTransformer::Impl::Impl(const model::LlamaConfig& c, const model::RuntimeOpt
         std::to_string(o.max_sequences) + " sequences x " + std::to_string(resolved_context(c, o)) +
         " tokens, -ctk " + o.key_codec + " -ctv " + o.value_codec +
         ") = " + gib(plan.required_bytes()) + ", but the GPU has " + gib(plan.free_bytes) +
-        " free. Tokens (sequences x context) that fit: " + std::to_string(plan.max_tokens()) +
+        (o.gpu_memory_limit > 0 ? " for this run (--gpu-memory)" : " free") + ". Tokens (sequences x context) that fit: " + std::to_string(plan.max_tokens()) +
         " with this cache, " + std::to_string(fits(f16)) + " with f16, " +
         std::to_string(fits(paper)) + " with paper");
   }

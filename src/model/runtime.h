@@ -35,6 +35,9 @@ struct RuntimeOptions {
   std::string device = "cpu";
   int max_sequences = 1;
   size_t max_context = 0;
+  // CUDA runtime: plan and allocate within this many bytes of GPU memory (weights, scratch and
+  // cache together; 0: all of the GPU's free memory), as a server sharing the GPU would.
+  size_t gpu_memory_limit = 0;
 };
 
 class Runtime {

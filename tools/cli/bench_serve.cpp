@@ -35,6 +35,7 @@ struct BenchServeArgs {
   bool ragged = false;
   bool plan = false;
   uint64_t seed = 1;
+  double gpu_memory_gib = 0.0;  // 0: all free memory
   std::string codecs;  // several caches in one run, the first the baseline
 };
 
@@ -79,7 +80,7 @@ void print_plan(const model::LlamaConfig& c, const model::RuntimeOptions& base, 
                   p.max_tokens(), ratio, per_seq);
     }
     if (k == "f16" && v == "f16" && !json) {
-      std::printf("  (GPU free %.2f GiB; weights %.2f GiB; scratch %.2f GiB at B=%d)\n",
+      std::printf("  (GPU memory for the run %.2f GiB; weights %.2f GiB; scratch %.2f GiB at B=%d)\n",
                   p.free_bytes / 1073741824.0, p.weight_bytes / 1073741824.0,
                   p.scratch_bytes / 1073741824.0, base.max_sequences);
     }
@@ -235,6 +236,8 @@ void run(BenchServeArgs& a, CLI::App* cmd) {
                   " exceeds the model's context of " + std::to_string(config.context_length));
   }
   rt.prefill_chunk = std::max(rt.prefill_chunk, 512);
+  if (a.gpu_memory_gib < 0.0) throw_invalid("--gpu-memory must be positive (GiB)");
+  rt.gpu_memory_limit = static_cast<size_t>(a.gpu_memory_gib * 1073741824.0);
   if (a.plan) {
     print_plan(config, rt, a.model.json);
     return;
@@ -283,6 +286,9 @@ const CommandRegistration registration("bench-serve", [](CLI::App& app) {
                   "caches to run one after another in this process, the first the baseline of "
                   "the ratios (NAME or KEY/VALUE, comma-separated, e.g. f16,paper,polar37; "
                   "default: -ctk/-ctv)");
+  cmd->add_option("--gpu-memory", args->gpu_memory_gib,
+                  "GiB of GPU memory the run may use (weights, scratch and cache; default: all "
+                  "that is free): the plan and the refusal use it, as a server sharing the GPU");
   cmd->add_option("--seed", args->seed, "seed of the random weights and tokens")
       ->capture_default_str();
   cmd->callback([args, cmd] { run(*args, cmd); });
