@@ -51,6 +51,45 @@ LogitDiff compare_logits(const std::vector<float>& cpu, const std::vector<float>
   return d;
 }
 
+// Mean KL(ref || x) over rows and the share of rows whose argmax equals ref's.
+struct Quality {
+  double kld = 0.0;
+  double top1 = 0.0;
+};
+
+Quality quality_against(const std::vector<float>& ref, const std::vector<float>& x, size_t vocab) {
+  Quality q;
+  const size_t rows = ref.size() / vocab;
+  std::vector<double> lp(vocab), lq(vocab);
+  for (size_t r = 0; r < rows; ++r) {
+    model::log_softmax(ref.data() + r * vocab, vocab, lp.data());
+    model::log_softmax(x.data() + r * vocab, vocab, lq.data());
+    double kl = 0.0;
+    for (size_t i = 0; i < vocab; ++i) kl += std::exp(lp[i]) * (lp[i] - lq[i]);
+    q.kld += kl / rows;
+    const bool same = model::argmax(ref.data() + r * vocab, vocab) ==
+                      model::argmax(x.data() + r * vocab, vocab);
+    q.top1 += same ? 1.0 / rows : 0.0;
+  }
+  return q;
+}
+
+// A lossy cache cannot be held to the CPU's logits bit for bit: a K/V difference of 1e-5 (relative)
+// moves a few codes across a quantization boundary, and each moved code changes the next layers'
+// K/V, so the flips cascade. Measured on the CPU alone (SmolLM2, `paper`, 512 tokens of Emma):
+// fused against reference attention, which differ only in summation order, part with mean |logit
+// diff| 0.72 and 75 of 512 different top-1 tokens; rounding K/V to fp16 before the cache gives
+// 0.80 and 88. So the GPU is held to the CPU's own spread: its distance from the CPU run is at most
+// 1.5x (+0.05) the distance between the CPU's two attention paths on the same tokens.
+void expect_within_cpu_spread(const LogitDiff& gpu_vs_cpu, const LogitDiff& cpu_spread,
+                              const char* what) {
+  std::printf("  %s: GPU vs CPU mean |diff| %.3g (top-1 mismatches %zu); CPU fused vs reference "
+              "attention %.3g (%zu)\n",
+              what, gpu_vs_cpu.mean_abs, gpu_vs_cpu.top1_mismatch, cpu_spread.mean_abs,
+              cpu_spread.top1_mismatch);
+  EXPECT_LT(gpu_vs_cpu.mean_abs, 1.5 * cpu_spread.mean_abs + 0.05) << what;
+}
+
 std::vector<float> all_logits(model::Runtime& rt, const std::vector<int>& tokens) {
   std::vector<float> logits;
   rt.forward(rt.add_sequence(), tokens.data(), tokens.size(), logits, true);
@@ -139,6 +178,8 @@ class SmolLM2Test : public ::testing::TestWithParam<const char*> {
 
 class SmolLM2 : public SmolLM2Test {};
 
+// f16: the CPU's top-1 at every position. A lossy cache: within the CPU's own spread (above), and
+// the same quality against the fp16 cache (KL divergence, top-1 agreement) as the CPU's.
 TEST_P(SmolLM2, LogitsMatchCpuOn512Tokens) {
   if (!m_) GTEST_SKIP() << skip_;
   const LlamaModel& m = *m_;
@@ -146,15 +187,36 @@ TEST_P(SmolLM2, LogitsMatchCpuOn512Tokens) {
   const std::vector<int> tokens = text_tokens(*tok, 512);
   ASSERT_EQ(tokens.size(), 512u);
   const std::string codec = GetParam();
+  const size_t vocab = m.config().vocab_size;
   model::Transformer cpu(m, options(codec, codec, "cpu"));
   CudaTransformer gpu(m, options(codec, codec, "cuda"));
-  const LogitDiff d =
-      compare_logits(all_logits(cpu, tokens), all_logits(gpu, tokens), m.config().vocab_size);
-  std::printf("SmolLM2 %s, 512 tokens: max |logit diff| %.3g, top-1 mismatches %zu (clear %zu)\n",
-              codec.c_str(), d.max_abs, d.top1_mismatch, d.top1_clear_mismatch);
-  EXPECT_EQ(d.top1_clear_mismatch, 0u);
-  EXPECT_LE(d.top1_mismatch, 2u);
-  EXPECT_LT(d.max_abs, 1.0);
+  const std::vector<float> cpu_logits = all_logits(cpu, tokens);
+  const std::vector<float> gpu_logits = all_logits(gpu, tokens);
+  const LogitDiff d = compare_logits(cpu_logits, gpu_logits, vocab);
+  std::printf("SmolLM2 %s, 512 tokens: max |logit diff| %.3g, mean %.3g, top-1 mismatches %zu "
+              "(clear %zu)\n",
+              codec.c_str(), d.max_abs, d.mean_abs, d.top1_mismatch, d.top1_clear_mismatch);
+  if (codec == "f16") {
+    EXPECT_EQ(d.top1_clear_mismatch, 0u);
+    EXPECT_LE(d.top1_mismatch, 2u);
+    EXPECT_LT(d.max_abs, 1.0);
+    return;
+  }
+  RuntimeOptions reference_attention = options(codec, codec, "cpu");
+  reference_attention.use_fused = false;
+  model::Transformer cpu_alt(m, reference_attention);
+  model::Transformer cpu_f16(m, options("f16", "f16", "cpu"));
+  const std::vector<float> alt_logits = all_logits(cpu_alt, tokens);
+  const std::vector<float> f16_logits = all_logits(cpu_f16, tokens);
+  expect_within_cpu_spread(d, compare_logits(cpu_logits, alt_logits, vocab), "512-token prefill");
+  const Quality qc = quality_against(f16_logits, cpu_logits, vocab);
+  const Quality qa = quality_against(f16_logits, alt_logits, vocab);
+  const Quality qg = quality_against(f16_logits, gpu_logits, vocab);
+  std::printf("  against the fp16 cache: KLD CPU %.4f / CPU reference attention %.4f / GPU %.4f; "
+              "top-1 %.1f%% / %.1f%% / %.1f%%\n",
+              qc.kld, qa.kld, qg.kld, 100 * qc.top1, 100 * qa.top1, 100 * qg.top1);
+  EXPECT_LT(qg.kld, 1.3 * std::max(qc.kld, qa.kld));
+  EXPECT_GT(qg.top1, std::min(qc.top1, qa.top1) - 0.04);
 }
 
 TEST_P(SmolLM2, BatchedDecodeMatchesOneByOneAndCpu) {
@@ -225,6 +287,7 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
   const auto& tok = tok_;
   const std::vector<int> text = text_tokens(*tok, 400);
   const CodecPair pair = codec_pair(GetParam());
+  const bool lossy = pair.key != "f16";
   auto windowed = [&](const std::string& device, int sink, int recent) {
     RuntimeOptions o = options(pair.key, pair.value, device);
     o.sink_tokens = sink;
@@ -235,6 +298,11 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
     return o;
   };
   model::Transformer cpu(m, windowed("cpu", 4, 32));
+  // A lossy cache is held to the spread between the CPU's two attention paths (see
+  // expect_within_cpu_spread), so a second CPU runtime with reference attention follows every step.
+  RuntimeOptions alt_options = windowed("cpu", 4, 32);
+  alt_options.use_fused = false;
+  model::Transformer cpu_alt(m, alt_options);
   CudaTransformer gpu(m, windowed("cuda", 4, 32));
   const size_t vocab = m.config().vocab_size;
   const std::vector<int> prompt(text.begin(), text.begin() + 300);
@@ -244,25 +312,31 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
       "SmolLM2 %s sink 4 recent 32, 300-token prefill: max |diff| %.3g, mean %.3g, "
       "top-1 mismatches %zu\n",
       GetParam(), pre.max_abs, pre.mean_abs, pre.top1_mismatch);
-  EXPECT_EQ(pre.top1_clear_mismatch, 0u);
-  EXPECT_LT(pre.max_abs, pair.key == "f16" ? 0.15 : 1.0);
-  if (pair.key != "f16") {
+  if (lossy) {
+    expect_within_cpu_spread(pre, compare_logits(cpu_logits, all_logits(cpu_alt, prompt), vocab),
+                             "300-token prefill");
     // The windows must matter: without them the GPU is further from the CPU's windowed run.
     CudaTransformer plain(m, windowed("cuda", 0, 0));
     const LogitDiff off = compare_logits(cpu_logits, all_logits(plain, prompt), vocab);
     std::printf("  the same on the GPU without windows: mean |diff| %.3g\n", off.mean_abs);
     EXPECT_LT(pre.mean_abs * 2, off.mean_abs);
+  } else {
+    EXPECT_EQ(pre.top1_clear_mismatch, 0u);
+    EXPECT_LT(pre.max_abs, 0.15);
   }
   // A 300-token sequence and a 2-token one decoded together for 40 steps.
   const SequenceId g_ids[2] = {gpu.add_sequence(), gpu.add_sequence()};
   const SequenceId c_ids[2] = {cpu.add_sequence(), cpu.add_sequence()};
+  const SequenceId a_ids[2] = {cpu_alt.add_sequence(), cpu_alt.add_sequence()};
   const size_t lens[2] = {300, 2};
   std::vector<float> logits;
   for (int i = 0; i < 2; ++i) {
     gpu.forward(g_ids[i], text.data(), lens[i], logits, false);
     cpu.forward(c_ids[i], text.data(), lens[i], logits, false);
+    if (lossy) cpu_alt.forward(a_ids[i], text.data(), lens[i], logits, false);
   }
   LogitDiff worst;
+  std::vector<float> steps_c, steps_g, steps_a;
   for (int step = 0; step < 40; ++step) {
     const int next[2] = {text[lens[0] + step], text[lens[1] + step]};
     std::vector<float> lg, lc, all_c;
@@ -270,14 +344,25 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
     for (int i = 0; i < 2; ++i) {
       cpu.forward(c_ids[i], &next[i], 1, lc, false);
       all_c.insert(all_c.end(), lc.begin(), lc.end());
+      if (lossy) {
+        cpu_alt.forward(a_ids[i], &next[i], 1, lc, false);
+        steps_a.insert(steps_a.end(), lc.begin(), lc.end());
+      }
     }
+    steps_c.insert(steps_c.end(), all_c.begin(), all_c.end());
+    steps_g.insert(steps_g.end(), lg.begin(), lg.end());
     const LogitDiff d = compare_logits(all_c, lg, vocab);
     worst.max_abs = std::max(worst.max_abs, d.max_abs);
     worst.top1_clear_mismatch += d.top1_clear_mismatch;
   }
   std::printf("  40 decode steps (300- and 2-token prompts): max |diff| %.3g\n", worst.max_abs);
-  EXPECT_EQ(worst.top1_clear_mismatch, 0u);
-  EXPECT_LT(worst.max_abs, pair.key == "f16" ? 0.15 : 1.0);
+  if (lossy) {
+    expect_within_cpu_spread(compare_logits(steps_c, steps_g, vocab),
+                             compare_logits(steps_c, steps_a, vocab), "40 decode steps");
+  } else {
+    EXPECT_EQ(worst.top1_clear_mismatch, 0u);
+    EXPECT_LT(worst.max_abs, 0.15);
+  }
   const KvMemoryStats mem = gpu.memory();
   EXPECT_EQ(mem.tokens, 300u + 340u + 42u);
 }
