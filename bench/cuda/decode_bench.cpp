@@ -1,9 +1,10 @@
 // GPU benchmark of the PolarQuant kernels (run by bench/cuda/run.sh, which puts PyTorch SDPA on
 // fp16 K/V beside it): decode attention at the Llama-3.1-8B shape (8 KV heads; 32 query heads
 // unless --q-heads; head_dim 128 unless --dim gives 64 or 256; the `paper` preset unless
-// --preset names another; 32-token pages) for batch 1/8/32 and context 4k..128k (--batch and
-// --context pick one), and the encode throughput of a 16k-token prefill. Prints one JSON object
-// per line.
+// --preset names another; `--preset f16` times the runtime's fp16-page kernel, the baseline the
+// serving benchmark compares against; 32-token pages) for batch 1/8/32 and context 4k..128k
+// (--batch and --context pick one), and the encode throughput of a 16k-token prefill. Prints one
+// JSON object per line.
 //
 // Timing: CUDA events around each call, median of the repetitions; the pages are replicated
 // into enough copies (>= 256 MiB in all, over 4x the 60 MB L2) and the calls cycle through them,
@@ -11,6 +12,8 @@
 #include <polarquant/cuda.h>
 #include <polarquant/error.h>
 #include <polarquant/polar_codec.h>
+
+#include "cuda_model/f16_kv.h"
 
 #include <cuda_runtime.h>
 
@@ -122,9 +125,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--batch and --context must be positive (or absent: every shape)\n");
     return 2;
   }
+  const bool f16 = preset == "f16";
+  const cuda::F16Layout f16_layout{dim, n_kv, T};
   std::unique_ptr<PolarCodec> codec_ptr;
   try {
-    codec_ptr = std::make_unique<PolarCodec>(polar_preset(preset, dim));
+    codec_ptr = std::make_unique<PolarCodec>(polar_preset(f16 ? "paper" : preset, dim));
   } catch (const Error& e) {
     std::fprintf(stderr, "--preset %s, head_dim %d: %s\n", preset.c_str(), dim, e.what());
     return 2;
@@ -144,6 +149,8 @@ int main(int argc, char** argv) {
   }
   const PolarCodec& codec = *codec_ptr;
   cuda::CudaPolarCodec& gpu = *gpu_ptr;
+  const size_t page_bytes = f16 ? f16_layout.page_bytes() : gpu.page_bytes();
+  const double payload_bits = f16 ? 16.0 * dim : codec.config().payload_bits();
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   int driver = 0, runtime = 0;
@@ -153,7 +160,7 @@ int main(int argc, char** argv) {
       "{\"kind\":\"device\",\"name\":\"%s\",\"sms\":%d,\"driver_api\":%d,\"runtime\":%d,"
       "\"preset\":\"%s\",\"head_dim\":%d,\"q_heads\":%d,\"kernel\":\"%s\"}\n",
       prop.name, prop.multiProcessorCount, driver, runtime, preset.c_str(), dim, n_q,
-      cuda::decode_kernel_name(gpu, n_q));
+      f16 ? "f16-split-kv" : cuda::decode_kernel_name(gpu, n_q));
 
   const std::vector<int> contexts =
       quick ? std::vector<int>{4096, 131072} : std::vector<int>{4096, 16384, 65536, 131072};
@@ -168,7 +175,7 @@ int main(int argc, char** argv) {
 
   // Encode throughput: a 16k-token prompt's K (8 heads) into fresh pages, with and without the
   // rotation (S folded into the projection weights skips it).
-  {
+  if (!f16) {
     const int n = 16384, pages = n / T;
     uint8_t* pool = nullptr;
     int32_t* table = nullptr;
@@ -195,26 +202,33 @@ int main(int argc, char** argv) {
     for (int batch : batches) {
       if ((only_batch && batch != only_batch) || (only_context && ctx != only_context)) continue;
       const size_t pages = static_cast<size_t>(ctx) / T;
-      const size_t set_bytes = 2 * batch * pages * gpu.page_bytes();
+      const size_t set_bytes = 2 * batch * pages * page_bytes;
       const int copies = static_cast<int>(std::max<size_t>(1, (256u << 20) / set_bytes + 1));
       const size_t total_pages = copies * batch * pages;
       uint8_t *kp = nullptr, *vp = nullptr;
       int32_t *tables = nullptr, *lengths = nullptr;
       float *q = nullptr, *out = nullptr;
-      ok(cudaMalloc(&kp, total_pages * gpu.page_bytes()), "malloc k pages");
-      ok(cudaMalloc(&vp, total_pages * gpu.page_bytes()), "malloc v pages");
-      cudaMemset(kp, 0, total_pages * gpu.page_bytes());
-      cudaMemset(vp, 0, total_pages * gpu.page_bytes());
+      ok(cudaMalloc(&kp, total_pages * page_bytes), "malloc k pages");
+      ok(cudaMalloc(&vp, total_pages * page_bytes), "malloc v pages");
+      cudaMemset(kp, 0, total_pages * page_bytes);
+      cudaMemset(vp, 0, total_pages * page_bytes);
       std::vector<int32_t> ids(total_pages);
       for (size_t i = 0; i < total_pages; ++i) ids[i] = static_cast<int32_t>(i);
       ok(cudaMalloc(&tables, total_pages * sizeof(int32_t)), "malloc tables");
       cudaMemcpy(tables, ids.data(), total_pages * sizeof(int32_t), cudaMemcpyHostToDevice);
       for (int b = 0; b < batch; ++b) {
         const int32_t* t = tables + b * pages;
-        cuda::encode_prefill(gpu, {kp, t}, 0, ctx, x, false, nullptr);
-        cuda::encode_prefill(gpu, {vp, t}, 0, ctx, x + shift * row, false, nullptr);
+        if (f16) {
+          cuda::f16_store(f16_layout, kp, t, static_cast<int>(pages), nullptr, false, 0, ctx, x,
+                          nullptr);
+          cuda::f16_store(f16_layout, vp, t, static_cast<int>(pages), nullptr, false, 0, ctx,
+                          x + shift * row, nullptr);
+        } else {
+          cuda::encode_prefill(gpu, {kp, t}, 0, ctx, x, false, nullptr);
+          cuda::encode_prefill(gpu, {vp, t}, 0, ctx, x + shift * row, false, nullptr);
+        }
       }
-      const size_t one = batch * pages * gpu.page_bytes();
+      const size_t one = batch * pages * page_bytes;
       for (int c = 1; c < copies; ++c) {
         cudaMemcpy(kp + c * one, kp, one, cudaMemcpyDeviceToDevice);
         cudaMemcpy(vp + c * one, vp, one, cudaMemcpyDeviceToDevice);
@@ -234,27 +248,35 @@ int main(int argc, char** argv) {
       db.max_length = ctx;
       db.n_q_heads = n_q;
       db.page_tables = tables;
-      const size_t ws_bytes = cuda::decode_workspace_bytes(gpu, db);
+      const size_t ws_bytes =
+          f16 ? cuda::f16_decode_workspace_bytes(f16_layout, db, prop.multiProcessorCount)
+              : cuda::decode_workspace_bytes(gpu, db);
       void* ws = nullptr;
       ok(cudaMalloc(&ws, ws_bytes), "malloc workspace");
+      auto decode = [&] {
+        if (f16) {
+          cuda::f16_decode_attention(f16_layout, db, q, out, ws, ws_bytes, prop.multiProcessorCount,
+                                     nullptr);
+        } else {
+          cuda::decode_attention(gpu, db, q, out, ws, ws_bytes, nullptr);
+        }
+      };
       const auto ms = time_calls(quick ? 10 : 40, [&](int i) {
         db.page_tables = tables + static_cast<size_t>(i % copies) * batch * pages;
-        cuda::decode_attention(gpu, db, q, out, ws, ws_bytes, nullptr);
+        decode();
       });
       ok(cudaDeviceSynchronize(), "decode");
       // Host time of the call (three enqueued launches, no synchronisation): what a caller that
       // does not use CUDA graphs pays per layer on the CPU.
       constexpr int kHostCalls = 100;
       const auto h0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < kHostCalls; ++i) {
-        cuda::decode_attention(gpu, db, q, out, ws, ws_bytes, nullptr);
-      }
+      for (int i = 0; i < kHostCalls; ++i) decode();
       const double host_us =
           std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - h0).count() /
           kHostCalls;
       ok(cudaDeviceSynchronize(), "decode");
       const double bytes = static_cast<double>(set_bytes);
-      const double payload = 2.0 * batch * ctx * n_kv * (codec.config().payload_bits() / 8.0);
+      const double payload = 2.0 * batch * ctx * n_kv * (payload_bits / 8.0);
       std::printf(
           "{\"kind\":\"decode\",\"batch\":%d,\"context\":%d,\"ms\":%.5f,\"page_bytes\":%.0f,"
           "\"payload_bytes\":%.0f,\"gbps_pages\":%.1f,\"copies\":%d,\"host_us\":%.2f}\n",
