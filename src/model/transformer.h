@@ -54,6 +54,9 @@ class Transformer : public Runtime {
   void forward_chunk_gemma3(SequenceId seq, const int* tokens, size_t n, float* logits,
                             bool all_logits);
   void apply_rope(float* x, size_t n, int n_heads, size_t first_position) const;
+  // The final norm and output projection of a chunk's residual stream x (n rows): every row with
+  // all_logits, else the last; xn is scratch of n x dim floats. Soft-caps when the model does.
+  void output_logits(const float* x, size_t n, bool all_logits, float* xn, float* logits) const;
 
   const LlamaModel& model_;
   RuntimeOptions options_;

@@ -70,19 +70,7 @@ void Transformer::forward_chunk_gemma3(SequenceId seq, const int* tokens, size_t
     }
     for (size_t i = 0; i < n * dim; ++i) x[i] += proj[i];
   }
-  if (logits == nullptr) return;
-  const size_t first = all_logits ? 0 : n - 1;
-  const size_t rows = n - first;
-  for (size_t t = first; t < n; ++t) {
-    rms_norm(x.data() + t * dim, model_.final_norm().data(), c.dim, c.rms_eps,
-             xn.data() + (t - first) * dim);
-  }
-  matmul(model_.output(), xn.data(), rows, logits, threads);
-  if (c.final_logit_softcap > 0.0f) {
-    const float cap = c.final_logit_softcap;
-    for (size_t i = 0; i < rows * static_cast<size_t>(c.vocab_size); ++i)
-      logits[i] = cap * std::tanh(logits[i] / cap);
-  }
+  if (logits != nullptr) output_logits(x.data(), n, all_logits, xn.data(), logits);
 }
 
 }  // namespace polarquant::model
