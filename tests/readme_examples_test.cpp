@@ -27,8 +27,7 @@ namespace {
 
 struct Example {
   Example(std::vector<std::pair<std::string, std::string>> edits_ = {}, bool model = false,
-          bool shared = false, bool cuda = false, std::string prepare_ = "",
-          std::string file_ = "")
+          bool shared = false, bool cuda = false, std::string prepare_ = "", std::string file_ = "")
       : edits(std::move(edits_)),
         needs_model(model),
         needs_shared(shared),

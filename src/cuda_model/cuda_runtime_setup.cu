@@ -119,15 +119,16 @@ CudaTransformer::Impl::Impl(const model::LlamaConfig& c, const model::RuntimeOpt
           kv_bytes_per_token(c, r.key_codec, r.value_codec, kPageTokens, r.codec_seed);
       return plan.free_bytes > fixed ? (plan.free_bytes - fixed) / per : 0;
     };
-    throw_invalid(
-        "the request does not fit in GPU memory: weights " + gib(plan.weight_bytes) +
-        " + scratch " + gib(plan.scratch_bytes) + " + KV cache " + gib(plan.kv_bytes) + " (" +
-        std::to_string(o.max_sequences) + " sequences x " + std::to_string(resolved_context(c, o)) +
-        " tokens, -ctk " + o.key_codec + " -ctv " + o.value_codec +
-        ") = " + gib(plan.required_bytes()) + ", but the GPU has " + gib(plan.free_bytes) +
-        (o.gpu_memory_limit > 0 ? " for this run (--gpu-memory)" : " free") + ". Tokens (sequences x context) that fit: " + std::to_string(plan.max_tokens()) +
-        " with this cache, " + std::to_string(fits(f16)) + " with f16, " +
-        std::to_string(fits(paper)) + " with paper");
+    throw_invalid("the request does not fit in GPU memory: weights " + gib(plan.weight_bytes) +
+                  " + scratch " + gib(plan.scratch_bytes) + " + KV cache " + gib(plan.kv_bytes) +
+                  " (" + std::to_string(o.max_sequences) + " sequences x " +
+                  std::to_string(resolved_context(c, o)) + " tokens, -ctk " + o.key_codec +
+                  " -ctv " + o.value_codec + ") = " + gib(plan.required_bytes()) +
+                  ", but the GPU has " + gib(plan.free_bytes) +
+                  (o.gpu_memory_limit > 0 ? " for this run (--gpu-memory)" : " free") +
+                  ". Tokens (sequences x context) that fit: " + std::to_string(plan.max_tokens()) +
+                  " with this cache, " + std::to_string(fits(f16)) + " with f16, " +
+                  std::to_string(fits(paper)) + " with paper");
   }
   cudaDeviceProp prop{};
   int device = 0;

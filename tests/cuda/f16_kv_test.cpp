@@ -138,8 +138,9 @@ TEST_P(F16Decode, RaggedBatchMatchesReference) {
   for (size_t i = 0; i < got_lse.size(); ++i)
     lse_err = std::max(lse_err, std::abs(got_lse[i] - want.lse[i]));
   const double nmse = err / ref;
-  std::printf("[ info ] f16 decode dim %d g %d: NMSE vs double reference %.3g, max lse error %.3g\n",
-              dim, g, nmse, lse_err);
+  std::printf(
+      "[ info ] f16 decode dim %d g %d: NMSE vs double reference %.3g, max lse error %.3g\n", dim,
+      g, nmse, lse_err);
   EXPECT_LT(nmse, 1e-9);
   EXPECT_LT(lse_err, 1e-4);
 }

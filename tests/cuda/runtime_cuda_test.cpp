@@ -67,8 +67,8 @@ Quality quality_against(const std::vector<float>& ref, const std::vector<float>&
     double kl = 0.0;
     for (size_t i = 0; i < vocab; ++i) kl += std::exp(lp[i]) * (lp[i] - lq[i]);
     q.kld += kl / rows;
-    const bool same = model::argmax(ref.data() + r * vocab, vocab) ==
-                      model::argmax(x.data() + r * vocab, vocab);
+    const bool same =
+        model::argmax(ref.data() + r * vocab, vocab) == model::argmax(x.data() + r * vocab, vocab);
     q.top1 += same ? 1.0 / rows : 0.0;
   }
   return q;
@@ -83,10 +83,11 @@ Quality quality_against(const std::vector<float>& ref, const std::vector<float>&
 // 1.5x (+0.05) the distance between the CPU's two attention paths on the same tokens.
 void expect_within_cpu_spread(const LogitDiff& gpu_vs_cpu, const LogitDiff& cpu_spread,
                               const char* what) {
-  std::printf("  %s: GPU vs CPU mean |diff| %.3g (top-1 mismatches %zu); CPU fused vs reference "
-              "attention %.3g (%zu)\n",
-              what, gpu_vs_cpu.mean_abs, gpu_vs_cpu.top1_mismatch, cpu_spread.mean_abs,
-              cpu_spread.top1_mismatch);
+  std::printf(
+      "  %s: GPU vs CPU mean |diff| %.3g (top-1 mismatches %zu); CPU fused vs reference "
+      "attention %.3g (%zu)\n",
+      what, gpu_vs_cpu.mean_abs, gpu_vs_cpu.top1_mismatch, cpu_spread.mean_abs,
+      cpu_spread.top1_mismatch);
   EXPECT_LT(gpu_vs_cpu.mean_abs, 1.5 * cpu_spread.mean_abs + 0.05) << what;
 }
 
@@ -193,9 +194,10 @@ TEST_P(SmolLM2, LogitsMatchCpuOn512Tokens) {
   const std::vector<float> cpu_logits = all_logits(cpu, tokens);
   const std::vector<float> gpu_logits = all_logits(gpu, tokens);
   const LogitDiff d = compare_logits(cpu_logits, gpu_logits, vocab);
-  std::printf("SmolLM2 %s, 512 tokens: max |logit diff| %.3g, mean %.3g, top-1 mismatches %zu "
-              "(clear %zu)\n",
-              codec.c_str(), d.max_abs, d.mean_abs, d.top1_mismatch, d.top1_clear_mismatch);
+  std::printf(
+      "SmolLM2 %s, 512 tokens: max |logit diff| %.3g, mean %.3g, top-1 mismatches %zu "
+      "(clear %zu)\n",
+      codec.c_str(), d.max_abs, d.mean_abs, d.top1_mismatch, d.top1_clear_mismatch);
   if (codec == "f16") {
     EXPECT_EQ(d.top1_clear_mismatch, 0u);
     EXPECT_LE(d.top1_mismatch, 2u);
@@ -212,9 +214,10 @@ TEST_P(SmolLM2, LogitsMatchCpuOn512Tokens) {
   const Quality qc = quality_against(f16_logits, cpu_logits, vocab);
   const Quality qa = quality_against(f16_logits, alt_logits, vocab);
   const Quality qg = quality_against(f16_logits, gpu_logits, vocab);
-  std::printf("  against the fp16 cache: KLD CPU %.4f / CPU reference attention %.4f / GPU %.4f; "
-              "top-1 %.1f%% / %.1f%% / %.1f%%\n",
-              qc.kld, qa.kld, qg.kld, 100 * qc.top1, 100 * qa.top1, 100 * qg.top1);
+  std::printf(
+      "  against the fp16 cache: KLD CPU %.4f / CPU reference attention %.4f / GPU %.4f; "
+      "top-1 %.1f%% / %.1f%% / %.1f%%\n",
+      qc.kld, qa.kld, qg.kld, 100 * qc.top1, 100 * qa.top1, 100 * qg.top1);
   EXPECT_LT(qg.kld, 1.3 * std::max(qc.kld, qa.kld));
   EXPECT_GT(qg.top1, std::min(qc.top1, qa.top1) - 0.04);
 }

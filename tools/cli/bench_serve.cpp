@@ -36,7 +36,7 @@ struct BenchServeArgs {
   bool plan = false;
   uint64_t seed = 1;
   double gpu_memory_gib = 0.0;  // 0: all free memory
-  std::string codecs;  // several caches in one run, the first the baseline
+  std::string codecs;           // several caches in one run, the first the baseline
 };
 
 #ifdef POLARQUANT_WITH_CUDA
@@ -80,9 +80,10 @@ void print_plan(const model::LlamaConfig& c, const model::RuntimeOptions& base, 
                   p.max_tokens(), ratio, per_seq);
     }
     if (k == "f16" && v == "f16" && !json) {
-      std::printf("  (GPU memory for the run %.2f GiB; weights %.2f GiB; scratch %.2f GiB at B=%d)\n",
-                  p.free_bytes / 1073741824.0, p.weight_bytes / 1073741824.0,
-                  p.scratch_bytes / 1073741824.0, base.max_sequences);
+      std::printf(
+          "  (GPU memory for the run %.2f GiB; weights %.2f GiB; scratch %.2f GiB at B=%d)\n",
+          p.free_bytes / 1073741824.0, p.weight_bytes / 1073741824.0,
+          p.scratch_bytes / 1073741824.0, base.max_sequences);
     }
   }
   if (json) std::printf("%s\n", rows.dump(2).c_str());
