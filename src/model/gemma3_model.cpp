@@ -94,17 +94,10 @@ LlamaModel LlamaModel::from_gguf_gemma3(const GgufFile& f) {
   }
   c.embedding_scale = std::sqrt(static_cast<float>(c.dim));
 
-  const TensorInfo& emb = f.tensor("token_embd.weight");
-  if (emb.dims.size() != 2 || emb.dims[0] != c.dim || emb.dims[1] > (1 << 24)) {
-    throw_format("GGUF '" + label + "': token_embd.weight should be [" + std::to_string(c.dim) +
-                 ", vocab]");
-  }
-  c.vocab_size = static_cast<int>(emb.dims[1]);
-
   LlamaModel m;
   m.format_ = "gguf";
+  m.token_embedding_ = detail::token_embedding_from(f, c.dim, &c.vocab_size);
   m.config_ = c;
-  m.token_embedding_ = make_weight_matrix(emb.type, emb.data, c.vocab_size, c.dim);
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
     LayerWeights w;

@@ -18,6 +18,9 @@ int checked_int(uint64_t v, const std::string& key, const std::string& label, in
 std::vector<float> tensor_to_floats(const TensorInfo& t);
 // A 2-D tensor of ggml shape [cols, rows] as a matrix view into the file.
 WeightMatrix matrix_from(const GgufFile& f, const std::string& name, int64_t cols, int64_t rows);
+// token_embd.weight ([dim, vocab], vocab up to 2^24) as a matrix view; its vocabulary size in
+// *vocab.
+WeightMatrix token_embedding_from(const GgufFile& f, int dim, int* vocab);
 // A 1-D tensor of n values, decoded to floats.
 std::vector<float> vector_from(const GgufFile& f, const std::string& name, int64_t n);
 

@@ -37,6 +37,16 @@ WeightMatrix matrix_from(const GgufFile& f, const std::string& name, int64_t col
   return make_weight_matrix(t.type, t.data, rows, cols);
 }
 
+WeightMatrix token_embedding_from(const GgufFile& f, int dim, int* vocab) {
+  const TensorInfo& emb = f.tensor("token_embd.weight");
+  if (emb.dims.size() != 2 || emb.dims[0] != dim || emb.dims[1] > (1 << 24)) {
+    throw_format("GGUF '" + f.label() + "': token_embd.weight should be [" + std::to_string(dim) +
+                 ", vocab]");
+  }
+  *vocab = static_cast<int>(emb.dims[1]);
+  return make_weight_matrix(emb.type, emb.data, *vocab, dim);
+}
+
 std::vector<float> vector_from(const GgufFile& f, const std::string& name, int64_t n) {
   const TensorInfo& t = f.tensor(name);
   if (t.dims.size() != 1 || t.dims[0] != n) {
@@ -147,17 +157,10 @@ LlamaModel LlamaModel::from_gguf(const GgufFile& f) {
   if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f) || !(c.rope_theta > 1.0f && c.rope_theta < 1e9f)) {
     throw_format("GGUF '" + label + "': rms epsilon or rope.freq_base is out of range");
   }
-  const TensorInfo& emb = f.tensor("token_embd.weight");
-  if (emb.dims.size() != 2 || emb.dims[0] != c.dim || emb.dims[1] > (1 << 24)) {
-    throw_format("GGUF '" + label + "': token_embd.weight should be [" + std::to_string(c.dim) +
-                 ", vocab]");
-  }
-  c.vocab_size = static_cast<int>(emb.dims[1]);
-
   LlamaModel m;
   m.format_ = "gguf";
+  m.token_embedding_ = detail::token_embedding_from(f, c.dim, &c.vocab_size);
   m.config_ = c;
-  m.token_embedding_ = make_weight_matrix(emb.type, emb.data, c.vocab_size, c.dim);
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     LayerWeights w;
