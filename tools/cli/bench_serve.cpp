@@ -237,7 +237,8 @@ void run(BenchServeArgs& a, CLI::App* cmd) {
                   " exceeds the model's context of " + std::to_string(config.context_length));
   }
   rt.prefill_chunk = std::max(rt.prefill_chunk, 512);
-  if (a.gpu_memory_gib < 0.0) throw_invalid("--gpu-memory must be a size in GiB >= 0 (0, the default: all free GPU memory)");
+  if (a.gpu_memory_gib < 0.0)
+    throw_invalid("--gpu-memory must be a size in GiB >= 0 (0, the default: all free GPU memory)");
   rt.gpu_memory_limit = static_cast<size_t>(a.gpu_memory_gib * 1073741824.0);
   if (a.plan) {
     print_plan(config, rt, a.model.json);
