@@ -1,9 +1,11 @@
 // fp16 pages on the GPU (layout: f16_kv.h): stores, a gather for prefill attention, and split-KV
 // decode attention. The decode kernel is the baseline PolarQuant's decode is measured against, so
-// it is written to be memory-bound: a warp takes 32 tokens at a time, each lane one token's key
-// (16-byte loads, all in flight before use) for the scores, then each lane D/32 dimensions of
-// every token's value (one coalesced row per token) for P.V; online softmax per warp, the four
-// warps of a block merged in shared memory, the splits merged by a second kernel.
+// it is written to be memory-bound: a warp takes one 32-token tile (a page run of one KV head) at a
+// time and issues all of the tile's loads before using any: each lane one token's key (16-byte
+// loads) for the scores, and each lane D/32 dimensions of every token's value (one coalesced row
+// per token) for P.V; online softmax per warp, the four warps of a block merged in shared memory,
+// the splits merged by a second kernel. The grid is one wave: as many splits as fill the SMs at
+// the kernel's occupancy.
 #include "cuda_model/f16_kv.h"
 
 #include <polarquant/error.h>
@@ -57,6 +59,45 @@ __global__ void gather_kernel(F16Layout l, const __half* pool, const int32_t* ta
   for (int e = threadIdx.x; e < l.head_dim; e += blockDim.x) dst[e] = src[e];
 }
 
+// A lane's kDims halves of one value row: 4, 8 or 16 bytes.
+template <int kDims>
+struct ValueSlice;
+template <>
+struct ValueSlice<2> {
+  using type = uint32_t;
+};
+template <>
+struct ValueSlice<4> {
+  using type = uint2;
+};
+template <>
+struct ValueSlice<8> {
+  using type = uint4;
+};
+
+// Slices of tokens [base, base + N) of a tile whose lane-0 row starts at v (row stride D halves,
+// D = 32 x the slice's halves); tokens at or past n_tok are not read.
+template <class Slice, int N>
+__device__ __forceinline__ void load_values(const __half* v, int base, int n_tok, Slice (&out)[N]) {
+  constexpr int kRow = 32 * static_cast<int>(sizeof(Slice)) / 2;  // halves per row = D
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if (base + i < n_tok)
+      out[i] = *reinterpret_cast<const Slice*>(v + static_cast<size_t>(base + i) * kRow);
+  }
+}
+
+template <int kDims, class Slice>
+__device__ __forceinline__ void unpack_values(const Slice& s, float (&vf)[kDims]) {
+  const __half2* h2 = reinterpret_cast<const __half2*>(&s);
+#pragma unroll
+  for (int e = 0; e < kDims / 2; ++e) {
+    const float2 f = __half22float2(h2[e]);
+    vf[2 * e] = f.x;
+    vf[2 * e + 1] = f.y;
+  }
+}
+
 struct Partials {
   float* acc;  // [batch][n_q_heads][splits][D], unnormalised
   float* m;    // [batch][n_q_heads][splits], running max (log2 domain)
@@ -69,6 +110,9 @@ __global__ void __launch_bounds__(kWarps * 32)
                   Partials part) {
   constexpr int kDims = D / 32;   // value dimensions per lane
   constexpr int kChunks = D / 8;  // 16-byte key chunks per token
+  // Value rows loaded at once: the whole tile up to D = 128 (64 registers at D = 128), 4 at a time
+  // for D = 256, whose keys already take 128 registers (8 spilled).
+  constexpr int kVBatch = D <= 128 ? kTile : 4;
   __shared__ float4 qs[kHeadTile][D / 4];
   __shared__ float ps[kWarps][kTile][kHeadTile];
   __shared__ float ms[kWarps][kHeadTile], ls[kWarps][kHeadTile];
@@ -111,6 +155,14 @@ __global__ void __launch_bounds__(kWarps * 32)
     const uint4* krow = reinterpret_cast<const uint4*>(kpool + koff);
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) kc[c] = krow[c];
+    // The tile's value rows (one page, kTile | page_tokens): the first kVBatch tokens' slices are
+    // in flight with the keys.
+    const int n_tok = min(kTile, length - t * kTile);
+    const size_t vtile =
+        slot_offset(lay, table[t * kTile / lay.page_tokens], kvh, t * kTile % lay.page_tokens) +
+        lane * kDims;
+    typename ValueSlice<kDims>::type vr[kVBatch];
+    load_values(vpool + vtile, 0, n_tok, vr);
     float s[kHeadTile];
 #pragma unroll
     for (int j = 0; j < kHeadTile; ++j) s[j] = 0.0f;
@@ -154,31 +206,20 @@ __global__ void __launch_bounds__(kWarps * 32)
       ps[warp][lane][j] = p;
     }
     __syncwarp();
-    const int n_tok = min(kTile, length - t * kTile);
-#pragma unroll 4
-    for (int i = 0; i < n_tok; ++i) {
-      const int tk = t * kTile + i;
-      const size_t voff =
-          slot_offset(lay, table[tk / lay.page_tokens], kvh, tk % lay.page_tokens) + lane * kDims;
-      float vf[kDims];
-      if constexpr (kDims == 2) {
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(vpool + voff));
-        vf[0] = f.x;
-        vf[1] = f.y;
-      } else {
-        const __half2* h2 = reinterpret_cast<const __half2*>(vpool + voff);
 #pragma unroll
-        for (int e = 0; e < kDims / 2; ++e) {
-          const float2 f = __half22float2(h2[e]);
-          vf[2 * e] = f.x;
-          vf[2 * e + 1] = f.y;
+    for (int base = 0; base < kTile; base += kVBatch) {
+      if (base > 0) load_values(vpool + vtile, base, n_tok, vr);
+#pragma unroll
+      for (int i = 0; i < kVBatch; ++i) {
+        if (base + i >= n_tok) break;
+        float vf[kDims];
+        unpack_values<kDims>(vr[i], vf);
+#pragma unroll
+        for (int j = 0; j < kHeadTile; ++j) {
+          const float p = ps[warp][base + i][j];
+#pragma unroll
+          for (int e = 0; e < kDims; ++e) acc[j][e] += p * vf[e];
         }
-      }
-#pragma unroll
-      for (int j = 0; j < kHeadTile; ++j) {
-        const float p = ps[warp][i][j];
-#pragma unroll
-        for (int e = 0; e < kDims; ++e) acc[j][e] += p * vf[e];
       }
     }
     __syncwarp();
@@ -239,16 +280,40 @@ __global__ void merge_kernel(Partials part, int splits, int dim, float* out, flo
 
 struct Grid {
   int splits = 1;
+  int max_splits = 1;  // >= splits for every max_length up to this one
   int tiles_per_split = 1;
 };
 
+// Resident blocks per SM of the decode kernel for head_dim D (registers decide it).
+int blocks_per_sm(int head_dim) {
+  static int cached[3] = {0, 0, 0};
+  const int k = head_dim == 64 ? 0 : head_dim == 128 ? 1 : 2;
+  if (cached[k] == 0) {
+    int n = 0;
+    cudaError_t e =
+        head_dim == 64
+            ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<64>, kWarps * 32, 0)
+        : head_dim == 128
+            ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<128>, kWarps * 32, 0)
+            : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<256>, kWarps * 32, 0);
+    cached[k] = e == cudaSuccess && n > 0 ? n : 2;
+  }
+  return cached[k];
+}
+
+// Splits of the context: one wave of blocks (the SMs full at the kernel's occupancy), each split
+// at least one tile per warp.
 Grid grid_for(const F16Layout& lay, const F16DecodeBatch& b, int multiprocessors) {
   const int g = b.n_q_heads / lay.n_kv_heads;
   const int blocks = b.batch * lay.n_kv_heads * ((g + kHeadTile - 1) / kHeadTile);
   const int tiles = std::max(1, (b.max_length + kTile - 1) / kTile);
-  const int want = (4 * multiprocessors + blocks - 1) / blocks;
+  const int wave = blocks_per_sm(lay.head_dim) * std::max(1, multiprocessors);
+  const int want = std::max(1, wave / blocks);
   Grid grid;
+  // An upper bound on the splits of any shorter context too (the rounding below can only lower
+  // it), which is what the workspace is sized by.
   grid.splits = std::clamp(want, 1, std::max(1, tiles / kWarps));
+  grid.max_splits = grid.splits;
   grid.tiles_per_split = (tiles + grid.splits - 1) / grid.splits;
   grid.splits = (tiles + grid.tiles_per_split - 1) / grid.tiles_per_split;
   return grid;
@@ -267,6 +332,10 @@ void check_batch(const F16Layout& lay, const F16DecodeBatch& b) {
   if (b.n_q_heads <= 0 || b.n_q_heads % lay.n_kv_heads != 0)
     throw_invalid("f16 decode attention: n_q_heads must be a positive multiple of n_kv_heads");
   if (b.batch <= 0 || b.max_length < 0) throw_invalid("f16 decode attention: empty batch");
+  if (lay.page_tokens % kTile != 0) {
+    throw_invalid("f16 decode attention: page_tokens " + std::to_string(lay.page_tokens) +
+                  " is not a multiple of " + std::to_string(kTile));
+  }
 }
 
 }  // namespace
@@ -292,7 +361,7 @@ size_t f16_decode_workspace_bytes(const F16Layout& layout, const F16DecodeBatch&
                                   int multiprocessors) {
   check_batch(layout, batch);
   const Grid grid = grid_for(layout, batch, multiprocessors);
-  const size_t rows = static_cast<size_t>(batch.batch) * batch.n_q_heads * grid.splits;
+  const size_t rows = static_cast<size_t>(batch.batch) * batch.n_q_heads * grid.max_splits;
   return align256(rows * layout.head_dim * sizeof(float)) + 2 * align256(rows * sizeof(float));
 }
 
@@ -303,7 +372,7 @@ void f16_decode_attention(const F16Layout& layout, const F16DecodeBatch& batch, 
   if (workspace_bytes < f16_decode_workspace_bytes(layout, batch, multiprocessors))
     throw_invalid("f16 decode attention: workspace too small");
   const Grid grid = grid_for(layout, batch, multiprocessors);
-  const size_t rows = static_cast<size_t>(batch.batch) * batch.n_q_heads * grid.splits;
+  const size_t rows = static_cast<size_t>(batch.batch) * batch.n_q_heads * grid.max_splits;
   auto* base = static_cast<uint8_t*>(workspace);
   Partials part;
   part.acc = reinterpret_cast<float*>(base);
