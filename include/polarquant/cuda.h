@@ -113,7 +113,8 @@ struct DecodeBatch {
 // n_kv_heads, kUnsupported above 16 per KV head.
 const char* decode_kernel_name(const CudaPolarCodec& codec, int n_q_heads);
 
-// Bytes of workspace decode_attention needs for this shape (256-byte aligned pieces).
+// Bytes of workspace decode_attention needs for this shape (256-byte aligned pieces); enough also
+// for the same batch with any shorter max_length.
 size_t decode_workspace_bytes(const CudaPolarCodec& codec, const DecodeBatch& batch);
 
 // q (device): batch x n_q_heads x dim floats; out (device): the same shape. Query head h uses

@@ -731,7 +731,10 @@ Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
     }
     if (pps == floor_pages) break;
   }
-  const size_t parts = static_cast<size_t>(heads) * geo.splits;
+  // The workspace holds the most splits any shorter context could take (at most pages_max and at
+  // most the 16-wave count), so one allocation sized at the longest context serves every step.
+  const long bound = std::min<long>(pages_max, std::max(1L, (slots * 16 + heads - 1) / heads));
+  const size_t parts = static_cast<size_t>(heads) * std::max<long>(bound, geo.splits);
   geo.q_bytes = align_up(static_cast<size_t>(batch.batch) * batch.n_q_heads * c.dim * 2, 256);
   geo.ml_bytes = align_up(parts * g * sizeof(float2), 256);
   geo.acc_bytes = align_up(parts * g * c.dim * sizeof(float), 256);

@@ -39,6 +39,7 @@ void f16_gather(const F16Layout& layout, const uint8_t* pool, const int32_t* pag
 // The batch is described as for the PolarQuant decode (polarquant/cuda.h), with fp16 pools.
 using F16DecodeBatch = DecodeBatch;
 
+// Workspace bytes for this shape; enough also for the same batch with any shorter max_length.
 size_t f16_decode_workspace_bytes(const F16Layout& layout, const F16DecodeBatch& batch,
                                   int multiprocessors);
 // q, out: batch x n_q_heads x head_dim floats. Supports head_dim 64, 128, 256 and up to 64 query

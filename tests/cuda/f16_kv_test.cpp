@@ -2,6 +2,8 @@
 // in double precision over the same fp16-rounded keys and values: ragged batches under shuffled
 // page tables, every head_dim the kernel takes, 1 to 16 query heads per KV head, lengths that end
 // inside a tile, and the log-sum-exp output the window merge reads.
+#include <polarquant/error.h>
+
 #include <cuda_fp16.h>
 
 #include <cmath>
@@ -149,6 +151,36 @@ INSTANTIATE_TEST_SUITE_P(Shapes, F16Decode,
                          ::testing::Values(F16Param{64, 1}, F16Param{64, 3}, F16Param{128, 4},
                                            F16Param{128, 8}, F16Param{128, 16}, F16Param{256, 1},
                                            F16Param{256, 4}, F16Param{256, 12}));
+
+TEST(F16Decode, RefusesPagesNotWholeTiles) {
+  POLARQUANT_REQUIRE_GPU();
+  const F16Layout lay{128, 2, 48};
+  DecodeBatch db;
+  db.batch = 1;
+  db.max_length = 10;
+  db.n_q_heads = 4;
+  EXPECT_THROW(f16_decode_workspace_bytes(lay, db, 132), Error);
+}
+
+// One workspace sized at the longest context serves every shorter step (a split count rounded from
+// the tile count is not monotonic in the length). Host arithmetic: runs without a GPU too.
+TEST(F16Decode, WorkspaceAtLongestContextServesEveryShorterOne) {
+  const F16Layout lay{128, 8, 32};
+  DecodeBatch db;
+  db.n_q_heads = 32;
+  for (int sms : {1, 132}) {
+    for (int b = 1; b <= 8; ++b) {
+      db.batch = b;
+      db.max_length = 17408;
+      const size_t at_longest = f16_decode_workspace_bytes(lay, db, sms);
+      for (int len = 1; len < 17408; len += 3) {
+        db.max_length = len;
+        ASSERT_LE(f16_decode_workspace_bytes(lay, db, sms), at_longest)
+            << "batch " << b << ", length " << len << ", " << sms << " SMs";
+      }
+    }
+  }
+}
 
 }  // namespace
 }  // namespace polarquant::cuda::test

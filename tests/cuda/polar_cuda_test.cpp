@@ -428,5 +428,28 @@ TEST(CudaAttention, RejectsBadShapesAndSmallWorkspace) {
   EXPECT_THROW(decode_attention(gpu, db, q.get(), out.get(), ws.get(), need - 1, nullptr), Error);
 }
 
+// The runtime sizes one workspace at the longest context; every shorter step must fit in it (the
+// split count is not monotonic in the length).
+TEST(CudaAttention, WorkspaceAtLongestContextServesEveryShorterOne) {
+  POLARQUANT_REQUIRE_GPU();
+  CudaPolarCodec gpu(PolarCodec(polar_preset("paper", 128)), 32, 8);
+  DeviceBuffer<uint8_t> pool(gpu.page_bytes());
+  DeviceBuffer<int32_t> ints(4);
+  DecodeBatch db;
+  db.k_pool = db.v_pool = pool.get();
+  db.page_tables = db.lengths = ints.get();
+  db.max_pages = 600;
+  db.n_q_heads = 32;
+  for (int b = 1; b <= 8; ++b) {
+    db.batch = b;
+    db.max_length = 600 * 32;
+    const size_t at_longest = decode_workspace_bytes(gpu, db);
+    for (int len = 1; len < 600 * 32; len += 7) {
+      db.max_length = len;
+      ASSERT_LE(decode_workspace_bytes(gpu, db), at_longest) << "batch " << b << ", length " << len;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace polarquant::cuda::test
