@@ -79,16 +79,35 @@ Quality quality_against(const std::vector<float>& ref, const std::vector<float>&
 // K/V, so the flips cascade. Measured on the CPU alone (SmolLM2, `paper`, 512 tokens of Emma):
 // fused against reference attention, which differ only in summation order, part with mean |logit
 // diff| 0.72 and 75 of 512 different top-1 tokens; rounding K/V to fp16 before the cache gives
-// 0.80 and 88. So the GPU is held to the CPU's own spread: its distance from the CPU run is at most
-// 1.5x (+0.05) the distance between the CPU's two attention paths on the same tokens.
-void expect_within_cpu_spread(const LogitDiff& gpu_vs_cpu, const LogitDiff& cpu_spread,
-                              const char* what) {
+// 0.80 and 88. The GPU's K/V come from fp16 GEMMs, so it is held to quality, not to the CPU's
+// logits: against the fp16 cache, its KL divergence within 1.3x of the CPU's (either attention
+// path) and its top-1 agreement within 4 points. The distance from the CPU run is printed beside
+// the CPU's own spread (fused against reference attention) for the record; the spread is no
+// yardstick where the two CPU paths coincide (a pair without a fused kernel, windows that keep
+// the cascade short).
+void report_spread(const LogitDiff& gpu_vs_cpu, const LogitDiff& cpu_spread, const char* what) {
   std::printf(
       "  %s: GPU vs CPU mean |diff| %.3g (top-1 mismatches %zu); CPU fused vs reference "
       "attention %.3g (%zu)\n",
       what, gpu_vs_cpu.mean_abs, gpu_vs_cpu.top1_mismatch, cpu_spread.mean_abs,
       cpu_spread.top1_mismatch);
-  EXPECT_LT(gpu_vs_cpu.mean_abs, 1.5 * cpu_spread.mean_abs + 0.05) << what;
+}
+
+// f16: the fp16 cache's logits; cpu / alt: the lossy cache on the CPU with fused / reference
+// attention; gpu: the lossy cache on the GPU; all on the same tokens.
+void expect_quality_as_cpu(const std::vector<float>& f16, const std::vector<float>& cpu,
+                           const std::vector<float>& alt, const std::vector<float>& gpu,
+                           size_t vocab, const char* what) {
+  report_spread(compare_logits(cpu, gpu, vocab), compare_logits(cpu, alt, vocab), what);
+  const Quality qc = quality_against(f16, cpu, vocab);
+  const Quality qa = quality_against(f16, alt, vocab);
+  const Quality qg = quality_against(f16, gpu, vocab);
+  std::printf(
+      "  %s against the fp16 cache: KLD CPU %.4f / CPU reference attention %.4f / GPU %.4f; "
+      "top-1 %.1f%% / %.1f%% / %.1f%%\n",
+      what, qc.kld, qa.kld, qg.kld, 100 * qc.top1, 100 * qa.top1, 100 * qg.top1);
+  EXPECT_LT(qg.kld, 1.3 * std::max(qc.kld, qa.kld)) << what;
+  EXPECT_GT(qg.top1, std::min(qc.top1, qa.top1) - 0.04) << what;
 }
 
 std::vector<float> all_logits(model::Runtime& rt, const std::vector<int>& tokens) {
@@ -210,16 +229,7 @@ TEST_P(SmolLM2, LogitsMatchCpuOn512Tokens) {
   model::Transformer cpu_f16(m, options("f16", "f16", "cpu"));
   const std::vector<float> alt_logits = all_logits(cpu_alt, tokens);
   const std::vector<float> f16_logits = all_logits(cpu_f16, tokens);
-  expect_within_cpu_spread(d, compare_logits(cpu_logits, alt_logits, vocab), "512-token prefill");
-  const Quality qc = quality_against(f16_logits, cpu_logits, vocab);
-  const Quality qa = quality_against(f16_logits, alt_logits, vocab);
-  const Quality qg = quality_against(f16_logits, gpu_logits, vocab);
-  std::printf(
-      "  against the fp16 cache: KLD CPU %.4f / CPU reference attention %.4f / GPU %.4f; "
-      "top-1 %.1f%% / %.1f%% / %.1f%%\n",
-      qc.kld, qa.kld, qg.kld, 100 * qc.top1, 100 * qa.top1, 100 * qg.top1);
-  EXPECT_LT(qg.kld, 1.3 * std::max(qc.kld, qa.kld));
-  EXPECT_GT(qg.top1, std::min(qc.top1, qa.top1) - 0.04);
+  expect_quality_as_cpu(f16_logits, cpu_logits, alt_logits, gpu_logits, vocab, "512-token prefill");
 }
 
 TEST_P(SmolLM2, BatchedDecodeMatchesOneByOneAndCpu) {
@@ -301,23 +311,25 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
     return o;
   };
   model::Transformer cpu(m, windowed("cpu", 4, 32));
-  // A lossy cache is held to the spread between the CPU's two attention paths (see
-  // expect_within_cpu_spread), so a second CPU runtime with reference attention follows every step.
+  // A lossy cache is held to the CPU's quality against the fp16 cache (expect_quality_as_cpu), so
+  // a CPU runtime with reference attention and one with the fp16 cache follow every step.
   RuntimeOptions alt_options = windowed("cpu", 4, 32);
   alt_options.use_fused = false;
   model::Transformer cpu_alt(m, alt_options);
+  model::Transformer cpu_f16(m, options("f16", "f16", "cpu"));
   CudaTransformer gpu(m, windowed("cuda", 4, 32));
   const size_t vocab = m.config().vocab_size;
   const std::vector<int> prompt(text.begin(), text.begin() + 300);
   const std::vector<float> cpu_logits = all_logits(cpu, prompt);
-  const LogitDiff pre = compare_logits(cpu_logits, all_logits(gpu, prompt), vocab);
+  const std::vector<float> gpu_prefill = all_logits(gpu, prompt);
+  const LogitDiff pre = compare_logits(cpu_logits, gpu_prefill, vocab);
   std::printf(
       "SmolLM2 %s sink 4 recent 32, 300-token prefill: max |diff| %.3g, mean %.3g, "
       "top-1 mismatches %zu\n",
       GetParam(), pre.max_abs, pre.mean_abs, pre.top1_mismatch);
   if (lossy) {
-    expect_within_cpu_spread(pre, compare_logits(cpu_logits, all_logits(cpu_alt, prompt), vocab),
-                             "300-token prefill");
+    expect_quality_as_cpu(all_logits(cpu_f16, prompt), cpu_logits, all_logits(cpu_alt, prompt),
+                          gpu_prefill, vocab, "300-token prefill");
     // The windows must matter: without them the GPU is further from the CPU's windowed run.
     CudaTransformer plain(m, windowed("cuda", 0, 0));
     const LogitDiff off = compare_logits(cpu_logits, all_logits(plain, prompt), vocab);
@@ -331,15 +343,19 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
   const SequenceId g_ids[2] = {gpu.add_sequence(), gpu.add_sequence()};
   const SequenceId c_ids[2] = {cpu.add_sequence(), cpu.add_sequence()};
   const SequenceId a_ids[2] = {cpu_alt.add_sequence(), cpu_alt.add_sequence()};
+  const SequenceId f_ids[2] = {cpu_f16.add_sequence(), cpu_f16.add_sequence()};
   const size_t lens[2] = {300, 2};
   std::vector<float> logits;
   for (int i = 0; i < 2; ++i) {
     gpu.forward(g_ids[i], text.data(), lens[i], logits, false);
     cpu.forward(c_ids[i], text.data(), lens[i], logits, false);
-    if (lossy) cpu_alt.forward(a_ids[i], text.data(), lens[i], logits, false);
+    if (lossy) {
+      cpu_alt.forward(a_ids[i], text.data(), lens[i], logits, false);
+      cpu_f16.forward(f_ids[i], text.data(), lens[i], logits, false);
+    }
   }
   LogitDiff worst;
-  std::vector<float> steps_c, steps_g, steps_a;
+  std::vector<float> steps_c, steps_g, steps_a, steps_f;
   for (int step = 0; step < 40; ++step) {
     const int next[2] = {text[lens[0] + step], text[lens[1] + step]};
     std::vector<float> lg, lc, all_c;
@@ -350,6 +366,8 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
       if (lossy) {
         cpu_alt.forward(a_ids[i], &next[i], 1, lc, false);
         steps_a.insert(steps_a.end(), lc.begin(), lc.end());
+        cpu_f16.forward(f_ids[i], &next[i], 1, lc, false);
+        steps_f.insert(steps_f.end(), lc.begin(), lc.end());
       }
     }
     steps_c.insert(steps_c.end(), all_c.begin(), all_c.end());
@@ -360,8 +378,7 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
   }
   std::printf("  40 decode steps (300- and 2-token prompts): max |diff| %.3g\n", worst.max_abs);
   if (lossy) {
-    expect_within_cpu_spread(compare_logits(steps_c, steps_g, vocab),
-                             compare_logits(steps_c, steps_a, vocab), "40 decode steps");
+    expect_quality_as_cpu(steps_f, steps_c, steps_a, steps_g, vocab, "40 decode steps");
   } else {
     EXPECT_EQ(worst.top1_clear_mismatch, 0u);
     EXPECT_LT(worst.max_abs, 0.15);
