@@ -145,7 +145,11 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
   __syncthreads();
   const float* src = X;
   if constexpr (!R) {
-    rotate_tile<D, kRow>(X, c.rotation_t, Ms, Y);
+    if (job.end - job.begin == 1) {  // a decode append (block-uniform)
+      rotate_row<D, kRow>(X, c.rotation_t, job.begin, Y);
+    } else {
+      rotate_tile<D, kRow>(X, c.rotation_t, Ms, Y);
+    }
     __syncthreads();
     src = Y;
   }

@@ -63,6 +63,24 @@ __device__ inline void rotate_tile(const float* X, const float* M, float* Ms, fl
     for (int k = 0; k < 8; ++k) Y[(t0 + m) * kRow + cg * 8 + k] = acc[m][k];
 }
 
+// rotate_tile for a chunk with one active row t (a decode step appends one token per sequence):
+// the same sums in the same order (one fused multiply-add per j, j ascending), one output column
+// per thread instead of 32 rows x 8 columns, so a block does 1/32 of rotate_tile's work; the other
+// rows of Y are zeroed (their lanes are inactive). No barrier inside; X must be complete.
+template <int D, int kRow = D>
+__device__ inline void rotate_row(const float* X, const float* M, int t, float* Y) {
+  for (int i = threadIdx.x; i < D; i += kThreads) {
+    float acc = 0.0f;
+#pragma unroll 16
+    for (int j = 0; j < D; ++j) acc = __fmaf_rn(X[t * kRow + j], M[j * D + i], acc);
+    Y[t * kRow + i] = acc;
+  }
+  for (int e = threadIdx.x; e < 32 * D; e += kThreads) {
+    const int r = e / D;
+    if (r != t) Y[r * kRow + e % D] = 0.0f;
+  }
+}
+
 // fb cos(t) - fa sin(t) > 0, i.e. the angle of (fa, fb) lies above boundary t; no contraction,
 // as on the CPU.
 __device__ __forceinline__ bool above(float fa, float fb, float c, float s) {
