@@ -128,6 +128,17 @@ TEST(AttentionFused, SlidingWindowMatchesReference) {
   }
 }
 
+TEST(AttentionFused, ChunksOfPagesAcrossBoundaries) {
+  // run_pages scores, softmaxes and accumulates up to 512 tokens of whole pages at a time: contexts
+  // of several chunks, page sizes that do and do not divide the chunk evenly in tokens, windows
+  // whose first visible position lies inside a page of a later chunk, and threads splitting the
+  // pages so that tasks start inside chunks.
+  check_case({"paper", "paper", 128, 1, 4, 1500, 0, 0, 16});
+  check_case({"paper", "f16", 64, 2, 3, 1300, 2, 5, 64, 700}, 1, 2);
+  check_case({"f16", "paper", 128, 1, 8, 1100, 0, 0, 32, 600}, 3, 3);
+  check_case({"q8_0", "f32", 64, 1, 2, 1200, 0, 0, 32, 530});
+}
+
 TEST(AttentionFused, SlidingWindowReferenceSeesOnlyTheWindow) {
   // The windowed reference equals plain causal attention over the last `window` keys alone.
   const int n_kv = 1, g = 2, dim = 32;

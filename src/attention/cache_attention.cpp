@@ -39,6 +39,9 @@ constexpr size_t kRowTile = 64;  // full-precision rows scored per softmax step
 constexpr size_t kPrefetchPages = 4;
 void prefetch_region(const uint8_t* p, size_t bytes) {
   for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 2);
+  // GCC 12 may delete a loop that only prefetches (it did once run_pages prefetched through a
+  // lambda: no prefetcht1 left in the binary, f16 decode 1.7x slower); the empty asm keeps it.
+  asm volatile("" ::: "memory");
 }
 
 // A contiguous run of positions of one KV head, all in one storage run (sink, pages or tail).
@@ -85,6 +88,25 @@ void run_rows(const Context& c, const Task& task, State& st, const float* k_rows
   }
 }
 
+// Pages per softmax step: the scores of up to kChunkTokens tokens (whole pages) are computed
+// first, then one softmax step per head, then their values. The PolarQuant kernels' L1 working
+// sets, the score tables (g x d/2 x 16 floats) and the value lane accumulators (g x d x 16
+// floats), together fill the L1d; alternating them once per page refilled both from L2 every 32
+// tokens. Measured (docs/BENCHMARKS.md section 2.7, llama shape, `paper`, one thread, 32k):
+// 14.3 ms per page, 12.8 ms at 128 tokens, 12.2 at 256 and 512, 11.8 at 1024; 512 keeps the
+// score rows (g x 512 floats) well inside L1 at g = 4.
+constexpr size_t kChunkTokens = 512;
+
+size_t chunk_tokens(size_t page_tokens) {
+  return std::max<size_t>(1, kChunkTokens / page_tokens) * page_tokens;
+}
+
+// One page's share of a chunk: positions [pos, pos + n) at slots [slot, slot + n) of `page`, their
+// scores at column `at` of the chunk's score rows.
+struct ChunkPage {
+  size_t pos, page, slot, n, at;
+};
+
 void run_pages(const Context& c, const Task& task, State& st, std::vector<float>& scores,
                std::vector<float>& decoded) {
   const KvCache::Impl& m = c.cache;
@@ -93,56 +115,76 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
   const int h = task.kv_head;
   const size_t group = static_cast<size_t>(m.group);
   const float* q = c.q_plain->data() + static_cast<size_t>(h) * c.g * c.dim;
+  const size_t stride = chunk_tokens(page_tokens);  // of the score rows
   // One past the last page the task reads.
   const size_t task_pages = std::min(c.sl.pages, (task.end - sink + page_tokens - 1) / page_tokens);
-  for (size_t pos = task.begin; pos < task.end;) {
-    const size_t coded = pos - sink;
-    const size_t page = coded / page_tokens;
-    const size_t slot = coded % page_tokens;
-    const size_t n = std::min(task.end - pos, page_tokens - slot);
-    const uint8_t* kreg = m.key_region(c.sl, page, h);
-    const uint8_t* vreg = m.value_region(c.sl, page, h);
-    // Ask for the regions kPrefetchPages ahead while this page is read (all of the first ones at
-    // the task's start): measured faster than leaving it to the hardware prefetcher
-    // (docs/BENCHMARKS.md section 2), most of all at slab boundaries. Keys before the scores,
-    // values before the value pass, so the requests are spread over the page's work.
-    const size_t prefetch_from = pos == task.begin ? page + 1 : page + kPrefetchPages;
-    const size_t prefetch_end = std::min(page + kPrefetchPages + 1, task_pages);
-    for (size_t p = prefetch_from; p < prefetch_end; ++p) {
-      prefetch_region(m.key_region(c.sl, p, h), m.key_format->head_bytes());
-    }
-    switch (c.key_kind) {
-      case Stored::kF32:
-        c.kernels.score_f32(q, c.g, c.dim, reinterpret_cast<const float*>(kreg) + slot * c.dim,
-                            c.dim, n, scores.data(), page_tokens);
-        break;
-      case Stored::kF16:
-        c.kernels.score_f16(q, c.g, c.dim, reinterpret_cast<const uint16_t*>(kreg) + slot * c.dim,
-                            c.dim, n, scores.data(), page_tokens);
-        break;
-      case Stored::kPolar:
-        c.kernels.score_polar((*c.key_tables)[h], kreg, slot, n, c.g, scores.data(), page_tokens);
-        break;
-      case Stored::kOther: {
-        const size_t first = slot / group * group;
-        const size_t count = round_up(slot + n, group) - first;
-        decoded.resize(count * c.dim);
-        m.key_format->load(kreg, first, count, decoded.data());
-        c.kernels.score_f32(q, c.g, c.dim, decoded.data() + (slot - first) * c.dim, c.dim, n,
-                            scores.data(), page_tokens);
-        break;
+  // Ask for the regions kPrefetchPages ahead while a page is read (all of the first ones at the
+  // task's start): measured faster than leaving it to the hardware prefetcher (docs/BENCHMARKS.md
+  // section 2), most of all at slab boundaries. Keys before a page's scores, values before its
+  // value pass, so the requests are spread over the work.
+  const auto prefetch = [&](const ChunkPage& cp, bool values) {
+    const size_t from = cp.pos == task.begin ? cp.page + 1 : cp.page + kPrefetchPages;
+    const size_t end = std::min(cp.page + kPrefetchPages + 1, task_pages);
+    for (size_t p = from; p < end; ++p) {
+      if (values) {
+        prefetch_region(m.value_region(c.sl, p, h), m.value_format->head_bytes());
+      } else {
+        prefetch_region(m.key_region(c.sl, p, h), m.key_format->head_bytes());
       }
     }
-    if (pos < task.visible) {
-      // The masked prefix shares this call with at least one visible position (visible lies in
-      // the task's first page), so the running maximum stays finite.
-      const size_t masked = std::min(n, task.visible - pos);
-      for (int i = 0; i < c.g; ++i) {
-        std::fill_n(&scores[i * page_tokens], masked, -std::numeric_limits<float>::infinity());
+  };
+  std::vector<ChunkPage> chunk;
+  chunk.reserve(stride / page_tokens + 1);
+  for (size_t pos = task.begin; pos < task.end;) {
+    chunk.clear();
+    size_t at = 0;
+    while (pos < task.end) {  // whole pages (or the task's partial first and last ones)
+      const size_t coded = pos - sink;
+      const size_t slot = coded % page_tokens;
+      const size_t n = std::min(task.end - pos, page_tokens - slot);
+      if (at + n > stride) break;
+      chunk.push_back({pos, coded / page_tokens, slot, n, at});
+      pos += n;
+      at += n;
+    }
+    for (const ChunkPage& cp : chunk) {
+      prefetch(cp, false);
+      const uint8_t* kreg = m.key_region(c.sl, cp.page, h);
+      float* s = scores.data() + cp.at;
+      switch (c.key_kind) {
+        case Stored::kF32:
+          c.kernels.score_f32(q, c.g, c.dim, reinterpret_cast<const float*>(kreg) + cp.slot * c.dim,
+                              c.dim, cp.n, s, stride);
+          break;
+        case Stored::kF16:
+          c.kernels.score_f16(q, c.g, c.dim,
+                              reinterpret_cast<const uint16_t*>(kreg) + cp.slot * c.dim, c.dim,
+                              cp.n, s, stride);
+          break;
+        case Stored::kPolar:
+          c.kernels.score_polar((*c.key_tables)[h], kreg, cp.slot, cp.n, c.g, s, stride);
+          break;
+        case Stored::kOther: {
+          const size_t first = cp.slot / group * group;
+          const size_t count = round_up(cp.slot + cp.n, group) - first;
+          decoded.resize(count * c.dim);
+          m.key_format->load(kreg, first, count, decoded.data());
+          c.kernels.score_f32(q, c.g, c.dim, decoded.data() + (cp.slot - first) * c.dim, c.dim,
+                              cp.n, s, stride);
+          break;
+        }
+      }
+      if (cp.pos < task.visible) {
+        // The masked prefix shares this chunk with at least one visible position (visible lies in
+        // the task's first page), so the running maximum stays finite.
+        const size_t masked = std::min(cp.n, task.visible - cp.pos);
+        for (int i = 0; i < c.g; ++i) {
+          std::fill_n(&s[i * stride], masked, -std::numeric_limits<float>::infinity());
+        }
       }
     }
     for (int i = 0; i < c.g; ++i) {
-      const float alpha = c.kernels.softmax(&scores[i * page_tokens], n, &st.m[i], &st.l[i]);
+      const float alpha = c.kernels.softmax(&scores[i * stride], at, &st.m[i], &st.l[i]);
       if (alpha == 1.0f) continue;
       if (c.value_kind == Stored::kPolar) {
         float* lanes = &st.lanes[static_cast<size_t>(i) * c.dim * 16];
@@ -151,35 +193,36 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
         for (int j = 0; j < c.dim; ++j) st.acc[i * c.dim + j] *= alpha;
       }
     }
-    for (size_t p = prefetch_from; p < prefetch_end; ++p) {
-      prefetch_region(m.value_region(c.sl, p, h), m.value_format->head_bytes());
-    }
-    switch (c.value_kind) {
-      case Stored::kF32:
-        c.kernels.value_f32(scores.data(), page_tokens, c.g, c.dim,
-                            reinterpret_cast<const float*>(vreg) + slot * c.dim, c.dim, n,
-                            st.acc.data());
-        break;
-      case Stored::kF16:
-        c.kernels.value_f16(scores.data(), page_tokens, c.g, c.dim,
-                            reinterpret_cast<const uint16_t*>(vreg) + slot * c.dim, c.dim, n,
-                            st.acc.data());
-        break;
-      case Stored::kPolar:
-        c.kernels.value_polar(*c.value_tables, vreg, slot, n, c.g, scores.data(), page_tokens,
-                              st.lanes.data());
-        break;
-      case Stored::kOther: {
-        const size_t first = slot / group * group;
-        const size_t count = round_up(slot + n, group) - first;
-        decoded.resize(count * c.dim);
-        m.value_format->load(vreg, first, count, decoded.data());
-        c.kernels.value_f32(scores.data(), page_tokens, c.g, c.dim,
-                            decoded.data() + (slot - first) * c.dim, c.dim, n, st.acc.data());
-        break;
+    for (const ChunkPage& cp : chunk) {
+      prefetch(cp, true);
+      const uint8_t* vreg = m.value_region(c.sl, cp.page, h);
+      const float* p = scores.data() + cp.at;
+      switch (c.value_kind) {
+        case Stored::kF32:
+          c.kernels.value_f32(p, stride, c.g, c.dim,
+                              reinterpret_cast<const float*>(vreg) + cp.slot * c.dim, c.dim, cp.n,
+                              st.acc.data());
+          break;
+        case Stored::kF16:
+          c.kernels.value_f16(p, stride, c.g, c.dim,
+                              reinterpret_cast<const uint16_t*>(vreg) + cp.slot * c.dim, c.dim,
+                              cp.n, st.acc.data());
+          break;
+        case Stored::kPolar:
+          c.kernels.value_polar(*c.value_tables, vreg, cp.slot, cp.n, c.g, p, stride,
+                                st.lanes.data());
+          break;
+        case Stored::kOther: {
+          const size_t first = cp.slot / group * group;
+          const size_t count = round_up(cp.slot + cp.n, group) - first;
+          decoded.resize(count * c.dim);
+          m.value_format->load(vreg, first, count, decoded.data());
+          c.kernels.value_f32(p, stride, c.g, c.dim, decoded.data() + (cp.slot - first) * c.dim,
+                              c.dim, cp.n, st.acc.data());
+          break;
+        }
       }
     }
-    pos += n;
   }
   if (c.value_kind == Stored::kPolar) {
     // Lanes -> one rotated accumulator per head -> back to the original domain (S^T once).
@@ -203,7 +246,7 @@ void run_task(const Context& c, const Task& task, State& st) {
   st.l.assign(c.g, 0.0f);
   st.acc.assign(c.g * dim, 0.0f);
   const size_t page_tokens = static_cast<size_t>(c.cache.options.page_tokens);
-  std::vector<float> scores(c.g * std::max(kRowTile, page_tokens));
+  std::vector<float> scores(c.g * std::max(kRowTile, chunk_tokens(page_tokens)));
   if (!task.coded) {
     const size_t sink = c.sl.sink.size();
     const size_t off = static_cast<size_t>(task.kv_head) * dim;

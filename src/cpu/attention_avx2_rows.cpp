@@ -1,9 +1,9 @@
 // The AVX2 kernel set (AVX2, FMA, F16C: most x86 laptops and desktops since 2013-2015), part 1:
 // the fp32/fp16 row kernels, the softmax step and the set itself. The PolarQuant kernels are in
 // attention_avx2_polar.cpp. Only these two files are built for AVX2, through a target pragma placed
-// after every standard header (as in attention_avx512.cpp): compiling the files with -mavx2 would
-// also build for AVX2 the inline standard-library functions they instantiate, and the linker may
-// keep those copies for the whole program, which then faults on a CPU without AVX2. The set is
+// after every standard header (as in attention_avx512_rows.cpp): compiling the files with -mavx2
+// would also build for AVX2 the inline standard-library functions they instantiate, and the linker
+// may keep those copies for the whole program, which then faults on a CPU without AVX2. The set is
 // used only where the CPU reports all three features.
 #include <cmath>
 #include <cstdint>

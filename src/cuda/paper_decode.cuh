@@ -1,6 +1,6 @@
 // The decoders of the `paper` preset's pages (L = 4, bits 4/2/2/2, fp16 radius) at 32-token
 // pages, with the whole layout known at compile time, for attention_kernel_frag
-// (decode_attention.cu, through PaperFmt at the end of this file). They write the decoded values
+// (decode_frag_kernel.cuh, through PaperFmt at the end of this file). They write the decoded values
 // straight into the A fragments of the tensor-core MMAs (mma.cuh), so nothing but the page and the
 // tables passes through shared memory: the K scores run as S^T = K Q'^T (A = K: rows tokens, k =
 // coordinates) and the output as O^T = V^T P^T (A = V^T: rows coordinates, k = tokens);
@@ -83,7 +83,7 @@ __device__ __forceinline__ void load_paper_tables(const DeviceCodec& c, PaperTab
   }
 }
 
-// The shared-memory image of a head region, as the page copy (FragCopy in decode_attention.cu)
+// The shared-memory image of a head region, as the page copy (FragCopy in decode_frag_kernel.cuh)
 // lays it out: every 16-byte chunk keeps its place inside its block's record, and the records are
 // *skewed* (a gap of whole chunks before some of them) so that the lanes of one load hit distinct
 // banks while each lane's address stays its own base plus a compile-time offset. (A permutation
@@ -280,7 +280,7 @@ __device__ __forceinline__ int v_first_pair(int gid) {
   return D >= 128 ? 0 : 4 * (gid & 1);
 }
 
-// The `paper` format for attention_kernel_frag (decode_attention.cu): the layout, the tables and
+// The `paper` format for attention_kernel_frag (decode_frag_kernel.cuh): the layout, the tables and
 // the two decoders.
 template <int D>
 struct PaperFmt {

@@ -1,7 +1,7 @@
 // The register-fragment decoders of `polar37`-shaped pages (L = 6, bits 4/3/3/3/3/3, one fp16
-// radius per 64 coordinates, 32-token pages) for attention_kernel_frag (decode_attention.cu): the
-// lane mapping of `paper`'s decoders (paper_decode.cuh, docs/design/cuda.md), with the 3-bit codes
-// of levels 2..6 looked up per token:
+// radius per 64 coordinates, 32-token pages) for attention_kernel_frag (decode_frag_kernel.cuh):
+// the lane mapping of `paper`'s decoders (paper_decode.cuh, docs/design/cuda.md), with the 3-bit
+// codes of levels 2..6 looked up per token:
 //  - a 3-bit field packs slot s at bits 3s .. 3s + 2 (LSB first); a lane's slots s, s + 4, s + 8,
 //    s + 12 lie in the 32-bit window from bit 3s (funnel shift of two words), the last one in the
 //    window's second word;
@@ -109,7 +109,7 @@ __device__ __forceinline__ __half2 sin_pair(__half2 a, __half2 b) {
   return bits_half2(__byte_perm(half2_bits(a), half2_bits(b), 0x7632));
 }
 
-// The `polar37` format for attention_kernel_frag (decode_attention.cu): the layout, the tables
+// The `polar37` format for attention_kernel_frag (decode_frag_kernel.cuh): the layout, the tables
 // and the two decoders.
 template <int D>
 struct Polar37Fmt {
