@@ -174,72 +174,45 @@ double angle_mse(const Codebook& codebook, const float* samples, size_t n) {
   return sum / static_cast<double>(n);
 }
 
-Codebook train_codebook(int level, int bits, const float* samples, size_t n, uint64_t seed,
-                        int max_iterations) {
-  check_level_bits(level, bits);
-  const size_t k = size_t{1} << bits;
-  if (n < k) {
-    throw_invalid("training a " + std::to_string(bits) + "-bit codebook for level " +
-                  std::to_string(level) + " needs at least " + std::to_string(k) +
-                  " samples, got " + std::to_string(n));
-  }
+namespace {
+
+void check_samples(int level, const float* samples, size_t n, const char* what) {
   const float end = static_cast<float>(Codebook::range_end(level));
   const bool circular = level == 1;
   for (size_t i = 0; i < n; ++i) {
     const float s = samples[i];
     if (!std::isfinite(s) || s < 0.0f || (circular ? s >= end : s > end)) {
-      throw_invalid("training sample " + std::to_string(i) + " = " + std::to_string(s) +
+      throw_invalid(std::string(what) + " sample " + std::to_string(i) + " = " + std::to_string(s) +
                     " is not a level-" + std::to_string(level) + " angle in " +
                     (circular ? "[0, 2pi)" : "[0, pi/2]"));
     }
   }
-  auto dist2 = [&](double a, double b) {
-    const double d = circular ? circular_distance(a, b) : a - b;
-    return d * d;
-  };
-  // k-means++ seeding on at most 65536 samples (a deterministic stride subsample).
-  Rng rng(seed);
-  const size_t stride = std::max<size_t>(1, n / 65536);
-  std::vector<double> pool;
-  for (size_t i = 0; i < n; i += stride) pool.push_back(samples[i]);
-  std::vector<double> c;
-  c.push_back(pool[rng.below(pool.size())]);
-  std::vector<double> best(pool.size());
-  for (size_t i = 0; i < pool.size(); ++i) best[i] = dist2(pool[i], c[0]);
-  while (c.size() < k) {
-    double total = 0.0;
-    for (double b : best) total += b;
-    size_t pick = rng.below(pool.size());
-    if (total > 0.0) {
-      double r = rng.uniform() * total;
-      for (size_t i = 0; i < pool.size(); ++i) {
-        r -= best[i];
-        if (r < 0.0) {
-          pick = i;
-          break;
-        }
-      }
-    }
-    c.push_back(pool[pick]);
-    for (size_t i = 0; i < pool.size(); ++i) best[i] = std::min(best[i], dist2(pool[i], c.back()));
+}
+
+// Centroids as floats inside the level's range, sorted (a centroid just below 2pi or pi/2 can
+// round to the float range end; 2pi is angle 0).
+std::vector<float> as_floats(int level, const std::vector<double>& values) {
+  const float end = static_cast<float>(Codebook::range_end(level));
+  std::vector<float> out(values.size());
+  for (size_t q = 0; q < values.size(); ++q) {
+    float v = static_cast<float>(values[q]);
+    if (level == 1 && v >= end) v = 0.0f;
+    out[q] = std::min(v, end);
   }
-  std::sort(c.begin(), c.end());
-  // Rounded to float, a centroid just below 2pi (or pi/2) can land on the float range end.
-  auto as_floats = [&](const std::vector<double>& values) {
-    std::vector<float> out(values.size());
-    for (size_t q = 0; q < values.size(); ++q) {
-      float v = static_cast<float>(values[q]);
-      if (circular && v >= end) v = 0.0f;  // 2pi is angle 0
-      out[q] = std::min(v, end);
-    }
-    std::sort(out.begin(), out.end());
-    return out;
-  };
-  // Lloyd iterations on all samples: interval means, or circular means at level 1.
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Lloyd iterations on all samples from the centroids c: interval means, or circular means at
+// level 1. Each iteration lowers (or keeps) the samples' mean squared error.
+Codebook lloyd(int level, int bits, std::vector<double> c, const float* samples, size_t n,
+               int max_iterations) {
+  const size_t k = c.size();
+  const bool circular = level == 1;
   std::vector<double> sum_a(k), sum_b(k);
   std::vector<size_t> count(k);
   for (int iter = 0; iter < max_iterations; ++iter) {
-    const Codebook current(level, bits, as_floats(c));
+    const Codebook current(level, bits, as_floats(level, c));
     c.assign(current.centroids().begin(), current.centroids().end());  // indices match quantize
     std::fill(sum_a.begin(), sum_a.end(), 0.0);
     std::fill(sum_b.begin(), sum_b.end(), 0.0);
@@ -272,7 +245,66 @@ Codebook train_codebook(int level, int bits, const float* samples, size_t n, uin
     std::sort(c.begin(), c.end());
     if (change < 1e-9) break;
   }
-  return Codebook(level, bits, as_floats(c));
+  return Codebook(level, bits, as_floats(level, c));
+}
+
+}  // namespace
+
+Codebook train_codebook(int level, int bits, const float* samples, size_t n, uint64_t seed,
+                        int max_iterations) {
+  check_level_bits(level, bits);
+  const size_t k = size_t{1} << bits;
+  if (n < k) {
+    throw_invalid("training a " + std::to_string(bits) + "-bit codebook for level " +
+                  std::to_string(level) + " needs at least " + std::to_string(k) +
+                  " samples, got " + std::to_string(n));
+  }
+  check_samples(level, samples, n, "training");
+  const bool circular = level == 1;
+  auto dist2 = [&](double a, double b) {
+    const double d = circular ? circular_distance(a, b) : a - b;
+    return d * d;
+  };
+  // k-means++ seeding on at most 65536 samples (a deterministic stride subsample).
+  Rng rng(seed);
+  const size_t stride = std::max<size_t>(1, n / 65536);
+  std::vector<double> pool;
+  for (size_t i = 0; i < n; i += stride) pool.push_back(samples[i]);
+  std::vector<double> c;
+  c.push_back(pool[rng.below(pool.size())]);
+  std::vector<double> best(pool.size());
+  for (size_t i = 0; i < pool.size(); ++i) best[i] = dist2(pool[i], c[0]);
+  while (c.size() < k) {
+    double total = 0.0;
+    for (double b : best) total += b;
+    size_t pick = rng.below(pool.size());
+    if (total > 0.0) {
+      double r = rng.uniform() * total;
+      for (size_t i = 0; i < pool.size(); ++i) {
+        r -= best[i];
+        if (r < 0.0) {
+          pick = i;
+          break;
+        }
+      }
+    }
+    c.push_back(pool[pick]);
+    for (size_t i = 0; i < pool.size(); ++i) best[i] = std::min(best[i], dist2(pool[i], c.back()));
+  }
+  std::sort(c.begin(), c.end());
+  return lloyd(level, bits, std::move(c), samples, n, max_iterations);
+}
+
+Codebook refine_codebook(const Codebook& start, const float* samples, size_t n,
+                         int max_iterations) {
+  if (start.size() == 0) throw_invalid("refine_codebook: the starting codebook is empty");
+  if (max_iterations < 0) {
+    throw_invalid("refine_codebook: max_iterations = " + std::to_string(max_iterations) +
+                  " is negative");
+  }
+  check_samples(start.level(), samples, n, "refinement");
+  std::vector<double> c(start.centroids().begin(), start.centroids().end());
+  return lloyd(start.level(), start.bits(), std::move(c), samples, n, max_iterations);
 }
 
 std::vector<uint8_t> serialize_codebooks(const std::vector<Codebook>& codebooks) {
