@@ -16,15 +16,13 @@ namespace polarquant {
 
 namespace {
 
-// Up to `limit` distinct indices of [0, n), seeded, in increasing order (all of them if n <=
-// limit).
+// Up to `limit` distinct indices of [0, n), seeded (all of them, in order, if n <= limit).
 std::vector<size_t> sample_indices(size_t n, size_t limit, Rng& rng) {
   std::vector<size_t> idx(n);
   std::iota(idx.begin(), idx.end(), size_t{0});
   if (n <= limit) return idx;
   for (size_t i = 0; i < limit; ++i) std::swap(idx[i], idx[i + rng.below(n - i)]);
   idx.resize(limit);
-  std::sort(idx.begin(), idx.end());
   return idx;
 }
 

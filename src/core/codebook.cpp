@@ -211,6 +211,15 @@ Codebook lloyd(int level, int bits, std::vector<double> c, const float* samples,
   const bool circular = level == 1;
   std::vector<double> sum_a(k), sum_b(k);
   std::vector<size_t> count(k);
+  std::vector<double> cos_s, sin_s;  // level 1: each sample's point on the circle, computed once
+  if (circular && max_iterations > 0) {
+    cos_s.resize(n);
+    sin_s.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      cos_s[i] = std::cos(static_cast<double>(samples[i]));
+      sin_s[i] = std::sin(static_cast<double>(samples[i]));
+    }
+  }
   for (int iter = 0; iter < max_iterations; ++iter) {
     const Codebook current(level, bits, as_floats(level, c));
     c.assign(current.centroids().begin(), current.centroids().end());  // indices match quantize
@@ -220,8 +229,8 @@ Codebook lloyd(int level, int bits, std::vector<double> c, const float* samples,
     for (size_t i = 0; i < n; ++i) {
       const int q = current.quantize(samples[i]);
       if (circular) {
-        sum_a[q] += std::cos(static_cast<double>(samples[i]));
-        sum_b[q] += std::sin(static_cast<double>(samples[i]));
+        sum_a[q] += cos_s[i];
+        sum_b[q] += sin_s[i];
       } else {
         sum_a[q] += samples[i];
       }
