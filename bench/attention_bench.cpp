@@ -182,8 +182,8 @@ void kernel_stage(benchmark::State& state, Shape shape, std::string codec, Stage
   for (size_t i = 0; i < q.size(); ++i) qs[i] = q[i] / std::sqrt(static_cast<float>(dim));
   std::vector<float> scores(g * T, 0.01f), acc(static_cast<size_t>(g) * dim * 16);
   PolarTables kt, vt;
-  const auto* kp = dynamic_cast<const PolarPageFormat*>(m.key_format.get());
-  const auto* vp = dynamic_cast<const PolarPageFormat*>(m.value_format.get());
+  const auto* kp = dynamic_cast<const PolarPageFormat*>(&m.key_format_of(sl));
+  const auto* vp = dynamic_cast<const PolarPageFormat*>(&m.value_format_of(sl));
   if (kp) build_polar_tables(*kp, qs.data(), g, kt);
   if (vp) build_polar_tables(*vp, nullptr, 0, vt);
   double best = 1e30;

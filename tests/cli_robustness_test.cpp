@@ -148,5 +148,29 @@ TEST(CliRobustness, LlamaStyleFlagsAndCodecListsAreCheckedFirst) {
   std::filesystem::remove(tmp("text.txt"));
 }
 
+TEST(CliRobustness, OnlineCodebooksFlag) {
+  if (!have_tiny()) GTEST_SKIP() << "../shared/models absent";
+  {
+    std::ofstream text(tmp("online.txt"));
+    for (int i = 0; i < 60; ++i) text << "Once upon a time there was a cat. ";
+  }
+  const std::string ppl = "perplexity" + tiny() + "-f " + tmp("online.txt") +
+                          " --ctx 64 -ctk paper -ctv paper --json --codebooks ";
+  const auto analytic = run_cli(ppl + "analytic");
+  const auto online = run_cli(ppl + "online");
+  ASSERT_EQ(analytic.exit_code, 0) << analytic.output;
+  ASSERT_EQ(online.exit_code, 0) << online.output;
+  const double a = json_of(analytic.output)["codecs"][0]["ppl"];
+  const double o = json_of(online.output)["codecs"][0]["ppl"];
+  EXPECT_NE(a, o);  // the flag reaches the cache: other codebooks, other codes
+  EXPECT_EQ(json_of(run_cli(ppl + "online").output)["codecs"][0]["ppl"], o);  // deterministic
+  expect_refused(ppl + "bogus", "--codebooks");
+  expect_refused(ppl + "online --key-codebooks " + tmp("online.txt"), "cannot be combined");
+  expect_refused(
+      "generate" + tiny() + "-n 2 --codebooks online --prompt-cache " + tmp("online.pqkv"),
+      "--prompt-cache does not store online codebooks");
+  std::filesystem::remove(tmp("online.txt"));
+}
+
 }  // namespace
 }  // namespace polarquant

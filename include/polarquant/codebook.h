@@ -56,6 +56,15 @@ Codebook analytic_codebook(int level, int bits);
 Codebook train_codebook(int level, int bits, const float* samples, size_t n, uint64_t seed = 0,
                         int max_iterations = 100);
 
+// Lloyd iterations on the samples starting from `start` (e.g. the analytic codebook: the cheap
+// warm start of the cache's online codebooks, KvCacheOptions::online_codebooks). Deterministic;
+// does not raise the samples' angle_mse above start's (up to float rounding of the centroids); an
+// empty cell keeps its centroid. Refuses
+// samples outside the level's range with InvalidArgument. n = 0 or max_iterations = 0 returns
+// start's centroids.
+Codebook refine_codebook(const Codebook& start, const float* samples, size_t n,
+                         int max_iterations = 10);
+
 // Mean squared (circular at level 1) quantization error of the codebook on the samples.
 double angle_mse(const Codebook& codebook, const float* samples, size_t n);
 

@@ -27,6 +27,16 @@ struct KvCacheOptions {
   // must match the codec's; a non-PolarQuant codec with a file throws InvalidArgument.
   std::string key_codebooks;
   std::string value_codebooks;
+  // The paper's "online" codebooks: the first append of each sequence to each layer fits that
+  // sequence-layer's angle codebooks, keys and values separately (each side whose codec is a
+  // PolarQuant one), to the appended rows (after key centering), and every page of that
+  // sequence-layer is encoded with them. The fit is Lloyd on a seeded subsample of at most 4096
+  // angles per level, warm-started from the analytic codebooks (8 iterations; a level with fewer
+  // than 4 angles per codebook entry keeps the analytic one): deterministic, and a few percent of
+  // the prefill time. A runtime that prefills in chunks fits on its first chunk. Needs a PolarQuant
+  // key or value codec and no codebook file; otherwise the constructor throws InvalidArgument.
+  // Cache files (src/cache/cache_file.h) refuse it.
+  bool online_codebooks = false;
   uint64_t seed = kDefaultSeed;  // rotation seed shared by keys and values of all layers/heads
   int page_tokens = 32;          // tokens per page
   int sink_tokens = 0;           // first S tokens of a sequence kept in full precision

@@ -10,6 +10,7 @@
 #include <polarquant/rotation.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -71,6 +72,9 @@ bool is_polar_codec_name(std::string_view name);
 class PolarCodec final : public Codec {
  public:
   explicit PolarCodec(PolarConfig config);
+  // This codec with other angle codebooks (one per level, validated as PolarConfig::codebooks),
+  // sharing its rotation (no second copy, no second factorisation): the cache's online codebooks.
+  std::unique_ptr<PolarCodec> with_codebooks(std::vector<Codebook> codebooks) const;
 
   std::string name() const override { return config_.name; }
   int dim() const override { return config_.dim; }
@@ -80,7 +84,7 @@ class PolarCodec final : public Codec {
 
   const PolarConfig& config() const { return config_; }
   const PolarShape& shape() const { return shape_; }
-  const Rotation& rotation() const { return rotation_; }
+  const Rotation& rotation() const { return *rotation_; }
   const std::vector<Codebook>& codebooks() const { return codebooks_; }
 
   // Quantizes already-rotated vectors y (n x dim) to per-level code indices (n x num_angles, level
@@ -108,9 +112,11 @@ class PolarCodec final : public Codec {
   static Unpacked unpack(const uint8_t* data, size_t size);
 
  private:
+  PolarCodec(PolarConfig config, std::shared_ptr<const Rotation> rotation);
+
   PolarConfig config_;
   PolarShape shape_;
-  Rotation rotation_;
+  std::shared_ptr<const Rotation> rotation_;
   std::vector<Codebook> codebooks_;
   // Per level (index level - 1): cos and sin of the decision boundaries; at level 1 those in
   // [pi, 2pi) are stored minus pi, after the first level1_upper_ boundaries that lie in [0, pi).

@@ -127,9 +127,9 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
     const size_t end = std::min(cp.page + kPrefetchPages + 1, task_pages);
     for (size_t p = from; p < end; ++p) {
       if (values) {
-        prefetch_region(m.value_region(c.sl, p, h), m.value_format->head_bytes());
+        prefetch_region(m.value_region(c.sl, p, h), m.value_format_of(c.sl).head_bytes());
       } else {
-        prefetch_region(m.key_region(c.sl, p, h), m.key_format->head_bytes());
+        prefetch_region(m.key_region(c.sl, p, h), m.key_format_of(c.sl).head_bytes());
       }
     }
   };
@@ -168,7 +168,7 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
           const size_t first = cp.slot / group * group;
           const size_t count = round_up(cp.slot + cp.n, group) - first;
           decoded.resize(count * c.dim);
-          m.key_format->load(kreg, first, count, decoded.data());
+          m.key_format_of(c.sl).load(kreg, first, count, decoded.data());
           c.kernels.score_f32(q, c.g, c.dim, decoded.data() + (cp.slot - first) * c.dim, c.dim,
                               cp.n, s, stride);
           break;
@@ -216,7 +216,7 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
           const size_t first = cp.slot / group * group;
           const size_t count = round_up(cp.slot + cp.n, group) - first;
           decoded.resize(count * c.dim);
-          m.value_format->load(vreg, first, count, decoded.data());
+          m.value_format_of(c.sl).load(vreg, first, count, decoded.data());
           c.kernels.value_f32(p, stride, c.g, c.dim, decoded.data() + (cp.slot - first) * c.dim,
                               c.dim, cp.n, st.acc.data());
           break;
@@ -234,7 +234,7 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
         for (int lane = 0; lane < 16; ++lane) s += lanes[j * 16 + lane];
         rotated[j] = s;
       }
-      const auto& polar = static_cast<const PolarPageFormat&>(*m.value_format).polar();
+      const auto& polar = static_cast<const PolarPageFormat&>(m.value_format_of(c.sl)).polar();
       polar.rotation().inverse(rotated.data(), &st.acc[i * c.dim], 1);
     }
   }
@@ -283,14 +283,15 @@ void cache_attention_with(const KernelSet& kernels, const KvCache& cache, Sequen
   const size_t page_tokens = static_cast<size_t>(m.options.page_tokens);
   const size_t sink = sl.sink.size();
 
-  Context c{
-      kernels, m,       sl,     g, dim, stored_kind(*m.key_format), stored_kind(*m.value_format),
-      nullptr, nullptr, nullptr};
+  const Stored key_kind = stored_kind(m.key_format_of(sl));
+  const Stored value_kind = stored_kind(m.value_format_of(sl));
+  Context c{kernels, m, sl, g, dim, key_kind, value_kind, nullptr, nullptr, nullptr};
   std::vector<float> q_plain(static_cast<size_t>(n_q_heads) * dim);
   std::vector<PolarTables> key_tables(c.key_kind == Stored::kPolar ? n_kv : 0);
   PolarTables value_tables;
   if (c.value_kind == Stored::kPolar) {
-    build_polar_tables(static_cast<const PolarPageFormat&>(*m.value_format), nullptr, 0,
+    // The sequence-layer's own format: with online codebooks its tables differ from the cache's.
+    build_polar_tables(static_cast<const PolarPageFormat&>(m.value_format_of(sl)), nullptr, 0,
                        value_tables);
   }
   c.q_plain = &q_plain;
@@ -303,7 +304,7 @@ void cache_attention_with(const KernelSet& kernels, const KvCache& cache, Sequen
     const float* qq = q + qi * q_plain.size();
     for (size_t i = 0; i < q_plain.size(); ++i) q_plain[i] = qq[i] * scale;
     if (c.key_kind == Stored::kPolar) {
-      const auto& format = static_cast<const PolarPageFormat&>(*m.key_format);
+      const auto& format = static_cast<const PolarPageFormat&>(m.key_format_of(sl));
       format.polar().rotation().forward(q_plain.data(), q_rot.data(), n_q_heads);
       for (int h = 0; h < n_kv; ++h) {
         build_polar_tables(format, q_rot.data() + static_cast<size_t>(h) * g * dim, g,

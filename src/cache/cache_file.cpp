@@ -75,6 +75,11 @@ ByteReader take_section(ByteReader& r, uint32_t tag, const std::string& name) {
 CacheFileHeader cache_file_header(const KvCache& cache, const CacheOwner& owner) {
   const KvCache::Impl& m = cache.impl();
   const KvCacheOptions& o = m.options;
+  if (o.online_codebooks) {
+    throw_invalid(
+        "prompt-cache files do not store online codebooks (--codebooks online fits them per "
+        "sequence and layer); use the analytic or file codebooks with a prompt cache");
+  }
   CacheFileHeader h;
   h.owner = owner;
   h.key_codec = o.key_codec;

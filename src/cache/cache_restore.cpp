@@ -93,7 +93,7 @@ void check_pages(const KvCache::Impl& m, const SequenceLayer& sl, ByteReader& r)
     const size_t n = std::min(page_tokens, sl.coded - p * page_tokens);
     for (int h = 0; h < m.options.n_kv_heads; ++h) {
       for (const bool key : {true, false}) {
-        const PageFormat& format = key ? *m.key_format : *m.value_format;
+        const PageFormat& format = key ? m.key_format_of(sl) : m.value_format_of(sl);
         const uint8_t* region = key ? m.key_region(sl, p, h) : m.value_region(sl, p, h);
         try {
           format.load(region, 0, n, out.data());

@@ -116,6 +116,23 @@ std::unique_ptr<Codec> with_codebooks(std::unique_ptr<Codec> codec, const std::s
   return std::make_unique<PolarCodec>(std::move(config));
 }
 
+// online_codebooks: fits the sequence-layer's codecs to the rows of its first append (k already
+// centered). The seed depends on the cache's seed, the layer and the side only, so the fit depends
+// only on the rows.
+void fit_online(const KvCache::Impl& m, SequenceLayer& sl, int layer, const float* k,
+                const float* v, size_t n_tokens) {
+  const size_t rows = n_tokens * static_cast<size_t>(m.options.n_kv_heads);
+  const uint64_t seed = m.options.seed ^ (0x9e3779b97f4a7c15ull * (2 * uint64_t(layer) + 1));
+  if (const auto* polar = dynamic_cast<const PolarCodec*>(m.key_codec.get())) {
+    sl.key_codec = fit_online_codec(*polar, k, rows, seed);
+    sl.key_format = make_page_format(*sl.key_codec, m.options.page_tokens);
+  }
+  if (const auto* polar = dynamic_cast<const PolarCodec*>(m.value_codec.get())) {
+    sl.value_codec = fit_online_codec(*polar, v, rows, seed + 1);
+    sl.value_format = make_page_format(*sl.value_codec, m.options.page_tokens);
+  }
+}
+
 }  // namespace
 
 KvCache::KvCache(const KvCacheOptions& options) : impl_(std::make_unique<Impl>()) {
@@ -126,6 +143,22 @@ KvCache::KvCache(const KvCacheOptions& options) : impl_(std::make_unique<Impl>()
   m.value_codec = make_codec(options.value_codec, options.head_dim, options.seed);
   m.key_codec = with_codebooks(std::move(m.key_codec), options.key_codebooks, "key");
   m.value_codec = with_codebooks(std::move(m.value_codec), options.value_codebooks, "value");
+  if (options.online_codebooks) {
+    if (!options.key_codebooks.empty() || !options.value_codebooks.empty()) {
+      throw_invalid(
+          "KvCacheOptions.online_codebooks fits the codebooks at prefill; it cannot be combined "
+          "with codebook files (key_codebooks '" +
+          options.key_codebooks + "', value_codebooks '" + options.value_codebooks + "')");
+    }
+    if (dynamic_cast<const PolarCodec*>(m.key_codec.get()) == nullptr &&
+        dynamic_cast<const PolarCodec*>(m.value_codec.get()) == nullptr) {
+      throw_invalid(
+          "KvCacheOptions.online_codebooks needs a PolarQuant key or value codec; key "
+          "codec '" +
+          options.key_codec + "' and value codec '" + options.value_codec +
+          "' have no angle codebooks");
+    }
+  }
   m.group = std::lcm(m.key_codec->group_size(), m.value_codec->group_size());
   if (options.page_tokens % m.group != 0) {
     throw_invalid("KvCacheOptions.page_tokens = " + std::to_string(options.page_tokens) +
@@ -229,6 +262,7 @@ void KvCache::append(SequenceId seq, int layer, const float* k, const float* v, 
     for (size_t i = 0; i < count; ++i) centered[i] = k[i] - sl.key_mean[i % m.row_floats];
     k = centered.data();
   }
+  if (m.options.online_codebooks && sl.length == 0) fit_online(m, sl, layer, k, v, n_tokens);
   // Sink positions first, the rest into the full-precision tail.
   const size_t sink_room = static_cast<size_t>(m.options.sink_tokens) - sl.sink.size();
   const size_t to_sink =
@@ -253,12 +287,12 @@ void KvCache::append(SequenceId seq, int layer, const float* k, const float* v, 
     }
     const size_t page = sl.pages - 1;
     const size_t n = std::min(target - sl.coded, page_tokens - slot);
-    m.key_format->store(sl.tail.k(0), n, m.options.n_kv_heads,
-                        const_cast<uint8_t*>(m.key_region(sl, page, 0)),
-                        kSlabPages * m.key_format->head_bytes(), slot);
-    m.value_format->store(sl.tail.v(0), n, m.options.n_kv_heads,
-                          const_cast<uint8_t*>(m.value_region(sl, page, 0)),
-                          kSlabPages * m.value_format->head_bytes(), slot);
+    m.key_format_of(sl).store(sl.tail.k(0), n, m.options.n_kv_heads,
+                              const_cast<uint8_t*>(m.key_region(sl, page, 0)),
+                              kSlabPages * m.key_format->head_bytes(), slot);
+    m.value_format_of(sl).store(sl.tail.v(0), n, m.options.n_kv_heads,
+                                const_cast<uint8_t*>(m.value_region(sl, page, 0)),
+                                kSlabPages * m.value_format->head_bytes(), slot);
     sl.tail.drop_front(n);
     sl.coded += n;
   }
@@ -300,8 +334,8 @@ void KvCache::read(SequenceId seq, int layer, size_t begin, size_t end, float* k
       kbuf.resize(n * dim);
       vbuf.resize(n * dim);
       for (int h = 0; h < m.options.n_kv_heads; ++h) {
-        m.key_format->load(m.key_region(sl, page, h), first, n, kbuf.data());
-        m.value_format->load(m.value_region(sl, page, h), first, n, vbuf.data());
+        m.key_format_of(sl).load(m.key_region(sl, page, h), first, n, kbuf.data());
+        m.value_format_of(sl).load(m.value_region(sl, page, h), first, n, vbuf.data());
         for (size_t p = pos; p < stop + sink; ++p) {
           const size_t s = p - sink - page * page_tokens - first;
           std::memcpy(k + (p - begin) * row + h * dim, &kbuf[s * dim], dim * sizeof(float));

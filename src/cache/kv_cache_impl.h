@@ -76,7 +76,22 @@ struct SequenceLayer {
   std::vector<PageBuffer> k_slabs, v_slabs;
   TokenRows tail;               // positions [sink + coded, length)
   std::vector<float> key_mean;  // center_keys: subtracted from every stored key (row_floats)
+  // online_codebooks: this sequence's and layer's codecs, fitted at its first append (null: the
+  // cache's codec for that side). Same configuration as the cache's but for the angle codebooks,
+  // so page sizes and layouts are the cache's.
+  std::unique_ptr<Codec> key_codec, value_codec;
+  std::unique_ptr<PageFormat> key_format, value_format;
 };
+
+// online_codebooks: `base` with each level's codebook refined (refine_codebook, warm-started from
+// base's) on a seeded subsample of the angles of rows x (n_rows x dim, unrotated; at most
+// kOnlineSamples angles per level). A level with fewer than kOnlineMinSamplesPerCell angles per
+// codebook entry keeps base's codebook. Deterministic for given rows and seed.
+inline constexpr size_t kOnlineSamples = 4096;
+inline constexpr size_t kOnlineMinSamplesPerCell = 4;
+inline constexpr int kOnlineIterations = 8;
+std::unique_ptr<PolarCodec> fit_online_codec(const PolarCodec& base, const float* x, size_t n_rows,
+                                             uint64_t seed);
 
 struct KvCache::Impl {
   KvCacheOptions options;
@@ -87,6 +102,13 @@ struct KvCache::Impl {
   SequenceId next_id = 0;
   std::map<SequenceId, std::vector<SequenceLayer>> sequences;
 
+  // The formats a sequence-layer's pages are written in (its own with online codebooks).
+  const PageFormat& key_format_of(const SequenceLayer& sl) const {
+    return sl.key_format ? *sl.key_format : *key_format;
+  }
+  const PageFormat& value_format_of(const SequenceLayer& sl) const {
+    return sl.value_format ? *sl.value_format : *value_format;
+  }
   size_t key_page_bytes() const { return key_format->head_bytes() * options.n_kv_heads; }
   size_t value_page_bytes() const { return value_format->head_bytes() * options.n_kv_heads; }
   size_t key_slab_bytes() const { return key_page_bytes() * kSlabPages; }

@@ -151,10 +151,21 @@ PolarConfig polar_preset(std::string_view name, int dim) {
   return c;
 }
 
-PolarCodec::PolarCodec(PolarConfig config) : config_(std::move(config)) {
+PolarCodec::PolarCodec(PolarConfig config) : PolarCodec(std::move(config), nullptr) {}
+
+std::unique_ptr<PolarCodec> PolarCodec::with_codebooks(std::vector<Codebook> codebooks) const {
+  PolarConfig config = config_;
+  config.codebooks = std::move(codebooks);
+  return std::unique_ptr<PolarCodec>(new PolarCodec(std::move(config), rotation_));
+}
+
+PolarCodec::PolarCodec(PolarConfig config, std::shared_ptr<const Rotation> rotation)
+    : config_(std::move(config)), rotation_(std::move(rotation)) {
   config_.validate();
   shape_ = make_polar_shape(config_.dim, config_.levels);
-  rotation_ = Rotation(config_.rotation, config_.dim, config_.seed);
+  if (rotation_ == nullptr) {
+    rotation_ = std::make_shared<const Rotation>(config_.rotation, config_.dim, config_.seed);
+  }
   if (config_.codebooks.empty()) {
     for (int l = 1; l <= config_.levels; ++l)
       codebooks_.push_back(analytic_codebook(l, config_.bits[l - 1]));
@@ -283,7 +294,7 @@ void PolarCodec::encode(const float* x, size_t n, uint8_t* codes) const {
   // Validate every vector before writing any output, so that a failure leaves codes untouched.
   std::vector<float> y(n * d), radii(n * nr);
   std::vector<uint8_t> idx(n * na);
-  rotation_.forward(x, y.data(), n);
+  rotation_->forward(x, y.data(), n);
   quantize_rotated(y.data(), n, idx.data(), radii.data());
   for (size_t v = 0; v < n; ++v) {
     for (size_t j = 0; j < nr; ++j) {
@@ -335,7 +346,7 @@ void PolarCodec::decode(const uint8_t* codes, size_t n, float* x) const {
   }
   std::vector<float> y(n * d);
   dequantize_rotated(idx.data(), radii.data(), n, y.data());
-  rotation_.inverse(y.data(), x, n);
+  rotation_->inverse(y.data(), x, n);
 }
 
 }  // namespace polarquant

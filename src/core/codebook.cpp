@@ -174,6 +174,91 @@ double angle_mse(const Codebook& codebook, const float* samples, size_t n) {
   return sum / static_cast<double>(n);
 }
 
+namespace {
+
+void check_samples(int level, const float* samples, size_t n, const char* what) {
+  const float end = static_cast<float>(Codebook::range_end(level));
+  const bool circular = level == 1;
+  for (size_t i = 0; i < n; ++i) {
+    const float s = samples[i];
+    if (!std::isfinite(s) || s < 0.0f || (circular ? s >= end : s > end)) {
+      throw_invalid(std::string(what) + " sample " + std::to_string(i) + " = " + std::to_string(s) +
+                    " is not a level-" + std::to_string(level) + " angle in " +
+                    (circular ? "[0, 2pi)" : "[0, pi/2]"));
+    }
+  }
+}
+
+// Centroids as floats inside the level's range, sorted (a centroid just below 2pi or pi/2 can
+// round to the float range end; 2pi is angle 0).
+std::vector<float> as_floats(int level, const std::vector<double>& values) {
+  const float end = static_cast<float>(Codebook::range_end(level));
+  std::vector<float> out(values.size());
+  for (size_t q = 0; q < values.size(); ++q) {
+    float v = static_cast<float>(values[q]);
+    if (level == 1 && v >= end) v = 0.0f;
+    out[q] = std::min(v, end);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Lloyd iterations on all samples from the centroids c: interval means, or circular means at
+// level 1. Each iteration lowers (or keeps) the samples' mean squared error.
+Codebook lloyd(int level, int bits, std::vector<double> c, const float* samples, size_t n,
+               int max_iterations) {
+  const size_t k = c.size();
+  const bool circular = level == 1;
+  std::vector<double> sum_a(k), sum_b(k);
+  std::vector<size_t> count(k);
+  std::vector<double> cos_s, sin_s;  // level 1: each sample's point on the circle, computed once
+  if (circular && max_iterations > 0) {
+    cos_s.resize(n);
+    sin_s.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      cos_s[i] = std::cos(static_cast<double>(samples[i]));
+      sin_s[i] = std::sin(static_cast<double>(samples[i]));
+    }
+  }
+  for (int iter = 0; iter < max_iterations; ++iter) {
+    const Codebook current(level, bits, as_floats(level, c));
+    c.assign(current.centroids().begin(), current.centroids().end());  // indices match quantize
+    std::fill(sum_a.begin(), sum_a.end(), 0.0);
+    std::fill(sum_b.begin(), sum_b.end(), 0.0);
+    std::fill(count.begin(), count.end(), 0);
+    for (size_t i = 0; i < n; ++i) {
+      const int q = current.quantize(samples[i]);
+      if (circular) {
+        sum_a[q] += cos_s[i];
+        sum_b[q] += sin_s[i];
+      } else {
+        sum_a[q] += samples[i];
+      }
+      ++count[q];
+    }
+    double change = 0.0;
+    for (size_t q = 0; q < k; ++q) {
+      if (count[q] == 0) continue;  // an empty cell keeps its centroid
+      double updated;
+      if (circular) {
+        updated = std::atan2(sum_b[q], sum_a[q]);
+        if (updated < 0.0) updated += 2.0 * kPi;
+        if (updated >= 2.0 * kPi) updated = 0.0;
+      } else {
+        updated = sum_a[q] / static_cast<double>(count[q]);
+      }
+      change =
+          std::max(change, circular ? circular_distance(updated, c[q]) : std::fabs(updated - c[q]));
+      c[q] = updated;
+    }
+    std::sort(c.begin(), c.end());
+    if (change < 1e-9) break;
+  }
+  return Codebook(level, bits, as_floats(level, c));
+}
+
+}  // namespace
+
 Codebook train_codebook(int level, int bits, const float* samples, size_t n, uint64_t seed,
                         int max_iterations) {
   check_level_bits(level, bits);
@@ -183,16 +268,8 @@ Codebook train_codebook(int level, int bits, const float* samples, size_t n, uin
                   std::to_string(level) + " needs at least " + std::to_string(k) +
                   " samples, got " + std::to_string(n));
   }
-  const float end = static_cast<float>(Codebook::range_end(level));
+  check_samples(level, samples, n, "training");
   const bool circular = level == 1;
-  for (size_t i = 0; i < n; ++i) {
-    const float s = samples[i];
-    if (!std::isfinite(s) || s < 0.0f || (circular ? s >= end : s > end)) {
-      throw_invalid("training sample " + std::to_string(i) + " = " + std::to_string(s) +
-                    " is not a level-" + std::to_string(level) + " angle in " +
-                    (circular ? "[0, 2pi)" : "[0, pi/2]"));
-    }
-  }
   auto dist2 = [&](double a, double b) {
     const double d = circular ? circular_distance(a, b) : a - b;
     return d * d;
@@ -224,55 +301,19 @@ Codebook train_codebook(int level, int bits, const float* samples, size_t n, uin
     for (size_t i = 0; i < pool.size(); ++i) best[i] = std::min(best[i], dist2(pool[i], c.back()));
   }
   std::sort(c.begin(), c.end());
-  // Rounded to float, a centroid just below 2pi (or pi/2) can land on the float range end.
-  auto as_floats = [&](const std::vector<double>& values) {
-    std::vector<float> out(values.size());
-    for (size_t q = 0; q < values.size(); ++q) {
-      float v = static_cast<float>(values[q]);
-      if (circular && v >= end) v = 0.0f;  // 2pi is angle 0
-      out[q] = std::min(v, end);
-    }
-    std::sort(out.begin(), out.end());
-    return out;
-  };
-  // Lloyd iterations on all samples: interval means, or circular means at level 1.
-  std::vector<double> sum_a(k), sum_b(k);
-  std::vector<size_t> count(k);
-  for (int iter = 0; iter < max_iterations; ++iter) {
-    const Codebook current(level, bits, as_floats(c));
-    c.assign(current.centroids().begin(), current.centroids().end());  // indices match quantize
-    std::fill(sum_a.begin(), sum_a.end(), 0.0);
-    std::fill(sum_b.begin(), sum_b.end(), 0.0);
-    std::fill(count.begin(), count.end(), 0);
-    for (size_t i = 0; i < n; ++i) {
-      const int q = current.quantize(samples[i]);
-      if (circular) {
-        sum_a[q] += std::cos(static_cast<double>(samples[i]));
-        sum_b[q] += std::sin(static_cast<double>(samples[i]));
-      } else {
-        sum_a[q] += samples[i];
-      }
-      ++count[q];
-    }
-    double change = 0.0;
-    for (size_t q = 0; q < k; ++q) {
-      if (count[q] == 0) continue;  // an empty cell keeps its centroid
-      double updated;
-      if (circular) {
-        updated = std::atan2(sum_b[q], sum_a[q]);
-        if (updated < 0.0) updated += 2.0 * kPi;
-        if (updated >= 2.0 * kPi) updated = 0.0;
-      } else {
-        updated = sum_a[q] / static_cast<double>(count[q]);
-      }
-      change =
-          std::max(change, circular ? circular_distance(updated, c[q]) : std::fabs(updated - c[q]));
-      c[q] = updated;
-    }
-    std::sort(c.begin(), c.end());
-    if (change < 1e-9) break;
+  return lloyd(level, bits, std::move(c), samples, n, max_iterations);
+}
+
+Codebook refine_codebook(const Codebook& start, const float* samples, size_t n,
+                         int max_iterations) {
+  if (start.size() == 0) throw_invalid("refine_codebook: the starting codebook is empty");
+  if (max_iterations < 0) {
+    throw_invalid("refine_codebook: max_iterations = " + std::to_string(max_iterations) +
+                  " is negative");
   }
-  return Codebook(level, bits, as_floats(c));
+  check_samples(start.level(), samples, n, "refinement");
+  std::vector<double> c(start.centroids().begin(), start.centroids().end());
+  return lloyd(start.level(), start.bits(), std::move(c), samples, n, max_iterations);
 }
 
 std::vector<uint8_t> serialize_codebooks(const std::vector<Codebook>& codebooks) {

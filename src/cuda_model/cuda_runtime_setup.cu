@@ -51,6 +51,12 @@ void check_options(const model::LlamaConfig& c, const model::RuntimeOptions& o) 
                 "the CUDA runtime uses the analytic codebooks (no --key-codebooks / "
                 "--value-codebooks): use --device cpu for codebook files");
   }
+  if (o.online_codebooks) {
+    throw Error(ErrorKind::kUnsupported,
+                "the CUDA runtime uses the analytic codebooks (no --codebooks online): its kernels "
+                "take one codebook per cache, not one per sequence and layer; use --device cpu "
+                "for online codebooks");
+  }
   if (o.max_sequences < 1) throw_invalid("max_sequences must be >= 1");
   if (o.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
   if (o.max_context > static_cast<size_t>(c.context_length)) {

@@ -20,6 +20,9 @@ struct RuntimeOptions {
   std::string value_codec = "f16";
   std::string key_codebooks;    // KvCacheOptions::key_codebooks (PQCB file; empty: analytic)
   std::string value_codebooks;  // KvCacheOptions::value_codebooks
+  // KvCacheOptions::online_codebooks for the PolarQuant codecs (the paper's online codebooks; the
+  // CPU runtime only: the CUDA runtime refuses it with Unsupported).
+  bool online_codebooks = false;
   uint64_t codec_seed = kDefaultSeed;
   int sink_tokens = 0;      // first tokens kept in full precision (see KvCacheOptions)
   int recent_tokens = 0;    // most recent tokens kept in full precision

@@ -67,6 +67,8 @@ Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
   // codec the user chose, and KvCache refuses it for direct use).
   if (is_polar_codec_name(options.key_codec)) kv.key_codebooks = options.key_codebooks;
   if (is_polar_codec_name(options.value_codec)) kv.value_codebooks = options.value_codebooks;
+  kv.online_codebooks = options.online_codebooks && (is_polar_codec_name(options.key_codec) ||
+                                                     is_polar_codec_name(options.value_codec));
   kv.sink_tokens = options.sink_tokens;
   kv.recent_tokens = options.recent_tokens;
   kv.center_keys = options.center_keys;

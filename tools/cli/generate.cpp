@@ -128,6 +128,11 @@ void run(GenerateArgs& a, CLI::App* cmd) {
     throw_invalid("--prompt-cache works with the CPU runtime only; with --device " +
                   a.model.device + " the cache lives on the device (leave out --prompt-cache)");
   }
+  if (!a.prompt_cache.empty() && a.model.codebooks == "online") {
+    throw_invalid(
+        "--prompt-cache does not store online codebooks (--codebooks online fits them per "
+        "sequence and layer); leave out one of the two");
+  }
   LoadedModel lm = load_model(a.model);
   check_codecs(a.model, {}, lm.model->config().head_dim);
   const model::Tokenizer& tok = *lm.tokenizer;

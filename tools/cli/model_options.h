@@ -38,6 +38,7 @@ struct ModelFlags {
   int sink = 4;
   int recent = 0;                              // KvCacheOptions::recent_tokens
   std::string key_codebooks, value_codebooks;  // PQCB files (KvCacheOptions)
+  std::string codebooks = "analytic";          // "online": KvCacheOptions::online_codebooks
 };
 
 // default_codec: what -ctk/-ctv default to for this command (a codec or a pair name such as
@@ -74,6 +75,11 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
                   "PQCB file (train-codebooks) with the key codec's angle codebooks (default: "
                   "analytic)");
   cmd->add_option("--value-codebooks", f.value_codebooks, "the same for the value codec");
+  cmd->add_option("--codebooks", f.codebooks,
+                  "PolarQuant angle codebooks: analytic, or online (fitted per sequence and layer, "
+                  "keys and values apart, to the prompt's own angles at prefill; CPU only)")
+      ->check(CLI::IsMember({"analytic", "online"}))
+      ->capture_default_str();
   cmd->add_flag("!--no-center-keys", f.center_keys,
                 "store keys as they are (by default the cache subtracts their mean, which leaves "
                 "attention exact and lowers a lossy codec's error)");
@@ -91,6 +97,11 @@ inline void finish_codec_flags(ModelFlags& f) {
   }
   if (!f.value_codebooks.empty() && !is_polar_codec_name(f.value_codec)) {
     throw_invalid("--value-codebooks needs a PolarQuant value codec, not '" + f.value_codec + "'");
+  }
+  if (f.codebooks == "online" && (!f.key_codebooks.empty() || !f.value_codebooks.empty())) {
+    throw_invalid(
+        "--codebooks online fits the codebooks at prefill; it cannot be combined with "
+        "--key-codebooks / --value-codebooks (those are the offline codebooks)");
   }
 }
 
@@ -123,6 +134,7 @@ inline model::RuntimeOptions runtime_options(const ModelFlags& f) {
   rt.value_codec = f.value_codec;
   rt.key_codebooks = f.key_codebooks;
   rt.value_codebooks = f.value_codebooks;
+  rt.online_codebooks = f.codebooks == "online";
   rt.sink_tokens = f.sink;
   rt.recent_tokens = f.recent;
   rt.n_threads = f.threads;
