@@ -16,15 +16,7 @@
 #include "cpu/attention_avx512.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,f16c,fma")
-// GCC 12's AVX-512 headers trip its own (un)initialized-use warnings through _mm*_undefined_*().
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
-#include "cpu/avx512_lanes.h"
+#include "cpu/avx512_target_begin.h"
 
 namespace polarquant {
 namespace {
@@ -155,8 +147,7 @@ float softmax(float* s, size_t n, float* m, float* l) {
 }  // namespace
 }  // namespace polarquant
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+#include "cpu/avx512_target_end.h"
 
 namespace polarquant {
 

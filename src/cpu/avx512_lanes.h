@@ -1,7 +1,7 @@
 // Shared pieces of the AVX-512 kernels (attention_avx512_rows.cpp, attention_avx512_polar.cpp,
 // attention_avx512_paper.cpp): the tail mask, the head group and the count-to-template helper.
-// Include only after the AVX-512 `#pragma GCC target` and <immintrin.h>, in a file that has
-// included every header this one includes before the pragma (see attention_avx512_rows.cpp).
+// Included by avx512_target_begin.h, inside the AVX-512 target region, after every header this one
+// includes (see attention_avx512_rows.cpp).
 #pragma once
 
 #include <cstddef>
