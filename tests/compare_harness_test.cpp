@@ -113,6 +113,30 @@ TEST(CompareHarness, DumpHeadsAreCausalAndGrouped) {
   EXPECT_DOUBLE_EQ(rows[1].bits_per_coordinate, 4.5);
 }
 
+TEST(CompareHarness, CenteredKeysHaveZeroMeanOverTheirFirstTokensAndKeepTheSoftmax) {
+  const auto raw = generated_compare_data(GeneratedKind::kKeylike, 32, 100, 4, 3);
+  auto data = raw;
+  center_compare_keys(data, 10);
+  const auto& h = data.heads[0];
+  for (int c = 0; c < 32; ++c) {
+    double sum = 0;
+    for (int t = 0; t < 10; ++t) sum += h.k[t * 32 + c];
+    EXPECT_NEAR(sum / 10, 0.0, 1e-5) << "channel " << c;
+    // Every later key moved by the same per-channel mean.
+    const float shift = raw.heads[0].k[c] - h.k[c];
+    EXPECT_NEAR(raw.heads[0].k[77 * 32 + c] - h.k[77 * 32 + c], shift, 1e-4f);
+    EXPECT_GT(std::abs(shift), 0.0f);  // key-like data has a per-channel mean
+  }
+  // Softmax attention is shift-invariant per query: f32 still matches it exactly, and the
+  // centered key-like keys are cheaper for a codec.
+  const auto centered = run_compare(data, fast({"f32", "paper"}));
+  const auto plain = run_compare(raw, fast({"f32", "paper"}));
+  EXPECT_LT(centered[0].softmax_kl, 1e-9);
+  EXPECT_LT(centered[0].attention_error, 1e-5);
+  EXPECT_NE(centered[1].nmse_k, plain[1].nmse_k);
+  EXPECT_THROW(center_compare_keys(data, 0), Error);
+}
+
 TEST(CompareHarness, UnknownCodecIsRefused) {
   const auto data = generated_compare_data(GeneratedKind::kGaussian, 64, 64, 2, 1);
   EXPECT_THROW(run_compare(data, fast({"q3_7"})), Error);

@@ -41,6 +41,13 @@ CompareData generated_compare_data(GeneratedKind kind, int dim, size_t count, si
 // the keys up to its own position.
 CompareData dump_compare_data(const KvDump& dump, size_t n_queries);
 
+// The runtime's key centering (KvCacheOptions::center_keys) applied to compare data: each head's
+// keys minus their per-channel mean over its first min(first_tokens, tokens) tokens (the runtime
+// takes the mean of a sequence's first append, one prefill chunk). Softmax attention is unchanged
+// exactly (every score of a query moves by q.mean), so the reference is the same, while a codec
+// codes what the runtime's cache would. first_tokens = 0 throws InvalidArgument.
+void center_compare_keys(CompareData& data, size_t first_tokens);
+
 struct CompareOptions {
   std::vector<std::string> codecs;  // pair names (codec_pair.h); empty: default_compare_codecs()
   uint64_t seed = 0x5eed'9017'a2c0'0001ull;

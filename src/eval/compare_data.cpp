@@ -92,4 +92,24 @@ CompareData dump_compare_data(const KvDump& dump, size_t n_queries) {
   return data;
 }
 
+void center_compare_keys(CompareData& data, size_t first_tokens) {
+  if (first_tokens == 0) throw_invalid("compare: key centering needs at least one token");
+  const size_t d = static_cast<size_t>(data.dim);
+  std::vector<double> mean(d);
+  for (auto& head : data.heads) {
+    const size_t n = std::min(first_tokens, head.tokens(data.dim));
+    if (n == 0) continue;
+    std::fill(mean.begin(), mean.end(), 0.0);
+    for (size_t t = 0; t < n; ++t) {
+      for (size_t c = 0; c < d; ++c) mean[c] += head.k[t * d + c];
+    }
+    for (size_t t = 0; t < head.tokens(data.dim); ++t) {
+      for (size_t c = 0; c < d; ++c) {
+        head.k[t * d + c] -= static_cast<float>(mean[c] / static_cast<double>(n));
+      }
+    }
+  }
+  data.source += "; keys centered on their first " + std::to_string(first_tokens) + " tokens";
+}
+
 }  // namespace polarquant
