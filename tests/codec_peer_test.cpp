@@ -178,6 +178,13 @@ TEST(PeerCodecRegistry, PairsNameBothRoles) {
   EXPECT_EQ(codec_pair("q4_0h").key, "q4_0h");
   EXPECT_EQ(codec_pair(kDefaultPolarPair).key, "polar-544444");
   EXPECT_EQ(codec_pair(kDefaultPolarPair).value, "polar-422222");
+  // KEY/VALUE takes the key role of the first name and the value role of the second.
+  EXPECT_EQ(codec_pair("kivi4/f16").key, "kivi4k");
+  EXPECT_EQ(codec_pair("kivi4/f16").value, "f16");
+  EXPECT_EQ(codec_pair("f16/polar4kv").value, "polar-422222");
+  for (const char* bad : {"/f16", "f16/", "a/b/c"}) {
+    EXPECT_THROW(codec_pair(bad), Error) << bad;
+  }
   // The default pair is 4.0 bits per coordinate on average at head_dim 64.
   EXPECT_EQ(make_codec(codec_pair(kDefaultPolarPair).key, 64)->group_bytes() +
                 make_codec(codec_pair(kDefaultPolarPair).value, 64)->group_bytes(),

@@ -21,8 +21,10 @@ struct CodecPair {
 inline constexpr const char* kDefaultPolarPair = "polar4kv";
 
 // "kivi2" -> {kivi2k, kivi2v}, "kivi4" -> {kivi4k, kivi4v}, "qjl" -> {qjl, kivi2v}, "polar4kv" ->
-// {polar-544444, polar-422222}; any other name -> {name, name}. Does not check that the names
-// exist (make_codec does).
+// {polar-544444, polar-422222}; "KEY/VALUE" -> the key codec of KEY's pair and the value codec of
+// VALUE's ("polar4kv/f16" -> {polar-544444, f16}); any other name -> {name, name}. Throws
+// InvalidArgument for a malformed "KEY/VALUE" (an empty side, two slashes); does not check that the
+// names exist (make_codec does).
 CodecPair codec_pair(std::string_view name);
 // The pair names for every codec family, in display order (per-role KIVI names folded into their
 // pair name).

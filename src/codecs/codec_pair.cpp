@@ -1,10 +1,19 @@
 // Pair names for methods whose keys and values use different codecs.
 #include <polarquant/codec.h>
 #include <polarquant/codec_pair.h>
+#include <polarquant/error.h>
 
 namespace polarquant {
 
 CodecPair codec_pair(std::string_view name) {
+  const size_t slash = name.find('/');
+  if (slash != std::string_view::npos) {
+    if (slash == 0 || slash + 1 == name.size() ||
+        name.find('/', slash + 1) != std::string_view::npos) {
+      throw_invalid("codec choice '" + std::string(name) + "' must be NAME or KEY/VALUE");
+    }
+    return {codec_pair(name.substr(0, slash)).key, codec_pair(name.substr(slash + 1)).value};
+  }
   if (name == "kivi2") return {"kivi2k", "kivi2v"};
   if (name == "kivi4") return {"kivi4k", "kivi4v"};
   // The QJL paper's Llama runs pair 1-bit-JL keys with 2-bit per-token values.

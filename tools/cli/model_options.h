@@ -185,15 +185,8 @@ inline std::vector<std::string> split_list(const std::string& list) {
 // One entry of a --codecs list: "K/V" names the key and value codecs; a pair name ("kivi4") its
 // two codecs; any other name is used for both.
 inline eval::CodecChoice parse_codec_choice(const std::string& item) {
-  const size_t slash = item.find('/');
-  if (slash == std::string::npos) {
-    const CodecPair p = codec_pair(item);
-    return {p.key, p.value};
-  }
-  if (slash == 0 || slash + 1 == item.size() || item.find('/', slash + 1) != std::string::npos) {
-    throw_invalid("codec choice '" + item + "' must be NAME or KEY/VALUE");
-  }
-  return {codec_pair(item.substr(0, slash)).key, codec_pair(item.substr(slash + 1)).value};
+  const CodecPair p = codec_pair(item);
+  return {p.key, p.value};
 }
 
 struct LoadedModel {
