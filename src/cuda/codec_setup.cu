@@ -24,6 +24,15 @@ void check_cuda(int code, const char* what) {
                                      cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
 }
 
+void allow_dynamic_smem(const void* kernel, size_t bytes, const char* what) {
+  cudaFuncAttributes attr{};
+  check_cuda(cudaFuncGetAttributes(&attr, kernel), what);
+  if (bytes <= static_cast<size_t>(attr.maxDynamicSharedSizeBytes)) return;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(bytes)),
+             what);
+}
+
 bool device_available(std::string* why) {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);

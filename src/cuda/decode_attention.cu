@@ -85,9 +85,7 @@ Launch attention_choice_for(const DeviceCodec& c, int g) {
 void configure_attention(const DeviceCodec& c, int resident[2]) {
   for (int tiles = 1; tiles <= 2; ++tiles) {
     const Launch l = attention_choice_for(c, tiles * kFragHeads);
-    check_cuda(cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(l.smem)),
-               "cudaFuncSetAttribute(attention)");
+    allow_dynamic_smem(l.kernel, l.smem, "cudaFuncSetAttribute(attention)");
     check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident[tiles - 1], l.kernel,
                                                              kThreads, l.smem),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");

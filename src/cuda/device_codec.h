@@ -46,4 +46,15 @@ struct DeviceCodec {
 // Throws Error(kState) naming `what` when a CUDA call or launch failed (code != 0).
 void check_cuda(int code, const char* what);
 
+// Raises a kernel's dynamic shared-memory allowance to at least `bytes` and never lowers it. Codecs
+// of different table sizes share one kernel instance (polar4kv's key and value codecs; several
+// runtimes in one process), so the allowance one codec set up must survive the next codec's setup:
+// setting it outright let the smaller codec configured last make the larger one's launches fail
+// with cudaErrorInvalidValue.
+void allow_dynamic_smem(const void* kernel, size_t bytes, const char* what);
+template <typename Kernel>
+void allow_dynamic_smem(Kernel* kernel, size_t bytes, const char* what) {
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes, what);
+}
+
 }  // namespace polarquant::cuda

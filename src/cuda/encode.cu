@@ -83,10 +83,8 @@ void check_pages(const SequencePages& pages, const void* data, const char* what)
 void configure_dequantize(const DeviceCodec& c) {
   with_dim(c.dim, [&](auto d) {
     constexpr int kD = decltype(d)::value;
-    check_cuda(
-        cudaFuncSetAttribute(dequantize_kernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(dequantize_smem_bytes<kD>())),
-        "cudaFuncSetAttribute(dequantize)");
+    allow_dynamic_smem(dequantize_kernel<kD>, dequantize_smem_bytes<kD>(),
+                       "cudaFuncSetAttribute(dequantize)");
   });
 }
 

@@ -256,9 +256,7 @@ void configure_encode_units(const DeviceCodec& c) {
   with_dim(c.dim, [&](auto d) {
     for (const bool rotated : {false, true}) {
       const UnitsLaunch l = units_launch<decltype(d)::value>(c, rotated);
-      check_cuda(cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(l.smem)),
-                 "cudaFuncSetAttribute(encode_units)");
+      allow_dynamic_smem(l.kernel, l.smem, "cudaFuncSetAttribute(encode_units)");
     }
   });
 }

@@ -69,6 +69,32 @@ const PolarPageFormat& key_format(const KvCache& cache) {
   return dynamic_cast<const PolarPageFormat&>(*cache.impl().key_format);
 }
 
+// Codecs of different table sizes share kernel instances: setting up a smaller one after a larger
+// one (polar4kv's value codec after its key codec) must leave the larger one's launches valid. The
+// shared-memory allowance used to be set outright, so the key codec's encode failed with
+// cudaErrorInvalidValue once the value codec was set up.
+TEST(CudaPolar, ASmallerCodecSetUpLaterKeepsTheLargerOneWorking) {
+  POLARQUANT_REQUIRE_GPU();
+  const int dim = 64, n_kv = 2, n = 70, page_tokens = 32;
+  Filled big = fill_cache(dim, "polar-544444", n_kv, page_tokens, {n}, 5);
+  Filled small = fill_cache(dim, "polar-422222", n_kv, page_tokens, {1}, 6);
+  CudaPolarCodec first(key_codec(*big.cache), page_tokens, n_kv);
+  CudaPolarCodec second(key_codec(*small.cache), page_tokens, n_kv);
+  ASSERT_GT(first.page_bytes(), second.page_bytes());
+  const size_t pages = (n + page_tokens - 1) / page_tokens;
+  const std::vector<int32_t> ids = shuffled_ids(pages, 4);
+  DeviceBuffer<int32_t> table(pages);
+  table.upload(ids);
+  DeviceBuffer<float> x(big.k[0].size());
+  x.upload(big.k[0]);
+  DeviceBuffer<uint8_t> pool(pages * first.page_bytes());
+  ASSERT_NO_THROW(encode_prefill(first, {pool.get(), table.get()}, 0, n, x.get(), false, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<uint8_t> want(pages * first.page_bytes());
+  export_pages(*big.cache, big.seqs[0], true, ids, want);
+  EXPECT_TRUE(want == pool.download()) << "GPU pages differ from the CPU cache's bytes";
+}
+
 using EncodeParam = std::tuple<int, std::string, int>;  // dim, preset, page_tokens
 class CudaEncode : public ::testing::TestWithParam<EncodeParam> {};
 
