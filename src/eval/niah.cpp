@@ -68,31 +68,31 @@ NiahReport run_niah(const model::LlamaModel& m, const model::Tokenizer& tok,
     }
   }
   for (int ctx : config.contexts) {
-    // One runtime per codec and context (on a GPU each holds the weights); one sequence per cell.
-    std::vector<std::unique_ptr<model::Runtime>> runtimes;
-    for (const eval::CodecChoice& codec : config.codecs) {
+    std::vector<std::vector<int>> prompts;
+    for (double depth : config.depths) {
+      prompts.push_back(build_niah_prompt(tok, haystack, config, ctx, depth));
+    }
+    // One runtime per codec and context, built when its cells run and freed before the next codec's
+    // (on a GPU each holds the weights and its scratch); one sequence per cell.
+    for (size_t k = 0; k < config.codecs.size(); ++k) {
       model::RuntimeOptions rt = config.runtime;
-      rt.key_codec = codec.key_codec;
-      rt.value_codec = codec.value_codec;
+      rt.key_codec = config.codecs[k].key_codec;
+      rt.value_codec = config.codecs[k].value_codec;
       rt.max_sequences = 1;
       rt.max_context = std::min(static_cast<size_t>(m.config().context_length),
                                 static_cast<size_t>(ctx + config.max_new_tokens + 64));
-      runtimes.push_back(model::make_runtime(m, rt));
-    }
-    for (double depth : config.depths) {
-      const std::vector<int> prompt = build_niah_prompt(tok, haystack, config, ctx, depth);
-      for (size_t k = 0; k < config.codecs.size(); ++k) {
-        model::Runtime& tf = *runtimes[k];
+      const std::unique_ptr<model::Runtime> tf = model::make_runtime(m, rt);
+      for (size_t di = 0; di < config.depths.size(); ++di) {
         model::GenerationOptions gen;
         gen.max_new_tokens = config.max_new_tokens;
         NiahCell cell;
         cell.ctx = ctx;
-        cell.depth = depth;
+        cell.depth = config.depths[di];
         cell.codec = config.codecs[k];
-        const SequenceId seq = tf.add_sequence();
-        model::generate(tf, seq, tok, prompt, gen,
+        const SequenceId seq = tf->add_sequence();
+        model::generate(*tf, seq, tok, prompts[di], gen,
                         [&](int, const std::string& piece) { cell.output += piece; });
-        tf.free_sequence(seq);
+        tf->free_sequence(seq);
         cell.recalled = cell.output.find(config.answer) != std::string::npos;
         report.recall[k] += cell.recalled ? 1.0 : 0.0;
         report.cells.push_back(std::move(cell));
