@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -186,6 +187,11 @@ class SmolLM2Test : public ::testing::TestWithParam<const char*> {
     const std::string path = polarquant::testing::smollm2_path();
     if (path.empty()) {
       skip_ = "SmolLM2 not fetched (scripts/fetch_model.sh)";
+      return;
+    }
+    if (!std::filesystem::exists(polarquant::testing::shared_dir() + "/data/emma.txt")) {
+      skip_ = "no " + polarquant::testing::shared_dir() +
+              "/data/emma.txt (set POLARQUANT_SHARED_DIR to a copy of ../shared)";
       return;
     }
     m_ = std::make_unique<LlamaModel>(LlamaModel::load(path));
