@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/kv_cache_impl.h"
 #include "cache_test_util.h"
 #include "core/bytes.h"
 
@@ -149,6 +150,59 @@ TEST(CacheFile, RestoredSequenceIsIdenticalAndContinuesIdentically) {
       expect_same_bits(read_all(original, seq, l), read_all(restored, back, l));
     }
   }
+}
+
+// The file holds the pages one after another, each its heads' regions in head order, K then V
+// (docs/FORMAT.md section 7), whatever slabs hold them in memory; 100+ pages (8 slabs, the
+// largest head-major) round-trip exactly.
+TEST(CacheFile, StoresPagesOneAfterAnotherAcrossSlabs) {
+  KvCacheOptions o = options("paper", "f16");
+  o.n_layers = 1;
+  o.n_kv_heads = 3;
+  KvCache cache(o);
+  const SequenceId seq = fill(cache, 3300, 3, 13);
+  const auto bytes = serialize_cache_sequence(cache, seq, owner_for(o), ids(3303), {});
+  const KvCache::Impl& m = cache.impl();
+  const SequenceLayer& sl = m.layer(seq, 0, "test");
+  ASSERT_GE(sl.pages, 100u);
+  const size_t row = 3 * 64;  // the key mean and 4 sink rows (K, V) precede the pages
+  size_t at = section_offset(bytes, 2) + 12 + 4 + 6 * 8 + 4 + row * 4 + 2 * 4 * row * 4;
+  for (const bool keys : {true, false}) {
+    for (size_t p = 0; p < sl.pages; ++p) {
+      for (int h = 0; h < o.n_kv_heads; ++h) {
+        ASSERT_EQ(std::memcmp(&bytes[at], m.region(sl, keys, p, h), m.head_bytes(keys)), 0)
+            << (keys ? "keys" : "values") << ", page " << p << ", head " << h;
+        at += m.head_bytes(keys);
+      }
+    }
+  }
+  KvCache restored(o);
+  const CacheFile file = parse_cache_file(bytes.data(), bytes.size(), "long");
+  const SequenceId back = restore_cache_sequence(restored, file);
+  EXPECT_EQ(serialize_cache_sequence(restored, back, owner_for(o), ids(3303), {}), bytes);
+  expect_same_bits(read_all(cache, seq, 0), read_all(restored, back, 0));
+  EXPECT_EQ(restored.memory().total_bytes, cache.memory().total_bytes);
+}
+
+// tests/data/cache_v1_paper_q4_0.pqkv was written by main at 7a07c69, which allocated every page
+// separately (same options, owner, ids and fill as here; 2 KV heads, 5 pages in slabs of 1, 2 and
+// 4 pages now). The format did not change, so it restores and saves back to the same bytes.
+TEST(CacheFile, ReadsAFileWrittenWithOnePagePerAllocation) {
+  const std::string path =
+      std::string(POLARQUANT_SOURCE_DIR) + "/tests/data/cache_v1_paper_q4_0.pqkv";
+  const auto bytes = read_file_bytes(path);
+  KvCacheOptions o = options("paper", "q4_0");
+  o.n_layers = 1;
+  o.head_dim = 32;
+  KvCache cache(o);
+  const SequenceId seq = fill(cache, 150, 5, 21);
+  ASSERT_EQ(cache.impl().layer(seq, 0, "test").pages, 5u);
+  EXPECT_EQ(serialize_cache_sequence(cache, seq, owner_for(o), ids(155), {}), bytes);
+  KvCache restored(o);
+  const CacheFile file = parse_cache_file(bytes.data(), bytes.size(), path);
+  check_cache_file_matches(file, restored, owner_for(o));
+  const SequenceId back = restore_cache_sequence(restored, file);
+  expect_same_bits(read_all(cache, seq, 0), read_all(restored, back, 0));
 }
 
 TEST(CacheFile, SavesToATemporaryFileAndRenames) {

@@ -144,11 +144,16 @@ TEST(CacheKv, BulkAndTokenByTokenStoreIdenticalCodes) {
     ASSERT_EQ(x.coded, y.coded);
     ASSERT_EQ(x.k_slabs.size(), y.k_slabs.size());
     ASSERT_EQ(x.pages, y.pages);
-    for (size_t p = 0; p < x.k_slabs.size(); ++p) {
-      EXPECT_EQ(std::memcmp(x.k_slabs[p].get(), y.k_slabs[p].get(), bulk.impl().key_slab_bytes()),
-                0);
-      EXPECT_EQ(std::memcmp(x.v_slabs[p].get(), y.v_slabs[p].get(), bulk.impl().value_slab_bytes()),
-                0);
+    const KvCache::Impl& m = bulk.impl();
+    for (size_t p = 0; p < x.pages; ++p) {
+      for (int h = 0; h < o.n_kv_heads; ++h) {
+        for (const bool keys : {true, false}) {
+          EXPECT_EQ(std::memcmp(m.region(x, keys, p, h), single.impl().region(y, keys, p, h),
+                                m.head_bytes(keys)),
+                    0)
+              << "page " << p << ", head " << h << (keys ? ", keys" : ", values");
+        }
+      }
     }
     std::vector<float> va, vb;
     EXPECT_EQ(read_k(bulk, a, 1, 0, n, &va), read_k(single, b, 1, 0, n, &vb));
@@ -180,11 +185,13 @@ TEST(CacheKv, MemoryAccountingIsExact) {
     const size_t coded = len > 20 ? len - 20 : 0;
     const size_t tail = len - sink - coded;
     const size_t pages = (coded + 31) / 32;
-    const size_t slabs = (pages + kSlabPages - 1) / kSlabPages;
+    // Slabs of 1, 2, 4, 8, ... pages (kv_cache_impl.h), allocated whole.
+    size_t slabs = 0, allocated = 0;
+    for (; allocated < pages; ++slabs) allocated += std::min<size_t>(size_t{1} << slabs, 32);
     const size_t sink_cap = sink ? 4 : 0;
     // The tail's capacity is its rows rounded up to page_tokens (shrunk after each append).
     const size_t tail_cap = (tail + 31) / 32 * 32;
-    return slabs * kSlabPages * (kpage + vpage) + 2 * slabs * sizeof(PageBuffer) +
+    return allocated * (kpage + vpage) + 2 * slabs * sizeof(PageBuffer) +
            2 * (sink_cap + tail_cap) * row * sizeof(float);
   };
   const KvMemoryStats m = cache.memory();

@@ -156,8 +156,15 @@ std::vector<uint8_t> serialize_cache_sequence(const KvCache& cache, SequenceId s
     p.u32(static_cast<uint32_t>(sl.key_mean.size()));
     p.raw(sl.key_mean.data(), sl.key_mean.size() * sizeof(float));
     put_rows(p, sl.sink, m.row_floats);
-    for (const auto& slab : sl.k_slabs) p.raw(slab.get(), m.key_slab_bytes());
-    for (const auto& slab : sl.v_slabs) p.raw(slab.get(), m.value_slab_bytes());
+    // Pages one after another, each its heads' regions in head order, K then V: the bytes do not
+    // depend on how the cache groups pages into slabs in memory.
+    for (const bool keys : {true, false}) {
+      for (size_t page = 0; page < sl.pages; ++page) {
+        for (int h = 0; h < m.options.n_kv_heads; ++h) {
+          p.raw(m.region(sl, keys, page, h), m.head_bytes(keys));
+        }
+      }
+    }
     put_rows(p, sl.tail, m.row_floats);
     put_section(out, kTagLayer, p);
   }

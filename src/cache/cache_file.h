@@ -1,6 +1,7 @@
 // Saving one sequence of a KvCache to a file and restoring it exactly (docs/FORMAT.md section 7):
-// the pages are written as they are in memory, so a PolarQuant cache is about 4x smaller on disk
-// than an fp16 one, and a restored sequence continues bit for bit as the original would have.
+// the pages' head regions are written byte for byte as in memory, page by page whatever slabs hold
+// them, so a PolarQuant cache is about 4x smaller on disk than an fp16 one, and a restored
+// sequence continues bit for bit as the original would have.
 //
 // The file names its owner (model architecture, shapes and a hash of the model, see
 // model::cache_owner) and every cache setting that changes the stored bytes (codecs and their

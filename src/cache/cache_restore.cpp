@@ -161,13 +161,12 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
              std::to_string(pages) + ", tail " + std::to_string(tail) + ", key mean floats " +
              std::to_string(mean_floats));
     }
-    const uint64_t slabs = (pages + kSlabPages - 1) / kSlabPages;
-    if (slabs > 0 && m.key_slab_bytes() + m.value_slab_bytes() > file.layer_size[l] / slabs) {
+    const uint64_t page_bytes = m.key_page_bytes() + m.value_page_bytes();
+    if (pages > 0 && page_bytes > file.layer_size[l] / pages) {
       r.fail(std::to_string(pages) + " pages do not fit in the layer section");
     }
     const uint64_t expected = 4 + 6 * 8 + 4 + uint64_t{mean_floats} * 4 +
-                              2 * (sink + tail) * m.row_floats * 4 +
-                              slabs * (m.key_slab_bytes() + m.value_slab_bytes());
+                              2 * (sink + tail) * m.row_floats * 4 + pages * page_bytes;
     if (expected != file.layer_size[l]) {
       r.fail("the layer section is " + std::to_string(file.layer_size[l]) +
              " bytes; its counts need " + std::to_string(expected));
@@ -181,14 +180,15 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
       }
     }
     read_rows(r, sl.sink, sink, m.row_floats, "sink row");
-    for (auto* slabs_of : {&sl.k_slabs, &sl.v_slabs}) {
-      const size_t bytes = slabs_of == &sl.k_slabs ? m.key_slab_bytes() : m.value_slab_bytes();
-      for (uint64_t s = 0; s < slabs; ++s) {
-        slabs_of->push_back(allocate_page(bytes));
-        std::memcpy(slabs_of->back().get(), r.take(bytes, "page"), bytes);
+    for (uint64_t p = 0; p < pages; ++p) m.add_page(sl);
+    for (const bool keys : {true, false}) {  // page by page, heads in order (cache_file.cpp)
+      const size_t bytes = m.head_bytes(keys);
+      for (uint64_t p = 0; p < pages; ++p) {
+        for (int h = 0; h < o.n_kv_heads; ++h) {
+          std::memcpy(const_cast<uint8_t*>(m.region(sl, keys, p, h)), r.take(bytes, "page"), bytes);
+        }
       }
     }
-    sl.pages = pages;
     read_rows(r, sl.tail, tail, m.row_floats, "tail row");
     if (m.codable(sl) != coded) {
       r.fail("coded " + std::to_string(coded) +

@@ -17,7 +17,7 @@ void AlignedDeleter::operator()(uint8_t* p) const {
   std::free(p);
 }
 
-PageBuffer allocate_page(size_t bytes) {
+PageBuffer allocate_slab(size_t bytes) {
   void* p =
       std::aligned_alloc(kPageAlignment, round_up(std::max<size_t>(bytes, 1), kPageAlignment));
   if (p == nullptr) throw std::bad_alloc();
@@ -217,6 +217,15 @@ SequenceLayer& KvCache::Impl::layer(SequenceId seq, int layer, const char* calle
   return const_cast<SequenceLayer&>(static_cast<const Impl*>(this)->layer(seq, layer, caller));
 }
 
+void KvCache::Impl::add_page(SequenceLayer& sl) const {
+  if (sl.pages == allocated_pages(sl)) {
+    const size_t pages = slab_pages(sl.k_slabs.size());
+    sl.k_slabs.push_back(allocate_slab(pages * key_page_bytes()));
+    sl.v_slabs.push_back(allocate_slab(pages * value_page_bytes()));
+  }
+  ++sl.pages;
+}
+
 size_t KvCache::Impl::codable(const SequenceLayer& sl) const {
   const size_t sink = sl.sink.size();
   const size_t recent = static_cast<size_t>(options.recent_tokens);
@@ -278,21 +287,15 @@ void KvCache::append(SequenceId seq, int layer, const float* k, const float* v, 
   const size_t page_tokens = static_cast<size_t>(m.options.page_tokens);
   while (sl.coded < target) {
     const size_t slot = sl.coded % page_tokens;
-    if (slot == 0) {
-      if (sl.pages % kSlabPages == 0) {
-        sl.k_slabs.push_back(allocate_page(m.key_slab_bytes()));
-        sl.v_slabs.push_back(allocate_page(m.value_slab_bytes()));
-      }
-      ++sl.pages;
-    }
+    if (slot == 0) m.add_page(sl);
     const size_t page = sl.pages - 1;
     const size_t n = std::min(target - sl.coded, page_tokens - slot);
     m.key_format_of(sl).store(sl.tail.k(0), n, m.options.n_kv_heads,
                               const_cast<uint8_t*>(m.key_region(sl, page, 0)),
-                              kSlabPages * m.key_format->head_bytes(), slot);
+                              m.head_stride(true, page), slot);
     m.value_format_of(sl).store(sl.tail.v(0), n, m.options.n_kv_heads,
                                 const_cast<uint8_t*>(m.value_region(sl, page, 0)),
-                                kSlabPages * m.value_format->head_bytes(), slot);
+                                m.head_stride(false, page), slot);
     sl.tail.drop_front(n);
     sl.coded += n;
   }
@@ -363,7 +366,7 @@ KvMemoryStats KvCache::memory() const {
     for (int l = 0; l < m.options.n_layers; ++l) {
       const SequenceLayer& sl = layers[l];
       stats.layer_bytes[l] +=
-          sl.k_slabs.size() * m.key_slab_bytes() + sl.v_slabs.size() * m.value_slab_bytes() +
+          Impl::allocated_pages(sl) * (m.key_page_bytes() + m.value_page_bytes()) +
           (sl.k_slabs.size() + sl.v_slabs.size()) * sizeof(PageBuffer) + sl.sink.bytes() +
           sl.tail.bytes() + sl.key_mean.size() * sizeof(float);
       if (l == 0) stats.tokens += sl.length;

@@ -6,10 +6,13 @@
 //                          position sink + p * page_tokens + i),
 //   [sink + coded, length) full precision: the recent window, a partial codec group, and (with
 //                          quantize_generated = false) the generated tokens.
-// Pages live in slabs of kSlabPages pages: slab s holds, for each KV head h, the regions of pages
-// s*kSlabPages .. s*kSlabPages + kSlabPages - 1 of that head, one after another, so one head's
-// pages form one contiguous stream of kSlabPages regions (hardware prefetchers follow it; separate
-// page allocations cut the stream at every page).
+// Pages live in slabs that grow with the sequence: slab s holds slab_pages(s) = min(2^s,
+// kMaxSlabPages) pages, so 1, 2, 4, 8, 16, 32, 32, ... pages. Inside a slab the regions are
+// head-major: for each KV head h, the regions of h of the slab's pages one after another, so one
+// head's pages of a slab form one contiguous stream (hardware prefetchers and the TLB follow it;
+// separate page allocations cut the stream at every page). A sequence of P pages holds fewer than
+// 2P pages (1 page for a 1-page sequence) and at most kMaxSlabPages - 1 unused ones once long.
+// Every access to a page's bytes goes through KvCache::Impl::region().
 //
 // Tokens move from the third run to the second as soon as they may be quantized, so both boundaries
 // only grow and the stored codes depend only on the token values and the sequence length.
@@ -17,6 +20,7 @@
 
 #include <polarquant/kv_cache.h>
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -31,7 +35,7 @@ struct AlignedDeleter {
   void operator()(uint8_t* p) const;
 };
 using PageBuffer = std::unique_ptr<uint8_t[], AlignedDeleter>;
-PageBuffer allocate_page(size_t bytes);  // zero-filled, kPageAlignment-aligned
+PageBuffer allocate_slab(size_t bytes);  // zero-filled, kPageAlignment-aligned
 
 // Full-precision K and V rows (token-major, n_kv_heads x head_dim floats per token) with a movable
 // start, so dropping the oldest rows is O(1). Capacity grows in steps of `step` tokens and is exact
@@ -60,10 +64,36 @@ class TokenRows {
   std::unique_ptr<float[]> k_, v_;
 };
 
-// One page per slab: slabs of 8 pages measured no faster (docs/design/cache.md) and made a short
-// sequence hold up to 8 pages per layer, more than an fp16 cache of the same tokens. The slab
-// mechanism stays so that a larger value can be measured again.
-inline constexpr size_t kSlabPages = 1;
+// Slab geometry. Fixed slabs of 32 pages were measured faster than one allocation per page
+// (docs/BENCHMARKS.md section 2.7: `paper` -6..-12%, f16 -25% at 32k, one thread) but made a short
+// sequence hold 32 pages per layer; growing slabs keep the long stream and the small footprint
+// (section 2.8).
+inline constexpr size_t kMaxSlabPages = 32;  // a power of two
+// Slabs 0 .. kGrowingSlabs - 1 double; they hold kMaxSlabPages - 1 pages together.
+inline constexpr size_t kGrowingSlabs = std::bit_width(kMaxSlabPages) - 1;
+static_assert(std::has_single_bit(kMaxSlabPages));
+
+// Pages slab `slab` holds.
+inline constexpr size_t slab_pages(size_t slab) {
+  return slab < kGrowingSlabs ? size_t{1} << slab : kMaxSlabPages;
+}
+// The first page of slab `slab`: also the pages slabs 0 .. slab - 1 hold together.
+inline constexpr size_t slab_first_page(size_t slab) {
+  return slab < kGrowingSlabs ? (size_t{1} << slab) - 1
+                              : kMaxSlabPages - 1 + (slab - kGrowingSlabs) * kMaxSlabPages;
+}
+// Where page `page` lives: the `index`-th page of slab `slab`, which holds `pages` pages.
+struct SlabSpot {
+  size_t slab, index, pages;
+};
+inline constexpr SlabSpot slab_spot(size_t page) {
+  if (page < kMaxSlabPages - 1) {
+    const size_t slab = static_cast<size_t>(std::bit_width(page + 1)) - 1;
+    return {slab, page + 1 - (size_t{1} << slab), size_t{1} << slab};
+  }
+  const size_t later = page - (kMaxSlabPages - 1);
+  return {kGrowingSlabs + later / kMaxSlabPages, later % kMaxSlabPages, kMaxSlabPages};
+}
 
 struct SequenceLayer {
   size_t length = 0;
@@ -73,6 +103,7 @@ struct SequenceLayer {
   TokenRows sink;    // positions [0, sink.size())
   size_t coded = 0;  // quantized positions
   size_t pages = 0;  // pages in use (the last may be partly filled)
+  // Slab s holds slab_pages(s) pages, head-major; K and V have the same slabs.
   std::vector<PageBuffer> k_slabs, v_slabs;
   TokenRows tail;               // positions [sink + coded, length)
   std::vector<float> key_mean;  // center_keys: subtracted from every stored key (row_floats)
@@ -111,18 +142,33 @@ struct KvCache::Impl {
   }
   size_t key_page_bytes() const { return key_format->head_bytes() * options.n_kv_heads; }
   size_t value_page_bytes() const { return value_format->head_bytes() * options.n_kv_heads; }
-  size_t key_slab_bytes() const { return key_page_bytes() * kSlabPages; }
-  size_t value_slab_bytes() const { return value_page_bytes() * kSlabPages; }
-  // The head region of one page (regions of one head's pages are kSlabPages-contiguous).
+  size_t head_bytes(bool keys) const {
+    return keys ? key_format->head_bytes() : value_format->head_bytes();
+  }
+  // The one map from a page to its bytes: head `head`'s region of page `page`, in the K slabs
+  // (keys) or the V slabs. Regions of one head's pages of a slab follow one another.
+  const uint8_t* region(const SequenceLayer& sl, bool keys, size_t page, int head) const {
+    const SlabSpot at = slab_spot(page);
+    const auto& slabs = keys ? sl.k_slabs : sl.v_slabs;
+    return slabs[at.slab].get() +
+           (static_cast<size_t>(head) * at.pages + at.index) * head_bytes(keys);
+  }
   const uint8_t* key_region(const SequenceLayer& sl, size_t page, int head) const {
-    return sl.k_slabs[page / kSlabPages].get() +
-           (static_cast<size_t>(head) * kSlabPages + page % kSlabPages) * key_format->head_bytes();
+    return region(sl, true, page, head);
   }
   const uint8_t* value_region(const SequenceLayer& sl, size_t page, int head) const {
-    return sl.v_slabs[page / kSlabPages].get() +
-           (static_cast<size_t>(head) * kSlabPages + page % kSlabPages) *
-               value_format->head_bytes();
+    return region(sl, false, page, head);
   }
+  // Bytes from one head's region of `page` to the next head's (PageFormat::store's head_stride).
+  size_t head_stride(bool keys, size_t page) const {
+    return slab_spot(page).pages * head_bytes(keys);
+  }
+  // Pages the allocated slabs hold (at least sl.pages; K and V slabs hold the same pages).
+  static size_t allocated_pages(const SequenceLayer& sl) {
+    return slab_first_page(sl.k_slabs.size());
+  }
+  // Adds page sl.pages (zero-filled), allocating the next K and V slabs when the last are full.
+  void add_page(SequenceLayer& sl) const;
   // Throws State for an unknown or freed sequence and InvalidArgument for a layer out of range.
   const SequenceLayer& layer(SequenceId seq, int layer, const char* caller) const;
   SequenceLayer& layer(SequenceId seq, int layer, const char* caller);

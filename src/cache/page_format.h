@@ -1,7 +1,7 @@
 // How one codec's codes are laid out inside a cache page. A page holds `page_tokens` token slots of
 // one KV head (a "head region", head_bytes() long, 64-byte aligned). The cache places the regions
-// of kSlabPages consecutive pages of one head next to each other (see kv_cache_impl.h), so reading
-// one head's context is one long stream.
+// of one head's consecutive pages of a slab (up to kMaxSlabPages pages, see kv_cache_impl.h) next
+// to each other, so reading one head's context is a few long streams.
 //
 // Two layouts (byte-level description and version in docs/FORMAT.md section 4):
 //  - GenericPageFormat: the codec's own groups, one after another (group_size() tokens each). Used
