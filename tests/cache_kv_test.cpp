@@ -185,9 +185,10 @@ TEST(CacheKv, MemoryAccountingIsExact) {
     const size_t coded = len > 20 ? len - 20 : 0;
     const size_t tail = len - sink - coded;
     const size_t pages = (coded + 31) / 32;
-    // Slabs of 1, 2, 4, 8, ... pages (kv_cache_impl.h), allocated whole.
+    // Eight slabs of 1 page, then eight of 2, 4, ... up to 32 pages (kv_cache_impl.h), allocated
+    // whole.
     size_t slabs = 0, allocated = 0;
-    for (; allocated < pages; ++slabs) allocated += std::min<size_t>(size_t{1} << slabs, 32);
+    for (; allocated < pages; ++slabs) allocated += std::min<size_t>(size_t{1} << (slabs / 8), 32);
     const size_t sink_cap = sink ? 4 : 0;
     // The tail's capacity is its rows rounded up to page_tokens (shrunk after each append).
     const size_t tail_cap = (tail + 31) / 32 * 32;

@@ -1,4 +1,5 @@
-// Growing page slabs (src/cache/kv_cache_impl.h, issue 16): slab s holds min(2^s, 32) pages, each
+// Growing page slabs (src/cache/kv_cache_impl.h, issue 16): 8 slabs each of 1, 2, 4, 8 and 16
+// pages, then slabs of 32, so unused pages stay under 1/8 of a sequence's pages; each
 // KV head's regions of a slab's pages are contiguous, token-by-token appends store and read back
 // what a bulk append does across many slabs, and memory() counts exactly the slabs allocated.
 #include <gtest/gtest.h>
@@ -36,22 +37,28 @@ std::vector<float> read_range(const KvCache& cache, SequenceId s, size_t begin, 
   return k;
 }
 
-TEST(CacheSlabs, GeometryDoublesUpToThirtyTwoPages) {
-  const size_t sizes[] = {1, 2, 4, 8, 16, 32, 32, 32};
-  for (size_t s = 0; s < std::size(sizes); ++s) {
+TEST(CacheSlabs, GeometryDoublesEveryEightSlabsUpToThirtyTwoPages) {
+  std::vector<size_t> sizes;
+  for (size_t c = 0; c < 5; ++c) sizes.insert(sizes.end(), 8, size_t{1} << c);
+  sizes.insert(sizes.end(), 3, 32);
+  for (size_t s = 0; s < sizes.size(); ++s) {
     EXPECT_EQ(slab_pages(s), sizes[s]) << "slab " << s;
     EXPECT_EQ(slab_first_page(s + 1), slab_first_page(s) + slab_pages(s)) << "slab " << s;
   }
   EXPECT_EQ(slab_first_page(0), 0u);
+  EXPECT_EQ(slab_first_page(40), 248u);  // 8 x (1 + 2 + 4 + 8 + 16)
   for (size_t page = 0; page < 5000; ++page) {
     const SlabSpot at = slab_spot(page);
     ASSERT_LT(at.index, at.pages) << "page " << page;
     ASSERT_EQ(at.pages, slab_pages(at.slab)) << "page " << page;
     ASSERT_EQ(slab_first_page(at.slab) + at.index, page) << "page " << page;
+    // Pages allocated for page + 1 pages in use: never more than 1/8 of them unused.
+    const size_t used = page + 1, allocated = slab_first_page(at.slab + 1);
+    ASSERT_LE(8 * (allocated - used), used) << used << " pages in use, " << allocated << " held";
   }
 }
 
-// 100 pages (slabs of 1, 2, 4, 8, 16, 32, 32, 32 pages: 8 slabs, 127 pages allocated): within a
+// 100 pages (8 slabs each of 1, 2 and 4 pages, then 6 of 8 pages: 30 slabs, 104 pages allocated): within a
 // slab, head h's region of each page directly follows its region of the previous page, and head
 // h's first region directly follows head h - 1's last.
 TEST(CacheSlabs, RegionsOfALongSequenceAreContiguousPerHeadWithinASlab) {
@@ -64,9 +71,9 @@ TEST(CacheSlabs, RegionsOfALongSequenceAreContiguousPerHeadWithinASlab) {
   const KvCache::Impl& m = cache.impl();
   const SequenceLayer& sl = m.layer(s, 0, "test");
   ASSERT_EQ(sl.pages, pages);
-  EXPECT_EQ(sl.k_slabs.size(), 8u);
-  EXPECT_EQ(sl.v_slabs.size(), 8u);
-  EXPECT_EQ(KvCache::Impl::allocated_pages(sl), 127u);
+  EXPECT_EQ(sl.k_slabs.size(), 30u);
+  EXPECT_EQ(sl.v_slabs.size(), 30u);
+  EXPECT_EQ(KvCache::Impl::allocated_pages(sl), 104u);
   for (const bool keys : {true, false}) {
     const size_t bytes = m.head_bytes(keys);
     const auto& slabs = keys ? sl.k_slabs : sl.v_slabs;
@@ -123,8 +130,9 @@ TEST(CacheSlabs, TokenByTokenAppendsReadBackAsABulkAppend) {
   }
 }
 
-// A 1-page sequence holds one page per layer, not a 32-page slab; later pages come in slabs of 2,
-// 4, ... pages, allocated whole when their first page is needed.
+// A 1-page sequence holds one page per layer, not a 32-page slab; later pages come in slabs of 1
+// (the first 8), 2 (the next 16 pages), 4, ... pages, allocated whole when their first page is
+// needed.
 TEST(CacheSlabs, MemoryGrowsWithTheSlabs) {
   const KvCacheOptions o = slab_options("paper", "paper", 2);
   KvCache cache(o);
@@ -137,7 +145,8 @@ TEST(CacheSlabs, MemoryGrowsWithTheSlabs) {
   // (pages in use, pages allocated, slabs) after appending up to the given page count.
   const struct {
     size_t pages, allocated, slabs;
-  } steps[] = {{1, 1, 1}, {2, 3, 2}, {3, 3, 2}, {4, 7, 3}, {31, 31, 5}, {32, 63, 6}, {40, 63, 6}};
+  } steps[] = {{1, 1, 1},    {8, 8, 8},    {9, 10, 9},   {10, 10, 9},
+               {24, 24, 16}, {25, 28, 17}, {40, 40, 20}};
   for (const auto& step : steps) {
     const size_t tokens = step.pages * 32;
     cache.append(s, 0, &data.k[appended * row], &data.v[appended * row], tokens - appended);

@@ -6,12 +6,14 @@
 //                          position sink + p * page_tokens + i),
 //   [sink + coded, length) full precision: the recent window, a partial codec group, and (with
 //                          quantize_generated = false) the generated tokens.
-// Pages live in slabs that grow with the sequence: slab s holds slab_pages(s) = min(2^s,
-// kMaxSlabPages) pages, so 1, 2, 4, 8, 16, 32, 32, ... pages. Inside a slab the regions are
-// head-major: for each KV head h, the regions of h of the slab's pages one after another, so one
-// head's pages of a slab form one contiguous stream (hardware prefetchers and the TLB follow it;
-// separate page allocations cut the stream at every page). A sequence of P pages holds fewer than
-// 2P pages (1 page for a 1-page sequence) and at most kMaxSlabPages - 1 unused ones once long.
+// Pages live in slabs that grow with the sequence: kSlabsPerSize slabs of 1 page, then as many of
+// 2, 4, 8 and 16 pages, then slabs of kMaxSlabPages (32) pages: 1 x 8, 2 x 8, ..., 16 x 8 (248
+// pages, 7,936 tokens at 32 per page), then 32, 32, .... Inside a slab the regions are head-major:
+// for each KV head h, the regions of h of the slab's pages one after another, so one head's pages
+// of a slab form one contiguous stream (hardware prefetchers and the TLB follow it; separate page
+// allocations cut the stream at every page). A new slab is at most 1/kSlabsPerSize of the pages
+// allocated before it, so unused pages are under 12.5% of a sequence's pages at every length (1
+// page for a 1-page sequence; doubling every slab would leave up to half of them unused).
 // Every access to a page's bytes goes through KvCache::Impl::region().
 //
 // Tokens move from the third run to the second as soon as they may be quantized, so both boundaries
@@ -69,29 +71,38 @@ class TokenRows {
 // sequence hold 32 pages per layer; growing slabs keep the long stream and the small footprint
 // (section 2.8).
 inline constexpr size_t kMaxSlabPages = 32;  // a power of two
-// Slabs 0 .. kGrowingSlabs - 1 double; they hold kMaxSlabPages - 1 pages together.
-inline constexpr size_t kGrowingSlabs = std::bit_width(kMaxSlabPages) - 1;
+// Slabs of each size below kMaxSlabPages (the bound on unused pages above).
+inline constexpr size_t kSlabsPerSize = 8;
+// Size classes below kMaxSlabPages (1, 2, 4, 8, 16 pages), and the slabs and pages they hold.
+inline constexpr size_t kGrowingClasses = std::bit_width(kMaxSlabPages) - 1;
+inline constexpr size_t kGrowingSlabs = kSlabsPerSize * kGrowingClasses;
+inline constexpr size_t kGrowingPages = kSlabsPerSize * (kMaxSlabPages - 1);
 static_assert(std::has_single_bit(kMaxSlabPages));
 
 // Pages slab `slab` holds.
 inline constexpr size_t slab_pages(size_t slab) {
-  return slab < kGrowingSlabs ? size_t{1} << slab : kMaxSlabPages;
+  return slab < kGrowingSlabs ? size_t{1} << (slab / kSlabsPerSize) : kMaxSlabPages;
 }
-// The first page of slab `slab`: also the pages slabs 0 .. slab - 1 hold together.
+// The first page of slab `slab`: also the pages slabs 0 .. slab - 1 hold together. Class c
+// (slabs of 2^c pages) starts at page kSlabsPerSize * (2^c - 1).
 inline constexpr size_t slab_first_page(size_t slab) {
-  return slab < kGrowingSlabs ? (size_t{1} << slab) - 1
-                              : kMaxSlabPages - 1 + (slab - kGrowingSlabs) * kMaxSlabPages;
+  if (slab >= kGrowingSlabs) return kGrowingPages + (slab - kGrowingSlabs) * kMaxSlabPages;
+  const size_t c = slab / kSlabsPerSize;
+  return kSlabsPerSize * ((size_t{1} << c) - 1) + (slab % kSlabsPerSize) * (size_t{1} << c);
 }
 // Where page `page` lives: the `index`-th page of slab `slab`, which holds `pages` pages.
 struct SlabSpot {
   size_t slab, index, pages;
 };
 inline constexpr SlabSpot slab_spot(size_t page) {
-  if (page < kMaxSlabPages - 1) {
-    const size_t slab = static_cast<size_t>(std::bit_width(page + 1)) - 1;
-    return {slab, page + 1 - (size_t{1} << slab), size_t{1} << slab};
+  if (page < kGrowingPages) {
+    // Class c holds pages [S (2^c - 1), S (2^(c+1) - 1)), i.e. floor(page / S) + 1 in [2^c, 2^(c+1)).
+    const size_t c = static_cast<size_t>(std::bit_width(page / kSlabsPerSize + 1)) - 1;
+    const size_t in_class = page - kSlabsPerSize * ((size_t{1} << c) - 1);
+    return {kSlabsPerSize * c + (in_class >> c), in_class & ((size_t{1} << c) - 1),
+            size_t{1} << c};
   }
-  const size_t later = page - (kMaxSlabPages - 1);
+  const size_t later = page - kGrowingPages;
   return {kGrowingSlabs + later / kMaxSlabPages, later % kMaxSlabPages, kMaxSlabPages};
 }
 
