@@ -153,8 +153,8 @@ TEST(CacheFile, RestoredSequenceIsIdenticalAndContinuesIdentically) {
 }
 
 // The file holds the pages one after another, each its heads' regions in head order, K then V
-// (docs/FORMAT.md section 7), whatever slabs hold them in memory; 100+ pages (8 slabs, the
-// largest head-major) round-trip exactly.
+// (docs/FORMAT.md section 7), whatever slabs hold them in memory; 100+ pages (30 slabs of 1 to 8
+// pages, each head-major) round-trip exactly.
 TEST(CacheFile, StoresPagesOneAfterAnotherAcrossSlabs) {
   KvCacheOptions o = options("paper", "f16");
   o.n_layers = 1;

@@ -81,18 +81,21 @@ TEST(CudaPolar, ASmallerCodecSetUpLaterKeepsTheLargerOneWorking) {
   CudaPolarCodec first(key_codec(*big.cache), page_tokens, n_kv);
   CudaPolarCodec second(key_codec(*small.cache), page_tokens, n_kv);
   ASSERT_GT(first.page_bytes(), second.page_bytes());
+  // Pages in order (page p at slot p), so the CPU cache's export is the expected pool as it is.
   const size_t pages = (n + page_tokens - 1) / page_tokens;
-  const std::vector<int32_t> ids = shuffled_ids(pages, 4);
-  DeviceBuffer<int32_t> table(pages);
-  table.upload(ids);
-  DeviceBuffer<float> x(big.k[0].size());
-  x.upload(big.k[0]);
-  DeviceBuffer<uint8_t> pool(pages * first.page_bytes());
-  ASSERT_NO_THROW(encode_prefill(first, {pool.get(), table.get()}, 0, n, x.get(), false, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<int32_t> ids(pages);
+  for (size_t p = 0; p < pages; ++p) ids[p] = static_cast<int32_t>(p);
   std::vector<uint8_t> want(pages * first.page_bytes());
   export_pages(*big.cache, big.seqs[0], true, ids, want);
-  EXPECT_TRUE(want == pool.download()) << "GPU pages differ from the CPU cache's bytes";
+  DeviceBuffer<int32_t> device_ids(pages);
+  device_ids.upload(ids);
+  DeviceBuffer<float> rows(big.k[0].size());
+  rows.upload(big.k[0]);
+  DeviceBuffer<uint8_t> got(want.size());
+  ASSERT_NO_THROW(
+      encode_prefill(first, {got.get(), device_ids.get()}, 0, n, rows.get(), false, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_TRUE(want == got.download()) << "GPU pages differ from the CPU cache's bytes";
 }
 
 using EncodeParam = std::tuple<int, std::string, int>;  // dim, preset, page_tokens
