@@ -58,9 +58,9 @@ TEST(CacheSlabs, GeometryDoublesEveryEightSlabsUpToThirtyTwoPages) {
   }
 }
 
-// 100 pages (8 slabs each of 1, 2 and 4 pages, then 6 of 8 pages: 30 slabs, 104 pages allocated): within a
-// slab, head h's region of each page directly follows its region of the previous page, and head
-// h's first region directly follows head h - 1's last.
+// 100 pages (8 slabs each of 1, 2 and 4 pages, then 6 of 8 pages: 30 slabs, 104 pages allocated):
+// within a slab, head h's region of each page directly follows its region of the previous page, and
+// head h's first region directly follows head h - 1's last.
 TEST(CacheSlabs, RegionsOfALongSequenceAreContiguousPerHeadWithinASlab) {
   const KvCacheOptions o = slab_options("paper", "f16", 4);
   KvCache cache(o);
@@ -145,7 +145,7 @@ TEST(CacheSlabs, MemoryGrowsWithTheSlabs) {
   // (pages in use, pages allocated, slabs) after appending up to the given page count.
   const struct {
     size_t pages, allocated, slabs;
-  } steps[] = {{1, 1, 1},    {8, 8, 8},    {9, 10, 9},   {10, 10, 9},
+  } steps[] = {{1, 1, 1},    {8, 8, 8},    {9, 10, 9},  {10, 10, 9},
                {24, 24, 16}, {25, 28, 17}, {40, 40, 20}};
   for (const auto& step : steps) {
     const size_t tokens = step.pages * 32;

@@ -96,11 +96,11 @@ struct SlabSpot {
 };
 inline constexpr SlabSpot slab_spot(size_t page) {
   if (page < kGrowingPages) {
-    // Class c holds pages [S (2^c - 1), S (2^(c+1) - 1)), i.e. floor(page / S) + 1 in [2^c, 2^(c+1)).
+    // Class c holds pages [S (2^c - 1), S (2^(c+1) - 1)), i.e. floor(page / S) + 1 in [2^c,
+    // 2^(c+1)).
     const size_t c = static_cast<size_t>(std::bit_width(page / kSlabsPerSize + 1)) - 1;
     const size_t in_class = page - kSlabsPerSize * ((size_t{1} << c) - 1);
-    return {kSlabsPerSize * c + (in_class >> c), in_class & ((size_t{1} << c) - 1),
-            size_t{1} << c};
+    return {kSlabsPerSize * c + (in_class >> c), in_class & ((size_t{1} << c) - 1), size_t{1} << c};
   }
   const size_t later = page - kGrowingPages;
   return {kGrowingSlabs + later / kMaxSlabPages, later % kMaxSlabPages, kMaxSlabPages};

@@ -125,8 +125,10 @@ CompareOptions compare_options(const CompareArgs& args) {
 // quality columns only (the throughput of one layer says nothing new).
 void run_by_layer(const CompareArgs& args, const KvDump& dump) {
   std::vector<std::vector<std::string>> cells;
-  nlohmann::json out = {{"data", args.data}, {"center_keys", args.center_keys},
-                        {"recent_tokens", args.recent}, {"layers", nlohmann::json::array()}};
+  nlohmann::json out = {{"data", args.data},
+                        {"center_keys", args.center_keys},
+                        {"recent_tokens", args.recent},
+                        {"layers", nlohmann::json::array()}};
   CompareOptions options = compare_options(args);
   for (const auto& layer : dump.layers) {
     KvDump one = dump;
@@ -147,9 +149,10 @@ void run_by_layer(const CompareArgs& args, const KvDump& dump) {
     std::printf("%s\n", out.dump(2).c_str());
     return;
   }
-  std::printf("%s%s, one layer at a time; keys centered on the first %zu tokens (0: not); recent "
-              "fp16 tokens: %zu\n\n",
-              args.markdown ? "Data: " : "# ", args.data.c_str(), args.center_keys, args.recent);
+  std::printf(
+      "%s%s, one layer at a time; keys centered on the first %zu tokens (0: not); recent "
+      "fp16 tokens: %zu\n\n",
+      args.markdown ? "Data: " : "# ", args.data.c_str(), args.center_keys, args.recent);
   print_cells({"layer", "codec", "bits/coord", "NMSE K", "NMSE V", "IP rel err", "attn rel err",
                "softmax KL"},
               cells, args.markdown);
