@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "command.h"
@@ -123,27 +124,28 @@ CompareOptions compare_options(const CompareArgs& args) {
 
 // --by-layer: each dumped layer compared alone, so a codec's error can be located by layer; the
 // quality columns only (the throughput of one layer says nothing new).
-void run_by_layer(const CompareArgs& args, const KvDump& dump) {
+void run_by_layer(const CompareArgs& args, KvDump dump) {
   std::vector<std::vector<std::string>> cells;
   nlohmann::json out = {{"data", args.data},
                         {"center_keys", args.center_keys},
                         {"recent_tokens", args.recent},
                         {"layers", nlohmann::json::array()}};
   CompareOptions options = compare_options(args);
-  for (const auto& layer : dump.layers) {
-    KvDump one = dump;
-    one.layers = {layer};
-    CompareData data = dump_compare_data(one, args.queries);
+  std::vector<KvDumpLayer> layers = std::move(dump.layers);
+  for (auto& layer : layers) {
+    dump.layers.assign(1, std::move(layer));  // the dump's counts with this layer alone, no copy
+    const int id = dump.layers[0].layer_id;
+    CompareData data = dump_compare_data(dump, args.queries);
     if (args.center_keys > 0) center_compare_keys(data, args.center_keys);
     nlohmann::json rows = nlohmann::json::array();
     for (const auto& r : run_compare(data, options)) {
       rows.push_back(row_json(r));
-      cells.push_back({std::to_string(layer.layer_id), r.codec, fmt("%.3f", r.bits_per_coordinate),
+      cells.push_back({std::to_string(id), r.codec, fmt("%.3f", r.bits_per_coordinate),
                        fmt("%.3e", r.nmse_k), fmt("%.3e", r.nmse_v),
                        fmt("%.3e", r.inner_product_error), fmt("%.3e", r.attention_error),
                        fmt("%.3e", r.softmax_kl)});
     }
-    out["layers"].push_back({{"layer", layer.layer_id}, {"rows", rows}});
+    out["layers"].push_back({{"layer", id}, {"rows", rows}});
   }
   if (args.json) {
     std::printf("%s\n", out.dump(2).c_str());
@@ -161,7 +163,10 @@ void run_by_layer(const CompareArgs& args, const KvDump& dump) {
 void run(const CompareArgs& args) {
   const bool generated = args.data == "gaussian" || args.data == "keylike";
   if (args.by_layer && generated) {
-    throw_invalid("compare: --by-layer needs a K/V dump file as --data, got '" + args.data + "'");
+    throw_invalid(
+        "compare: --by-layer needs a K/V dump file as --data (write one with `polarquant "
+        "dump-kv`), got '" +
+        args.data + "'");
   }
   CompareData data;
   if (generated) {
@@ -169,8 +174,8 @@ void run(const CompareArgs& args) {
         args.data == "keylike" ? GeneratedKind::kKeylike : GeneratedKind::kGaussian, args.dim,
         args.count, args.queries, args.seed);
   } else {
-    const KvDump dump = read_kv_dump(args.data);
-    if (args.by_layer) return run_by_layer(args, dump);
+    KvDump dump = read_kv_dump(args.data);
+    if (args.by_layer) return run_by_layer(args, std::move(dump));
     data = dump_compare_data(dump, args.queries);
   }
   if (args.center_keys > 0) center_compare_keys(data, args.center_keys);
