@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 namespace polarquant::eval {
@@ -126,6 +127,23 @@ TEST(ModelEval, NiahGridCoversEveryCell) {
     if (c.codec.key_codec == "f32") recalled += c.recalled;
   }
   EXPECT_DOUBLE_EQ(r.recall[0], recalled / 4.0);
+  for (const auto& c : r.cells) EXPECT_TRUE(std::isfinite(c.margin)) << c.output;
+}
+
+TEST(ModelEval, AnswerMarginFollowsTheAnswerUntilGreedyLeavesIt) {
+  // Vocabulary of 4; the answer is tokens 2, 1, 3.
+  const std::vector<int> answer = {2, 1, 3};
+  const std::vector<float> logits = {0, 1, 5,   2,   // chose 2 (answer): margin 5 - 2 = 3
+                                     0, 4, 3.5, 1,   // chose 1 (answer): 4 - 3.5 = 0.5
+                                     6, 0, 0,   2};  // chose 0, answer 3: 2 - 6 = -4
+  EXPECT_DOUBLE_EQ(answer_margin(answer, {2, 1, 0}, logits, 4), -4.0);
+  EXPECT_DOUBLE_EQ(answer_margin(answer, {2, 1, 3}, logits, 4), -4.0);  // 3 "chosen" at -4
+  EXPECT_DOUBLE_EQ(answer_margin(answer, {2, 1}, {logits.begin(), logits.begin() + 8}, 4), 0.5);
+  EXPECT_DOUBLE_EQ(answer_margin(answer, {3}, {logits.begin(), logits.begin() + 4}, 4), 3.0);
+  EXPECT_DOUBLE_EQ(answer_margin({2}, {2, 1, 0}, logits, 4), 3.0);  // past the answer: ignored
+  EXPECT_THROW(answer_margin({}, {2}, {logits.begin(), logits.begin() + 4}, 4), Error);
+  EXPECT_THROW(answer_margin(answer, {2, 1}, logits, 4), Error);  // 12 logits for 2 tokens
+  EXPECT_THROW(answer_margin({7}, {2}, {logits.begin(), logits.begin() + 4}, 4), Error);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 
 namespace polarquant::eval {
@@ -53,6 +54,33 @@ std::vector<int> build_niah_prompt(const model::Tokenizer& tok, const std::vecto
   return prompt;
 }
 
+double answer_margin(const std::vector<int>& answer_tokens, const std::vector<int>& generated,
+                     const std::vector<float>& logits, size_t vocab) {
+  if (answer_tokens.empty()) throw_invalid("niah: the answer encodes to no tokens");
+  if (vocab == 0 || logits.size() != generated.size() * vocab) {
+    throw_invalid("niah: " + std::to_string(logits.size()) + " logits for " +
+                  std::to_string(generated.size()) + " generated tokens of a vocabulary of " +
+                  std::to_string(vocab));
+  }
+  double margin = std::numeric_limits<double>::infinity();
+  const size_t n = std::min(answer_tokens.size(), generated.size());
+  for (size_t i = 0; i < n; ++i) {
+    const float* row = logits.data() + i * vocab;
+    const int want = answer_tokens[i];
+    if (want < 0 || static_cast<size_t>(want) >= vocab)
+      throw_invalid("niah: answer token " + std::to_string(want) + " is outside the vocabulary");
+    if (generated[i] != want) {
+      return std::min(margin, static_cast<double>(row[want]) - row[generated[i]]);
+    }
+    float best_other = -std::numeric_limits<float>::infinity();
+    for (size_t j = 0; j < vocab; ++j) {
+      if (j != static_cast<size_t>(want)) best_other = std::max(best_other, row[j]);
+    }
+    margin = std::min(margin, static_cast<double>(row[want]) - best_other);
+  }
+  return n == 0 ? 0.0 : margin;
+}
+
 NiahReport run_niah(const model::LlamaModel& m, const model::Tokenizer& tok,
                     const std::vector<int>& haystack, const NiahConfig& config) {
   if (config.max_new_tokens <= 0) throw_invalid("niah max_new_tokens must be positive");
@@ -67,6 +95,7 @@ NiahReport run_niah(const model::LlamaModel& m, const model::Tokenizer& tok,
                     std::to_string(m.config().context_length));
     }
   }
+  const std::vector<int> answer_tokens = tok.encode(" " + config.answer, false, false);
   for (int ctx : config.contexts) {
     std::vector<std::vector<int>> prompts;
     for (double depth : config.depths) {
@@ -85,14 +114,22 @@ NiahReport run_niah(const model::LlamaModel& m, const model::Tokenizer& tok,
       for (size_t di = 0; di < config.depths.size(); ++di) {
         model::GenerationOptions gen;
         gen.max_new_tokens = config.max_new_tokens;
+        gen.keep_logits = true;
+        gen.stop_at_end = false;  // the margin needs the logits an end token was chosen from
         NiahCell cell;
         cell.ctx = ctx;
         cell.depth = config.depths[di];
         cell.codec = config.codecs[k];
         const SequenceId seq = tf->add_sequence();
-        model::generate(*tf, seq, tok, prompts[di], gen,
-                        [&](int, const std::string& piece) { cell.output += piece; });
+        bool ended = false;  // the output is the text before an end token
+        const model::GenerationResult g = model::generate(
+            *tf, seq, tok, prompts[di], gen, [&](int token, const std::string& piece) {
+              ended = ended || tok.is_end_of_generation(token);
+              if (!ended) cell.output += piece;
+            });
         tf->free_sequence(seq);
+        cell.margin = answer_margin(answer_tokens, g.generated, g.logits,
+                                    static_cast<size_t>(m.config().vocab_size));
         cell.recalled = cell.output.find(config.answer) != std::string::npos;
         report.recall[k] += cell.recalled ? 1.0 : 0.0;
         report.cells.push_back(std::move(cell));

@@ -36,6 +36,12 @@ struct NiahCell {
   CodecChoice codec;
   bool recalled = false;
   std::string output;  // what the model generated after the answer prefix
+  // How far the cell is from flipping, in logits: along the answer's tokens (the answer after a
+  // space, as the tokenizer encodes it), the smallest margin of the answer's token over the best
+  // other token while greedy decoding follows the answer; where it leaves the answer, the answer
+  // token's logit minus the chosen one's (negative) ends the walk. A continuous companion of
+  // `recalled` that tells near misses from clear ones (answer_margin).
+  double margin = 0.0;
 };
 
 struct NiahReport {
@@ -51,6 +57,12 @@ struct NiahReport {
 std::vector<int> build_niah_prompt(const model::Tokenizer& tokenizer,
                                    const std::vector<int>& haystack, const NiahConfig& config,
                                    int ctx, double depth);
+
+// The margin of NiahCell::margin from greedy-decoded tokens and the logits each was chosen from
+// (generated.size() x vocab, GenerationOptions::keep_logits). Throws InvalidArgument when the
+// answer has no tokens or the logits do not match the tokens.
+double answer_margin(const std::vector<int>& answer_tokens, const std::vector<int>& generated,
+                     const std::vector<float>& logits, size_t vocab);
 
 NiahReport run_niah(const model::LlamaModel& model, const model::Tokenizer& tokenizer,
                     const std::vector<int>& haystack, const NiahConfig& config);

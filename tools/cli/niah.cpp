@@ -83,6 +83,7 @@ void run(NiahArgs& a, CLI::App* cmd) {
                        {"depth", c.depth},
                        {"codec", c.codec.label()},
                        {"recalled", c.recalled},
+                       {"margin", c.margin},
                        {"output", c.output}});
     }
     nlohmann::json recall = nlohmann::json::object();
@@ -96,17 +97,20 @@ void run(NiahArgs& a, CLI::App* cmd) {
                             .c_str());
     return;
   }
-  std::printf("needle \"%s\" in %s; recalled cells marked +\n", cfg.needle.c_str(), source.c_str());
+  std::printf(
+      "needle \"%s\" in %s; recalled cells marked +, with the answer's logit margin (negative: "
+      "how far the model was from choosing it)\n",
+      cfg.needle.c_str(), source.c_str());
   for (size_t k = 0; k < cfg.codecs.size(); ++k) {
     std::printf("\n%s: recall %.1f%%\n%8s", cfg.codecs[k].label().c_str(), 100.0 * r.recall[k],
                 "ctx\\depth");
-    for (double d : cfg.depths) std::printf(" %5.2f", d);
+    for (double d : cfg.depths) std::printf(" %7.2f", d);
     for (int ctx : cfg.contexts) {
       std::printf("\n%8d ", ctx);
       for (double d : cfg.depths) {
         for (const auto& c : r.cells) {
           if (c.ctx == ctx && c.depth == d && c.codec.label() == cfg.codecs[k].label()) {
-            std::printf(" %5s", c.recalled ? "+" : "-");
+            std::printf(" %s%6.1f", c.recalled ? "+" : "-", c.margin);
           }
         }
       }
