@@ -195,12 +195,24 @@ TEST(AttentionKernels, PolarKernelsMatchScalarForEveryCodeWidth) {
                 EXPECT_NEAR(a[i], b[i], 1e-5 * (1 + 4 * c.dim)) << "score " << i;
               }
               const auto p = gaussian(g * 64, 9);
-              std::vector<float> la(g * c.dim * 16, 0.25f), lb(la);
+              // Lane accumulators of each set's width, both starting from 4 per coordinate: the
+              // sums over lanes must agree, and each lane must hold its slots (the scalar kernel
+              // over the SIMD set's lane count is the twin lane by lane).
+              const int lanes = k->value_lanes;
+              std::vector<float> la(g * c.dim * 16, 0.25f), lb(g * c.dim * lanes, 4.0f / lanes);
+              std::vector<float> lc(lb);
               scalar_kernels().value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64,
                                            la.data());
               k->value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64, lb.data());
-              for (size_t i = 0; i < la.size(); ++i) {
-                EXPECT_NEAR(la[i], lb[i], 1e-5 * (1 + 4 * std::sqrt(c.dim))) << "lane acc " << i;
+              scalar_value_polar(tables, page.bytes.data(), slot, n, g, p.data(), 64, lc.data(),
+                                 lanes);
+              const double tol = 1e-5 * (1 + 4 * std::sqrt(c.dim));
+              for (size_t i = 0; i < lb.size(); ++i) EXPECT_NEAR(lc[i], lb[i], tol) << "lane " << i;
+              for (size_t j = 0; j < static_cast<size_t>(g * c.dim); ++j) {
+                double sa = 0.0, sb = 0.0;
+                for (int l = 0; l < 16; ++l) sa += la[j * 16 + l];
+                for (int l = 0; l < lanes; ++l) sb += lb[j * lanes + l];
+                EXPECT_NEAR(sa, sb, tol * 4) << "coordinate " << j;
               }
             }
           }

@@ -31,7 +31,8 @@ Stored stored_kind(const PageFormat& format) {
 constexpr size_t kRowTile = 64;  // full-precision rows scored per softmax step
 
 // Software prefetch of the regions kPrefetchPages pages ahead, into L2 (prefetcht1): the PolarQuant
-// kernels keep their lane accumulators (g x d x 16 floats, 32 KiB for g = 4, d = 128) and level-1
+// kernels keep their lane accumulators (g x d x 16 floats, 32 KiB for g = 4, d = 128; 8 lanes
+// and 16 KiB on AVX2) and level-1
 // tables (16 KiB) in L1, which prefetches into L1 would evict. Measured 2026-11-29 (llama shape,
 // one thread, ratio of paired medians, docs/BENCHMARKS.md section 2): 1 page ahead into L1 gave
 // paper/f16 1.45-1.50x at 16k and 1.40-1.43x at 32k; 2 or 4 pages ahead into L2 1.60-1.62x and
@@ -187,8 +188,9 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
       const float alpha = c.kernels.softmax(&scores[i * stride], at, &st.m[i], &st.l[i]);
       if (alpha == 1.0f) continue;
       if (c.value_kind == Stored::kPolar) {
-        float* lanes = &st.lanes[static_cast<size_t>(i) * c.dim * 16];
-        for (size_t j = 0; j < static_cast<size_t>(c.dim) * 16; ++j) lanes[j] *= alpha;
+        const size_t n_lanes = static_cast<size_t>(c.dim) * c.kernels.value_lanes;
+        float* lanes = &st.lanes[i * n_lanes];
+        for (size_t j = 0; j < n_lanes; ++j) lanes[j] *= alpha;
       } else {
         for (int j = 0; j < c.dim; ++j) st.acc[i * c.dim + j] *= alpha;
       }
@@ -228,10 +230,11 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
     // Lanes -> one rotated accumulator per head -> back to the original domain (S^T once).
     std::vector<float> rotated(c.dim);
     for (int i = 0; i < c.g; ++i) {
-      const float* lanes = &st.lanes[static_cast<size_t>(i) * c.dim * 16];
+      const int n = c.kernels.value_lanes;
+      const float* lanes = &st.lanes[static_cast<size_t>(i) * c.dim * n];
       for (int j = 0; j < c.dim; ++j) {
         float s = 0.0f;
-        for (int lane = 0; lane < 16; ++lane) s += lanes[j * 16 + lane];
+        for (int lane = 0; lane < n; ++lane) s += lanes[j * n + lane];
         rotated[j] = s;
       }
       const auto& polar = static_cast<const PolarPageFormat&>(m.value_format_of(c.sl)).polar();
@@ -256,7 +259,7 @@ void run_task(const Context& c, const Task& task, State& st) {
     run_rows(c, task, st, rows.k(first) + off, rows.v(first) + off, task.end - task.begin, scores);
     return;
   }
-  if (c.value_kind == Stored::kPolar) st.lanes.assign(c.g * dim * 16, 0.0f);
+  if (c.value_kind == Stored::kPolar) st.lanes.assign(c.g * dim * c.kernels.value_lanes, 0.0f);
   std::vector<float> decoded;
   run_pages(c, task, st, scores, decoded);
 }

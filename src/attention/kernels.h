@@ -61,13 +61,23 @@ struct KernelSet {
   // PolarQuant page region, slots [slot, slot + n), slot a multiple of 16, n <= page - slot.
   void (*score_polar)(const PolarTables& t, const uint8_t* region, size_t slot, size_t n, int g,
                       float* scores, size_t s_stride);
-  // acc_lanes is g x dim x 16: lane i accumulates the slots congruent to i mod 16 (rotated domain).
+  // acc_lanes is g x dim x value_lanes: lane i accumulates the slots congruent to i mod
+  // value_lanes (rotated domain).
   void (*value_polar)(const PolarTables& t, const uint8_t* region, size_t slot, size_t n, int g,
                       const float* p, size_t p_stride, float* acc_lanes);
   // Online softmax step for one head: s[0..n) scores in, probabilities exp(s - m_new) out;
   // m and l updated; returns the factor exp(m_old - m_new) the accumulator must be scaled by.
   float (*softmax)(float* s, size_t n, float* m, float* l);
+  // Lanes per coordinate of value_polar's accumulators: 16 (one AVX-512 register, the scalar set),
+  // or 8 for the AVX2 set, whose g x d x 16 floats (32 KiB at g = 4, d = 128) would fill a 32 KiB
+  // L1d (Zen 2/3, most Intel cores) by themselves.
+  int value_lanes = 16;
 };
+
+// The scalar value_polar over accumulators of `lanes` lanes per coordinate (8 or 16): the scalar
+// set's kernel (16), and the fallback of a SIMD set with another lane count.
+void scalar_value_polar(const PolarTables& t, const uint8_t* region, size_t slot, size_t n, int g,
+                        const float* p, size_t p_stride, float* acc_lanes, int lanes);
 
 const KernelSet& scalar_kernels();
 // nullptr when this build or CPU lacks AVX2, FMA or F16C.

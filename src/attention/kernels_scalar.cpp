@@ -98,21 +98,7 @@ void score_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size
 
 void value_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                  const float* p, size_t p_stride, float* acc_lanes) {
-  const int block = 1 << tb.levels;
-  const int blocks = tb.dim / block;
-  std::vector<float> y(block);
-  for (size_t t = 0; t < n; ++t) {
-    const size_t s = slot + t;
-    const size_t lane = s % 16;
-    for (int b = 0; b < blocks; ++b) {
-      decode_block(tb, region, s, b, 1, y.data());
-      for (int h = 0; h < g; ++h) {
-        const float w = p[h * p_stride + t];
-        float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + b * block) * 16 + lane;
-        for (int j = 0; j < block; ++j) acc[j * 16] += w * y[j];
-      }
-    }
-  }
+  scalar_value_polar(tb, region, slot, n, g, p, p_stride, acc_lanes, 16);
 }
 
 float softmax(float* s, size_t n, float* m, float* l) {
@@ -130,6 +116,25 @@ float softmax(float* s, size_t n, float* m, float* l) {
 }
 
 }  // namespace
+
+void scalar_value_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                        const float* p, size_t p_stride, float* acc_lanes, int lanes) {
+  const int block = 1 << tb.levels;
+  const int blocks = tb.dim / block;
+  std::vector<float> y(block);
+  for (size_t t = 0; t < n; ++t) {
+    const size_t s = slot + t;
+    const size_t lane = s % static_cast<size_t>(lanes);
+    for (int b = 0; b < blocks; ++b) {
+      decode_block(tb, region, s, b, 1, y.data());
+      for (int h = 0; h < g; ++h) {
+        const float w = p[h * p_stride + t];
+        float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + b * block) * lanes + lane;
+        for (int j = 0; j < block; ++j) acc[j * lanes] += w * y[j];
+      }
+    }
+  }
+}
 
 const KernelSet& scalar_kernels() {
   static const KernelSet set{"scalar",  score_f32,   score_f16,   value_f32,

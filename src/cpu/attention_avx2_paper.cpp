@@ -67,6 +67,9 @@ struct PaperPage {
   static __m256 perm(const float* table, __m256i c) {
     return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c);
   }
+  // The 2-bit levels: their tables repeat every 4 entries, so the in-lane vpermilps (low 2 bits of
+  // each code) does the lookup at a third of vpermps's cost on Zen 3 (0.5 against ~1.4 cycles).
+  static __m256 perm4(const float* table, __m256i c) { return lookup4(table, c); }
 
   template <RadiusPrecision R>
   __m256 radius(int block, size_t first) const {
@@ -86,13 +89,14 @@ struct PaperPage {
   void half_factors(int b, int hb, size_t first, int half, __m256* f) const {
     const __m256 r = radius<R>(b, first + 8 * half);
     const __m256i c4 = codes2(4, b, first, half);
-    const __m256 v4 = _mm256_mul_ps(r, perm(hb ? sin[3] : cos[3], c4));
+    const __m256 v4 = _mm256_mul_ps(r, perm4(hb ? sin[3] : cos[3], c4));
     const __m256i c3 = codes2(3, 2 * b + hb, first, half);
-    const __m256 v3[2] = {_mm256_mul_ps(v4, perm(cos[2], c3)), _mm256_mul_ps(v4, perm(sin[2], c3))};
+    const __m256 v3[2] = {_mm256_mul_ps(v4, perm4(cos[2], c3)),
+                          _mm256_mul_ps(v4, perm4(sin[2], c3))};
     for (int k = 0; k < 2; ++k) {
       const __m256i c = codes2(2, 4 * b + 2 * hb + k, first, half);
-      f[2 * k] = _mm256_mul_ps(v3[k], perm(cos[1], c));
-      f[2 * k + 1] = _mm256_mul_ps(v3[k], perm(sin[1], c));
+      f[2 * k] = _mm256_mul_ps(v3[k], perm4(cos[1], c));
+      f[2 * k + 1] = _mm256_mul_ps(v3[k], perm4(sin[1], c));
     }
   }
   // The 2 level-1 pair factors of quarter `qt` (0..3) of block b, 8 slots: pairs 8b + 2qt + j.
@@ -100,12 +104,12 @@ struct PaperPage {
   void quarter_factors(int b, int qt, size_t first, int half, __m256* f) const {
     const __m256 r = radius<R>(b, first + 8 * half);
     const __m256i c4 = codes2(4, b, first, half);
-    const __m256 v4 = _mm256_mul_ps(r, perm(qt / 2 ? sin[3] : cos[3], c4));
+    const __m256 v4 = _mm256_mul_ps(r, perm4(qt / 2 ? sin[3] : cos[3], c4));
     const __m256i c3 = codes2(3, 2 * b + qt / 2, first, half);
-    const __m256 v3 = _mm256_mul_ps(v4, perm(qt % 2 ? sin[2] : cos[2], c3));
+    const __m256 v3 = _mm256_mul_ps(v4, perm4(qt % 2 ? sin[2] : cos[2], c3));
     const __m256i c = codes2(2, 4 * b + qt, first, half);
-    f[0] = _mm256_mul_ps(v3, perm(cos[1], c));
-    f[1] = _mm256_mul_ps(v3, perm(sin[1], c));
+    f[0] = _mm256_mul_ps(v3, perm4(cos[1], c));
+    f[1] = _mm256_mul_ps(v3, perm4(sin[1], c));
   }
 };
 
@@ -214,13 +218,12 @@ void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot,
     for (int h = 0; h < g; ++h) {
       __m256 w[K];
       for (int k = 0; k < K; ++k) w[k] = _mm256_maskload_ps(p + h * p_stride + at[k], keep[k]);
-      float* acc =
-          acc_lanes + (static_cast<size_t>(h) * tb.dim + pb * kValueCoords) * 16 + 8 * half;
+      float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + pb * kValueCoords) * kLanes;
 #pragma GCC unroll 8
       for (int j = 0; j < kValueCoords; ++j) {
-        __m256 a = _mm256_loadu_ps(acc + j * 16);
+        __m256 a = _mm256_loadu_ps(acc + j * kLanes);
         for (int k = 0; k < K; ++k) a = _mm256_fmadd_ps(w[k], y[k][j], a);
-        _mm256_storeu_ps(acc + j * 16, a);
+        _mm256_storeu_ps(acc + j * kLanes, a);
       }
     }
   }

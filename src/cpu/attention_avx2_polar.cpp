@@ -118,9 +118,10 @@ void value_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slo
         descend<L, 1, 1>(lv, tb, region, b, first, half, y);
         for (int h = 0; h < g; ++h) {
           const __m256 w = _mm256_maskload_ps(p + h * p_stride + at, keep);
-          float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + b * kBlock) * 16 + 8 * half;
+          float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + b * kBlock) * kLanes;
           for (int j = 0; j < kBlock; ++j) {
-            _mm256_storeu_ps(acc + j * 16, _mm256_fmadd_ps(w, y[j], _mm256_loadu_ps(acc + j * 16)));
+            _mm256_storeu_ps(acc + j * kLanes,
+                             _mm256_fmadd_ps(w, y[j], _mm256_loadu_ps(acc + j * kLanes)));
           }
         }
       }
@@ -143,7 +144,7 @@ void value_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size
   const bool done = with_count<1, kMaxLevels>(tb.levels, [&](auto levels) {
     value_polar_levels<decltype(levels)::value>(tb, region, slot, n, g, p, p_stride, acc);
   });
-  if (!done) scalar_kernels().value_polar(tb, region, slot, n, g, p, p_stride, acc);
+  if (!done) scalar_value_polar(tb, region, slot, n, g, p, p_stride, acc, kLanes);
 }
 }  // namespace
 }  // namespace polarquant
@@ -154,6 +155,7 @@ namespace polarquant {
 void avx2_polar_kernels(KernelSet& set) {
   set.score_polar = score_polar;
   set.value_polar = value_polar;
+  set.value_lanes = kLanes;
 }
 }  // namespace polarquant
 #else
