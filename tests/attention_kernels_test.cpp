@@ -166,8 +166,14 @@ TEST(AttentionKernels, PolarKernelsMatchScalarForEveryCodeWidth) {
       // The paper widths have their own kernels (one per head count up to 8): every g, and the
       // cache's default page of 32 slots as well as 64.
       const bool paper = c.bits == std::vector<int>{4, 2, 2, 2};
-      for (auto [page_tokens, filled] :
-           {std::pair<int, size_t>{64, 1}, {64, 16}, {64, 17}, {64, 64}, {32, 17}, {32, 32}}) {
+      for (auto [page_tokens, filled] : {std::pair<int, size_t>{64, 1},
+                                         {64, 16},
+                                         {64, 12},
+                                         {64, 17},
+                                         {64, 64},
+                                         {32, 17},
+                                         {32, 29},
+                                         {32, 32}}) {
         if (page_tokens == 32 && !paper) continue;
         SCOPED_TRACE(k->name + " dim " + std::to_string(c.dim) + " L " +
                      std::to_string(c.bits.size()) + " page " + std::to_string(page_tokens) +

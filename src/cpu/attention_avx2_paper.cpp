@@ -171,78 +171,80 @@ void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size
   }
 }
 
-// K groups of 16 slots from `first` (K = 1 or 2), 8 lanes (one half of each group) and
-// kValueCoords rotated coordinates at a time: the coordinates of both groups are decoded, then each
-// lane accumulator is loaded and stored once for all K groups (stage value, llama shape: 129 us
-// with K = 1, 99 us with K = 2 over quarter blocks, 93 us over half blocks, where the 16 decoded
-// vectors exceed the 16 ymm registers and some are spilled to L1 and read back by the FMAs, which
-// costs less than decoding the radius and levels 4-3 once per quarter).
-constexpr int kValueCoords = 8;
-template <RadiusPrecision R, int K, bool HalfTurn>
-void value_paper_groups(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n,
-                        size_t first, int half, int g, const float* p, size_t p_stride,
-                        float* acc_lanes) {
+// V vectors of 8 slots from `first` (slots first + 8v .. first + 8v + 7; V = 1, 2 or 4) and C
+// rotated coordinates at a time (C = 4: a quarter block, 8: a half block): the coordinates of
+// every vector are decoded, then each lane accumulator is loaded and stored once for all V
+// vectors (the AVX2 accumulators have 8 lanes, which the two halves of a 16-slot group share).
+// The 32 decoded vectors of V = 4, C = 8 exceed the 16 ymm registers; the spilled ones are read
+// back by the FMAs from L1. Stage value, llama shape, one Zen 3 core (docs/BENCHMARKS.md 2.5.3):
+// V = 2 per 16 slots, C = 8: 161-163 us; V = 4, C = 4: 155-158 us; V = 4, C = 8: 146-152 us.
+template <RadiusPrecision R, int V, int C, bool HalfTurn>
+void value_paper_vectors(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n,
+                         size_t first, int g, const float* p, size_t p_stride, float* acc_lanes) {
+  static_assert(C == 4 || C == 8, "a quarter or a half block");
   const int blocks = tb.dim >> 4;
   const float* cos1 = tb.cos[0].data();
   const float* sin1 = tb.sin[0].data();
-  size_t at[K];
-  __m256i keep[K];
-  for (int k = 0; k < K; ++k) {
-    at[k] = first + 16 * k + 8 * half - slot;
-    keep[k] = lane_mask(at[k] < n ? n - at[k] : 0);
+  size_t at[V];
+  __m256i keep[V];
+  for (int v = 0; v < V; ++v) {
+    at[v] = first + 8 * v - slot;
+    keep[v] = lane_mask(at[v] < n ? n - at[v] : 0);
   }
-  constexpr int kParts = 16 / kValueCoords;  // passes per block
+  constexpr int kParts = 16 / C;  // passes per block
   for (int pb = 0; pb < kParts * blocks; ++pb) {
     const int b = pb / kParts, part = pb % kParts;
-    __m256 y[K][kValueCoords];
-    for (int k = 0; k < K; ++k) {
-      __m256 f[kValueCoords / 2];
-      if constexpr (kValueCoords == 4) {
-        pg.quarter_factors<R>(b, part, first + 16 * k, half, f);
+    __m256 y[V][C];
+    for (int v = 0; v < V; ++v) {
+      const size_t group = first + 16 * (v / 2);
+      const int half = v % 2;
+      __m256 f[C / 2];
+      if constexpr (C == 4) {
+        pg.quarter_factors<R>(b, part, group, half, f);
       } else {
-        pg.half_factors<R>(b, part, first + 16 * k, half, f);
+        pg.half_factors<R>(b, part, group, half, f);
       }
-      for (int j = 0; j < kValueCoords / 2; ++j) {
-        const __m256i c = pg.codes1(kValueCoords / 2 * pb + j, first + 16 * k, half);
+      for (int j = 0; j < C / 2; ++j) {
+        const __m256i c = pg.codes1(C / 2 * pb + j, group, half);
         if constexpr (HalfTurn) {
           const __m256 fs = _mm256_xor_ps(f[j], sign_of_bit3(c));
-          y[k][2 * j] = _mm256_mul_ps(fs, PaperPage::perm(cos1, c));
-          y[k][2 * j + 1] = _mm256_mul_ps(fs, PaperPage::perm(sin1, c));
+          y[v][2 * j] = _mm256_mul_ps(fs, PaperPage::perm(cos1, c));
+          y[v][2 * j + 1] = _mm256_mul_ps(fs, PaperPage::perm(sin1, c));
         } else {
           const __m256 sel = select_bit3(c);
-          y[k][2 * j] = _mm256_mul_ps(f[j], lookup16(cos1, c, sel));
-          y[k][2 * j + 1] = _mm256_mul_ps(f[j], lookup16(sin1, c, sel));
+          y[v][2 * j] = _mm256_mul_ps(f[j], lookup16(cos1, c, sel));
+          y[v][2 * j + 1] = _mm256_mul_ps(f[j], lookup16(sin1, c, sel));
         }
       }
     }
     for (int h = 0; h < g; ++h) {
-      __m256 w[K];
-      for (int k = 0; k < K; ++k) w[k] = _mm256_maskload_ps(p + h * p_stride + at[k], keep[k]);
-      float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + pb * kValueCoords) * kLanes;
+      __m256 w[V];
+      for (int v = 0; v < V; ++v) w[v] = _mm256_maskload_ps(p + h * p_stride + at[v], keep[v]);
+      float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + pb * C) * kLanes;
 #pragma GCC unroll 8
-      for (int j = 0; j < kValueCoords; ++j) {
+      for (int j = 0; j < C; ++j) {
         __m256 a = _mm256_loadu_ps(acc + j * kLanes);
-        for (int k = 0; k < K; ++k) a = _mm256_fmadd_ps(w[k], y[k][j], a);
+        for (int v = 0; v < V; ++v) a = _mm256_fmadd_ps(w[v], y[v][j], a);
         _mm256_storeu_ps(acc + j * kLanes, a);
       }
     }
   }
 }
 
+// 32 slots per pass while more than 16 remain (the second group may be partial: its lanes past n
+// get weight 0, and its codes lie inside the page, whose token count is a multiple of 16).
 template <RadiusPrecision R, bool HalfTurn>
 void value_paper_turn(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                       const float* p, size_t p_stride, float* acc_lanes) {
   const PaperPage pg(tb, region);
   size_t first = slot;
   for (; first + 16 < slot + n; first += 32) {
-    for (int half = 0; half < 2; ++half) {
-      value_paper_groups<R, 2, HalfTurn>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
-    }
+    value_paper_vectors<R, 4, 8, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
   }
-  if (first < slot + n) {
-    for (int half = 0; half < 2 && first + 8 * half < slot + n; ++half) {
-      value_paper_groups<R, 1, HalfTurn>(tb, pg, slot, n, first, half, g, p, p_stride, acc_lanes);
-    }
+  if (first + 8 < slot + n) {
+    value_paper_vectors<R, 2, 8, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
+  } else if (first < slot + n) {
+    value_paper_vectors<R, 1, 8, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
   }
 }
 
