@@ -234,10 +234,13 @@ void CudaTransformer::Impl::allocate() {
   check_cuda(cudaHostAlloc(&pinned, stage * sizeof(int32_t), cudaHostAllocDefault),
              "cudaHostAlloc(step inputs)");
   host_stage = static_cast<int32_t*>(pinned);
+  check_cuda(cudaEventCreateWithFlags(&stage_copied, cudaEventDisableTiming),
+             "cudaEventCreate(step inputs copied)");
 }
 
 CudaTransformer::Impl::~Impl() {
   if (stream != nullptr) cudaStreamSynchronize(stream);
+  if (stage_copied != nullptr) cudaEventDestroy(stage_copied);
   if (host_stage != nullptr) cudaFreeHost(host_stage);
   if (cublas != nullptr) cublasDestroy(cublas);
   if (stream != nullptr) cudaStreamDestroy(stream);

@@ -76,7 +76,9 @@ void CudaTransformer::Impl::step(Seq* const* list, bool batch, const int* tokens
 
   // Stage the step's integers in pinned memory, then one copy. A token's codes sit at code
   // position (position - sink) (kv_window.h); a decode row still inside the sink writes its codes
-  // to the pool's spare page, which no sequence reads.
+  // to the pool's spare page, which no sequence reads. The previous step's copy must have left
+  // host_stage first: the copy is asynchronous, queued behind the previous steps' kernels.
+  check_cuda(cudaEventSynchronize(stage_copied), "waiting for the previous step's input copy");
   int32_t* h = host_stage;
   int32_t* h_tokens = h;
   int32_t* h_positions = h_tokens + rows;
@@ -109,6 +111,7 @@ void CudaTransformer::Impl::step(Seq* const* list, bool batch, const int* tokens
   check_cuda(
       cudaMemcpyAsync(dev_stage.get(), h, staged * sizeof(int32_t), cudaMemcpyHostToDevice, stream),
       "cudaMemcpyAsync(step inputs)");
+  check_cuda(cudaEventRecord(stage_copied, stream), "cudaEventRecord(step inputs copied)");
   StepInputs in;
   in.positions = dev_stage.get() + (h_positions - h);
   in.code_positions = dev_stage.get() + (h_code_positions - h);

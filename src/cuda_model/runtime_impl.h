@@ -91,6 +91,10 @@ struct CudaTransformer::Impl {
   DeviceBuffer<uint8_t> decode_ws;
   DeviceBuffer<int32_t> dev_stage, next_tokens;
   int32_t* host_stage = nullptr;  // pinned
+  // Recorded after each step's copy out of host_stage: the next step waits for it before writing
+  // host_stage again (prefill chunks run without a synchronization between them, and a GPU busy
+  // with earlier chunks would otherwise copy the next chunk's inputs for this one).
+  cudaEvent_t stage_copied = nullptr;
 
   Impl(const model::LlamaConfig& c, const model::RuntimeOptions& o);
   ~Impl();

@@ -292,6 +292,46 @@ TEST_P(SmolLM2, BatchedDecodeMatchesOneByOneAndCpu) {
   EXPECT_EQ(mem.tokens, lens[0] + lens[1] + lens[2] + 24);
 }
 
+// A prefill runs its chunks back to back without waiting for the GPU; every chunk must still see
+// its own inputs. The last row's logits of a long prompt prefilled that way equal those of the same
+// prompt prefilled with every chunk's logits copied back (a synchronization after each chunk).
+// Small chunks over a long prompt with a lossy cache (dequantized keys per chunk) leave the GPU
+// behind the host, where a step's input staging used to be overwritten by the next step's before
+// its copy ran (NIAH at 4k then lost needles the CPU found).
+class SmolLM2Prefill : public SmolLM2Test {};
+
+TEST_P(SmolLM2Prefill, ChunksKeepTheirInputsWhenTheGpuLags) {
+  if (!m_) GTEST_SKIP() << skip_;
+  const LlamaModel& m = *m_;
+  const std::vector<int> tokens = text_tokens(*tok_, 3000);
+  const std::string codec = GetParam();
+  const size_t vocab = m.config().vocab_size;
+  const CodecPair pair = codec_pair(codec);
+  RuntimeOptions o = options(pair.key, pair.value, "cuda");
+  o.prefill_chunk = 32;
+  o.max_sequences = 1;
+  o.max_context = 3072;
+  CudaTransformer gpu(m, o);
+  std::vector<float> synced;
+  const SequenceId a = gpu.add_sequence();
+  gpu.forward(a, tokens.data(), tokens.size(), synced, true);
+  gpu.free_sequence(a);
+  const std::vector<float> last(synced.end() - vocab, synced.end());
+  for (int round = 0; round < 3; ++round) {
+    std::vector<float> logits;
+    const SequenceId b = gpu.add_sequence();
+    gpu.forward(b, tokens.data(), tokens.size(), logits, false);
+    gpu.free_sequence(b);
+    const LogitDiff d = compare_logits(last, logits, vocab);
+    std::printf(
+        "SmolLM2 %s, %zu tokens in chunks of 32, round %d: max |diff| %.3g against the "
+        "synchronized prefill\n",
+        codec.c_str(), tokens.size(), round, d.max_abs);
+    EXPECT_LT(d.max_abs, 1e-3) << codec << " round " << round;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Codecs, SmolLM2Prefill, ::testing::Values("f16", "paper", "polar4kv"));
 INSTANTIATE_TEST_SUITE_P(Codecs, SmolLM2, ::testing::Values("f16", "paper", "polar37"));
 
 // Sink and recent windows (4 and 32 tokens, the CPU cache's semantics): a 300-token prefill in
