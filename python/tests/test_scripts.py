@@ -5,6 +5,7 @@ import sys
 import zlib
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 
@@ -65,3 +66,26 @@ def test_bad_input_is_named(tmp_path):
     assert out.returncode != 0 and "CRC mismatch" in out.stderr
     out = run(tmp_path / "short.kv", "--first", 500)
     assert out.returncode != 0 and "exceeds the dump's 100 tokens" in out.stderr
+
+
+def test_rope_centering_lowers_the_codec_error(tmp_path):
+    pytest.importorskip("polarquant")
+    rng = np.random.default_rng(1)
+    n, dim, theta = 1024, 16, 10000.0
+    pre = rng.normal(size=(n, dim)) + 3.0  # a pre-RoPE bias on every channel
+    inv = theta ** (-np.arange(0, dim, 2) / dim)
+    angle = np.arange(n)[:, None] * inv[None, :]
+    keys = np.empty((n, dim))
+    keys[:, 0::2] = pre[:, 0::2] * np.cos(angle) - pre[:, 1::2] * np.sin(angle)
+    keys[:, 1::2] = pre[:, 0::2] * np.sin(angle) + pre[:, 1::2] * np.cos(angle)
+    write_dump(tmp_path / "r.kv", keys[:, None, :])
+    out = run(tmp_path / "r.kv", "--bucket", 512, "--rope-theta", theta, "--codec", "paper")
+    assert out.returncode == 0, out.stderr
+    rows = {}
+    for line in out.stdout.splitlines():
+        if "key error energy" in line:
+            name, values = line.split(",", 1)[1].split(":")
+            rows[name.strip()] = [float(v) for v in values.split()]
+    assert len(rows) == 3 and all(len(v) == 2 for v in rows.values())
+    today, ideal = rows["first-chunk mean"], rows["pre-RoPE mean, per token"]
+    assert ideal[-1] < 0.5 * today[-1]
