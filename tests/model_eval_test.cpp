@@ -127,7 +127,13 @@ TEST(ModelEval, NiahGridCoversEveryCell) {
     if (c.codec.key_codec == "f32") recalled += c.recalled;
   }
   EXPECT_DOUBLE_EQ(r.recall[0], recalled / 4.0);
-  for (const auto& c : r.cells) EXPECT_TRUE(std::isfinite(c.margin)) << c.output;
+  ASSERT_EQ(r.mean_margin.size(), 2u);
+  double margin = 0;
+  for (const auto& c : r.cells) {
+    EXPECT_TRUE(std::isfinite(c.margin)) << c.output;
+    if (c.codec.key_codec == "f32") margin += c.margin;
+  }
+  EXPECT_NEAR(r.mean_margin[0], margin / 4.0, 1e-12);
 }
 
 TEST(ModelEval, AnswerMarginFollowsTheAnswerUntilGreedyLeavesIt) {

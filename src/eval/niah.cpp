@@ -86,6 +86,7 @@ NiahReport run_niah(const model::LlamaModel& m, const model::Tokenizer& tok,
   if (config.max_new_tokens <= 0) throw_invalid("niah max_new_tokens must be positive");
   NiahReport report;
   report.recall.assign(config.codecs.size(), 0.0);
+  report.mean_margin.assign(config.codecs.size(), 0.0);
   const size_t total = config.contexts.size() * config.depths.size() * config.codecs.size();
   size_t done = 0;
   // Every context is checked before the first cell runs.
@@ -132,6 +133,7 @@ NiahReport run_niah(const model::LlamaModel& m, const model::Tokenizer& tok,
                                     static_cast<size_t>(m.config().vocab_size));
         cell.recalled = cell.output.find(config.answer) != std::string::npos;
         report.recall[k] += cell.recalled ? 1.0 : 0.0;
+        report.mean_margin[k] += cell.margin;
         report.cells.push_back(std::move(cell));
         if (config.progress) config.progress(++done, total);
       }
@@ -139,6 +141,7 @@ NiahReport run_niah(const model::LlamaModel& m, const model::Tokenizer& tok,
   }
   const double per_codec = static_cast<double>(config.contexts.size() * config.depths.size());
   for (double& r : report.recall) r /= per_codec;
+  for (double& r : report.mean_margin) r /= per_codec;
   return report;
 }
 

@@ -48,6 +48,9 @@ struct NiahReport {
   std::vector<NiahCell> cells;
   // Recall per codec (fraction of cells), in config.codecs order.
   std::vector<double> recall;
+  // Mean NiahCell::margin per codec, in the same order: a continuous summary that moves before
+  // recall does.
+  std::vector<double> mean_margin;
 };
 
 // Builds the prompt tokens of one cell: the haystack's first tokens with the needle inserted at

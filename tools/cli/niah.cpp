@@ -87,11 +87,16 @@ void run(NiahArgs& a, CLI::App* cmd) {
                        {"output", c.output}});
     }
     nlohmann::json recall = nlohmann::json::object();
-    for (size_t k = 0; k < cfg.codecs.size(); ++k) recall[cfg.codecs[k].label()] = r.recall[k];
+    nlohmann::json margin = nlohmann::json::object();
+    for (size_t k = 0; k < cfg.codecs.size(); ++k) {
+      recall[cfg.codecs[k].label()] = r.recall[k];
+      margin[cfg.codecs[k].label()] = r.mean_margin[k];
+    }
     std::printf("%s\n", nlohmann::json({{"model", a.model.model},
                                         {"text", source},
                                         {"needle", cfg.needle},
                                         {"recall", recall},
+                                        {"mean_margin", margin},
                                         {"cells", cells}})
                             .dump(2)
                             .c_str());
@@ -102,8 +107,8 @@ void run(NiahArgs& a, CLI::App* cmd) {
       "how far the model was from choosing it)\n",
       cfg.needle.c_str(), source.c_str());
   for (size_t k = 0; k < cfg.codecs.size(); ++k) {
-    std::printf("\n%s: recall %.1f%%\n%8s", cfg.codecs[k].label().c_str(), 100.0 * r.recall[k],
-                "ctx\\depth");
+    std::printf("\n%s: recall %.1f%%, mean margin %.2f\n%8s", cfg.codecs[k].label().c_str(),
+                100.0 * r.recall[k], r.mean_margin[k], "ctx\\depth");
     for (double d : cfg.depths) std::printf(" %7.2f", d);
     for (int ctx : cfg.contexts) {
       std::printf("\n%8d ", ctx);
