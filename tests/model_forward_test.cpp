@@ -79,6 +79,37 @@ TEST(ModelForward, ChunkedPrefillEqualsTokenByToken) {
   EXPECT_THROW(single.forward(seq, std::vector<int>{512}.data(), 1, one, false), Error);
 }
 
+// RoPE-aware key centering through the runtime (the model's frequencies reach the cache): with a
+// lossless cache the logits equal those without it, with 4 sink tokens and pages of 32 filling.
+TEST(ModelForward, RopeCenteredKeysLeaveLogitsExact) {
+  const Tiny t = load_stories260k();
+  if (!t.model) GTEST_SKIP() << "../shared/models absent";
+  std::vector<int> tokens;
+  for (int i = 0; tokens.size() < 150; ++i) {
+    const auto more = t.tokenizer->encode(
+        "Once upon a time, a little girl named Lily found a shiny red ball in the park.",
+        tokens.empty(), false);
+    tokens.insert(tokens.end(), more.begin(), more.end());
+  }
+  const size_t vocab = static_cast<size_t>(t.model->config().vocab_size);
+  RuntimeOptions rt;
+  rt.key_codec = rt.value_codec = "f32";
+  rt.sink_tokens = 4;
+  rt.prefill_chunk = 64;
+  std::vector<float> plain, rope;
+  Transformer a(*t.model, rt);
+  a.forward(a.add_sequence(), tokens.data(), tokens.size(), plain, true);
+  rt.rope_center_keys = true;
+  Transformer b(*t.model, rt);
+  b.forward(b.add_sequence(), tokens.data(), tokens.size(), rope, true);
+  double worst = 0.0;
+  for (size_t i = 0; i < plain.size(); ++i)
+    worst = std::max(worst, std::fabs(double{plain[i]} - rope[i]));
+  EXPECT_LT(worst, 2e-3) << "over " << tokens.size() << " tokens x " << vocab;
+  rt.center_keys = false;
+  EXPECT_THROW(Transformer(*t.model, rt), Error);
+}
+
 TEST(ModelForward, RmsNormAndRopeFollowTheirDefinitions) {
   std::mt19937 rng(5);
   std::normal_distribution<float> g;

@@ -68,6 +68,8 @@ struct Context {
   const std::vector<float>* q_plain;           // n_q_heads x dim, scaled
   const std::vector<PolarTables>* key_tables;  // per KV head (PolarQuant keys)
   const PolarTables* value_tables;             // PolarQuant values
+  // RoPE-aware key centering (rope_center.h): per query head, what each page's scores get back.
+  const std::vector<PageScoreShift>* page_shifts = nullptr;
 };
 
 // Scores of rows [begin, begin + n) of one storage run into scores (g x kRowTile-strided).
@@ -173,6 +175,12 @@ void run_pages(const Context& c, const Task& task, State& st, std::vector<float>
           c.kernels.score_f32(q, c.g, c.dim, decoded.data() + (cp.slot - first) * c.dim, c.dim,
                               cp.n, s, stride);
           break;
+        }
+      }
+      if (c.page_shifts != nullptr) {
+        for (int i = 0; i < c.g; ++i) {
+          const float add = (*c.page_shifts)[static_cast<size_t>(h) * c.g + i](cp.page);
+          for (size_t t = 0; t < cp.n; ++t) s[i * stride + t] += add;
         }
       }
       if (cp.pos < task.visible) {
@@ -298,6 +306,8 @@ void cache_attention_with(const KernelSet& kernels, const KvCache& cache, Sequen
                        value_tables);
   }
   c.q_plain = &q_plain;
+  std::vector<PageScoreShift> page_shifts;
+  if (!sl.key_mean_pre.empty() && sl.coded > 0) c.page_shifts = &page_shifts;
   c.key_tables = &key_tables;
   c.value_tables = &value_tables;
   std::vector<float> q_rot(q_plain.size());
@@ -306,6 +316,14 @@ void cache_attention_with(const KernelSet& kernels, const KvCache& cache, Sequen
     const size_t limit = sl.length - n_queries + qi + 1;
     const float* qq = q + qi * q_plain.size();
     for (size_t i = 0; i < q_plain.size(); ++i) q_plain[i] = qq[i] * scale;
+    if (c.page_shifts != nullptr) {
+      page_shifts.clear();
+      for (int j = 0; j < n_q_heads; ++j) {
+        const size_t kv = static_cast<size_t>(j / g) * dim;
+        page_shifts.emplace_back(m.rope, q_plain.data() + static_cast<size_t>(j) * dim,
+                                 sl.key_mean_pre.data() + kv, sl.key_mean.data() + kv);
+      }
+    }
     if (c.key_kind == Stored::kPolar) {
       const auto& format = static_cast<const PolarPageFormat&>(m.key_format_of(sl));
       format.polar().rotation().forward(q_plain.data(), q_rot.data(), n_q_heads);

@@ -80,6 +80,11 @@ CacheFileHeader cache_file_header(const KvCache& cache, const CacheOwner& owner)
         "prompt-cache files do not store online codebooks (--codebooks online fits them per "
         "sequence and layer); use the analytic or file codebooks with a prompt cache");
   }
+  if (!o.key_rope_inv_freq.empty()) {
+    throw_invalid(
+        "prompt-cache files do not store RoPE-aware key centering (--rope-center) yet; run "
+        "without it to save or restore a prompt cache");
+  }
   CacheFileHeader h;
   h.owner = owner;
   h.key_codec = o.key_codec;

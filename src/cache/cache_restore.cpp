@@ -119,6 +119,11 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
   // restored sequence through them is well-defined.
   KvCache::Impl& m = const_cast<KvCache::Impl&>(cache.impl());
   const KvCacheOptions& o = m.options;
+  if (!o.key_rope_inv_freq.empty()) {
+    throw_invalid(
+        "restore_cache_sequence: prompt-cache files do not store RoPE-aware key centering "
+        "(--rope-center) yet; run without it to restore a prompt cache");
+  }
   if (file.layer_data.size() != static_cast<size_t>(o.n_layers)) {
     throw_invalid("restore_cache_sequence: the file has " + std::to_string(file.layer_data.size()) +
                   " layers, the cache " + std::to_string(o.n_layers) +

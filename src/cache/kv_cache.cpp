@@ -169,6 +169,11 @@ KvCache::KvCache(const KvCacheOptions& options) : impl_(std::make_unique<Impl>()
   m.key_format = make_page_format(*m.key_codec, options.page_tokens);
   m.value_format = make_page_format(*m.value_codec, options.page_tokens);
   m.row_floats = static_cast<size_t>(options.n_kv_heads) * options.head_dim;
+  if (!options.key_rope_inv_freq.empty() && !options.center_keys) {
+    throw_invalid("KvCacheOptions.key_rope_inv_freq refines key centering; set center_keys too");
+  }
+  m.rope = RopeCenter(options.key_rope_inv_freq, options.key_rope_neox, options.head_dim,
+                      options.page_tokens, options.sink_tokens);
 }
 
 KvCache::~KvCache() = default;
@@ -263,6 +268,10 @@ void KvCache::append(SequenceId seq, int layer, const float* k, const float* v, 
       }
       for (size_t i = 0; i < m.row_floats; ++i)
         sl.key_mean[i] = static_cast<float>(sum[i] / n_tokens);
+      if (m.rope.enabled()) {
+        sl.key_mean_pre.resize(m.row_floats);
+        m.rope.pre_rope_mean(k, n_tokens, 0, m.options.n_kv_heads, sl.key_mean_pre.data());
+      }
     }
   }
   thread_local std::vector<float> centered;
@@ -290,7 +299,18 @@ void KvCache::append(SequenceId seq, int layer, const float* k, const float* v, 
     if (slot == 0) m.add_page(sl);
     const size_t page = sl.pages - 1;
     const size_t n = std::min(target - sl.coded, page_tokens - slot);
-    m.key_format_of(sl).store(sl.tail.k(0), n, m.options.n_kv_heads,
+    const float* keys = sl.tail.k(0);
+    thread_local std::vector<float> shifted, delta;
+    if (!sl.key_mean_pre.empty()) {  // this page's RoPE-rotated mean (rope_center.h)
+      m.rope.cover(page + 1);
+      delta.resize(m.row_floats);
+      m.rope.page_delta(page, sl.key_mean_pre.data(), sl.key_mean.data(), m.options.n_kv_heads,
+                        delta.data());
+      shifted.resize(n * m.row_floats);
+      for (size_t i = 0; i < shifted.size(); ++i) shifted[i] = keys[i] - delta[i % m.row_floats];
+      keys = shifted.data();
+    }
+    m.key_format_of(sl).store(keys, n, m.options.n_kv_heads,
                               const_cast<uint8_t*>(m.key_region(sl, page, 0)),
                               m.head_stride(true, page), slot);
     m.value_format_of(sl).store(sl.tail.v(0), n, m.options.n_kv_heads,
@@ -356,6 +376,10 @@ void KvCache::read(SequenceId seq, int layer, size_t begin, size_t end, float* k
   if (!sl.key_mean.empty()) {
     for (size_t i = 0; i < (end - begin) * row; ++i) k[i] += sl.key_mean[i % row];
   }
+  if (!sl.key_mean_pre.empty()) {  // each coded row's page difference (rope_center.h)
+    m.rope.add_page_deltas(sl.key_mean_pre.data(), sl.key_mean.data(), m.options.n_kv_heads, sink,
+                           sl.coded, begin, end, k);
+  }
 }
 
 KvMemoryStats KvCache::memory() const {
@@ -368,7 +392,7 @@ KvMemoryStats KvCache::memory() const {
       stats.layer_bytes[l] +=
           Impl::allocated_pages(sl) * (m.key_page_bytes() + m.value_page_bytes()) +
           (sl.k_slabs.size() + sl.v_slabs.size()) * sizeof(PageBuffer) + sl.sink.bytes() +
-          sl.tail.bytes() + sl.key_mean.size() * sizeof(float);
+          sl.tail.bytes() + (sl.key_mean.size() + sl.key_mean_pre.size()) * sizeof(float);
       if (l == 0) stats.tokens += sl.length;
       stats.fp16_bytes += sl.length * m.row_floats * 2 * sizeof(uint16_t);
     }

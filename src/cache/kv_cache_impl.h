@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "cache/page_format.h"
+#include "cache/rope_center.h"
 
 namespace polarquant {
 
@@ -118,6 +119,8 @@ struct SequenceLayer {
   std::vector<PageBuffer> k_slabs, v_slabs;
   TokenRows tail;               // positions [sink + coded, length)
   std::vector<float> key_mean;  // center_keys: subtracted from every stored key (row_floats)
+  // key_rope_inv_freq: the first append's mean before RoPE (row_floats; rope_center.h).
+  std::vector<float> key_mean_pre;
   // online_codebooks: this sequence's and layer's codecs, fitted at its first append (null: the
   // cache's codec for that side). Same configuration as the cache's but for the angle codebooks,
   // so page sizes and layouts are the cache's.
@@ -139,7 +142,8 @@ struct KvCache::Impl {
   KvCacheOptions options;
   std::unique_ptr<Codec> key_codec, value_codec;
   std::unique_ptr<PageFormat> key_format, value_format;
-  int group = 1;  // tokens quantized together: the lcm of the two codecs' group sizes
+  int group = 1;    // tokens quantized together: the lcm of the two codecs' group sizes
+  RopeCenter rope;  // key_rope_inv_freq (disabled when empty)
   size_t row_floats = 0;
   SequenceId next_id = 0;
   std::map<SequenceId, std::vector<SequenceLayer>> sequences;

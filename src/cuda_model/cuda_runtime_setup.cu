@@ -57,6 +57,11 @@ void check_options(const model::LlamaConfig& c, const model::RuntimeOptions& o) 
                 "take one codebook per cache, not one per sequence and layer; use --device cpu "
                 "for online codebooks");
   }
+  if (o.rope_center_keys) {
+    throw Error(ErrorKind::kUnsupported,
+                "the CUDA runtime centers keys on one mean (no --rope-center yet); use --device "
+                "cpu for RoPE-aware key centering");
+  }
   if (o.max_sequences < 1) throw_invalid("max_sequences must be >= 1");
   if (o.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
   if (o.max_context > static_cast<size_t>(c.context_length)) {

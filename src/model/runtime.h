@@ -27,6 +27,9 @@ struct RuntimeOptions {
   int sink_tokens = 0;      // first tokens kept in full precision (see KvCacheOptions)
   int recent_tokens = 0;    // most recent tokens kept in full precision
   bool center_keys = true;  // KvCacheOptions::center_keys: exact, and a lossy codec errs less
+  // With center_keys: the mean taken before RoPE and rotated per page (KvCacheOptions::
+  // key_rope_inv_freq, the model's RoPE frequencies). CPU runtime, Llama-family models only.
+  bool rope_center_keys = false;
   // KvCacheOptions::quantize_generated: false keeps tokens appended after the prompt (the first
   // append of a sequence) in full precision, as the paper's LongBench runs do.
   bool quantize_generated = true;

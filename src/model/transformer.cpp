@@ -73,15 +73,25 @@ Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
   kv.recent_tokens = options.recent_tokens;
   kv.center_keys = options.center_keys;
   kv.quantize_generated = options.quantize_generated;
-  cache_ = std::make_unique<KvCache>(kv);
-  attention_.n_threads = options.n_threads;
-  attention_.use_fused = options.use_fused;
-  if (options_.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
   inv_freq_.resize(static_cast<size_t>(c.head_dim / 2));
   for (int i = 0; i < c.head_dim / 2; ++i) {
     inv_freq_[i] =
         static_cast<float>(std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim));
   }
+  if (options.rope_center_keys) {
+    if (c.arch == Architecture::kGemma3) {
+      throw Error(ErrorKind::kUnsupported,
+                  "--rope-center supports Llama-family models; Gemma 3's local and global layers "
+                  "use two RoPE bases (run without it)");
+    }
+    if (!options.center_keys)
+      throw_invalid("--rope-center refines key centering; drop --no-center-keys");
+    kv.key_rope_inv_freq = inv_freq_;  // rope_rotate's interleaved pairs
+  }
+  cache_ = std::make_unique<KvCache>(kv);
+  attention_.n_threads = options.n_threads;
+  attention_.use_fused = options.use_fused;
+  if (options_.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
   if (c.arch == Architecture::kGemma3) {
     inv_freq_local_.resize(inv_freq_.size());
     for (int i = 0; i < c.head_dim / 2; ++i) {

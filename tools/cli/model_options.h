@@ -31,7 +31,8 @@ struct ModelFlags {
   std::string value_codec;
   int threads = 0;
   bool json = false;
-  bool center_keys = true;  // KvCacheOptions::center_keys
+  bool center_keys = true;   // KvCacheOptions::center_keys
+  bool rope_center = false;  // RuntimeOptions::rope_center_keys
   std::string device = "cpu";
   // KvCacheOptions::sink_tokens. 4 by default: the first tokens draw much of every query's
   // attention, and 4 fp16 tokens cost 0.02 bits per coordinate at 2k context (docs/RESULTS.md 6).
@@ -83,6 +84,10 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
   cmd->add_flag("!--no-center-keys", f.center_keys,
                 "store keys as they are (by default the cache subtracts their mean, which leaves "
                 "attention exact and lowers a lossy codec's error)");
+  cmd->add_flag("--rope-center", f.rope_center,
+                "center keys on their mean taken before RoPE, rotated to each page's position "
+                "(attention stays exact; lowers a lossy key codec's error most at long context; "
+                "CPU, Llama-family models)");
 }
 
 // After parsing: a pair name gives -ctk its key codec and -ctv its value codec; codebook files
@@ -139,6 +144,7 @@ inline model::RuntimeOptions runtime_options(const ModelFlags& f) {
   rt.recent_tokens = f.recent;
   rt.n_threads = f.threads;
   rt.center_keys = f.center_keys;
+  rt.rope_center_keys = f.rope_center;
   rt.device = f.device;
   return rt;
 }

@@ -1,0 +1,120 @@
+// RoPE-aware key centering (KvCacheOptions::key_rope_inv_freq): exact for softmax attention, and a
+// smaller codec error than one mean where keys carry a bias that RoPE rotates.
+#include <gtest/gtest.h>
+#include <polarquant/attention.h>
+#include <polarquant/error.h>
+#include <polarquant/kv_cache.h>
+
+#include <cmath>
+
+#include "cache/cache_file.h"
+#include "cache_test_util.h"
+#include "eval/distortion.h"
+
+namespace polarquant {
+namespace {
+
+constexpr int kDim = 64;
+constexpr size_t kRow = 2 * kDim;
+
+std::vector<float> inv_freq() {
+  std::vector<float> f(kDim / 2);
+  for (int i = 0; i < kDim / 2; ++i) f[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / kDim));
+  return f;
+}
+
+struct RopeRun {
+  std::vector<float> out, k;
+  size_t bytes = 0;
+};
+
+// Keys: RoPE (interleaved pairs) of Gaussian rows plus a per-channel bias, at their positions; a
+// 1200-token prompt then 3 decode tokens; 4 sink tokens.
+RopeRun run(const std::string& key_codec, bool center, bool rope, bool fused) {
+  KvCacheOptions o;
+  o.n_layers = 1;
+  o.n_kv_heads = 2;
+  o.head_dim = kDim;
+  o.key_codec = key_codec;
+  o.value_codec = "f32";  // the attention error is then the keys' alone
+  o.sink_tokens = 4;
+  o.center_keys = center;
+  if (rope) o.key_rope_inv_freq = inv_freq();
+  KvCache cache(o);
+  const SequenceId seq = cache.add_sequence();
+  const size_t n = 1203;
+  auto data = testing::token_data(n, 2, kDim, 5);
+  const std::vector<float> f = inv_freq();
+  for (size_t t = 0; t < n; ++t) {
+    for (size_t j = 0; j < kRow; j += 2) {
+      float* x = &data.k[t * kRow + j];
+      const float a = x[0] + 2.5f + 0.05f * j, b = x[1] - 1.5f;
+      const double angle = static_cast<double>(t) * f[(j % kDim) / 2];
+      x[0] = static_cast<float>(a * std::cos(angle) - b * std::sin(angle));
+      x[1] = static_cast<float>(a * std::sin(angle) + b * std::cos(angle));
+    }
+  }
+  cache.append(seq, 0, data.k.data(), data.v.data(), 1200);
+  for (size_t t = 1200; t < n; ++t) cache.append(seq, 0, &data.k[t * kRow], &data.v[t * kRow], 1);
+  const auto q = testing::gaussian(4 * kDim, 9, 0.3f);
+  RopeRun r;
+  r.out.resize(4 * kDim);
+  AttentionOptions a;
+  a.use_fused = fused;
+  a.n_threads = 1;
+  cache_attention(cache, seq, 0, q.data(), 1, 4, r.out.data(), a);
+  r.k.resize(n * kRow);
+  std::vector<float> v(n * kRow);
+  cache.read(seq, 0, 0, n, r.k.data(), v.data());
+  r.bytes = cache.memory().total_bytes;
+  return r;
+}
+
+double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+  return std::sqrt(polarquant::nmse(b.data(), a.data(), b.size()));
+}
+
+TEST(CacheRopeCenter, ExactForFullPrecisionAndReadGivesTheOriginalKeys) {
+  const RopeRun plain = run("f32", false, false, true), rope = run("f32", true, true, true);
+  EXPECT_LT(rel_error(rope.out, plain.out), 1e-5);
+  EXPECT_LT(rel_error(rope.k, plain.k), 1e-6);
+  // The two stored means (after and before RoPE), 2 heads x 64 floats each.
+  EXPECT_EQ(rope.bytes, plain.bytes + 2 * kRow * sizeof(float));
+}
+
+TEST(CacheRopeCenter, FusedEqualsTheDecodedReference) {
+  for (const char* codec : {"paper", "q4_0", "f16"}) {
+    const RopeRun fused = run(codec, true, true, true), reference = run(codec, true, true, false);
+    EXPECT_LT(rel_error(fused.out, reference.out), 2e-4) << codec;
+  }
+}
+
+TEST(CacheRopeCenter, LowersTheErrorOfALossyKeyCodecBelowOneMean) {
+  const RopeRun exact = run("f32", false, false, true);
+  for (const char* codec : {"paper", "polar-544444"}) {
+    const RopeRun one = run(codec, true, false, true), rope = run(codec, true, true, true);
+    const double key_one = rel_error(one.k, exact.k), key_rope = rel_error(rope.k, exact.k);
+    const double out_one = rel_error(one.out, exact.out), out_rope = rel_error(rope.out, exact.out);
+    EXPECT_LT(key_rope, 0.8 * key_one) << codec << ": keys " << key_rope << " vs " << key_one;
+    EXPECT_LT(out_rope, out_one) << codec << ": attention " << out_rope << " vs " << out_one;
+  }
+}
+
+TEST(CacheRopeCenter, BadOptionsAndCacheFilesAreRefused) {
+  KvCacheOptions o;
+  o.head_dim = kDim;
+  o.key_rope_inv_freq = inv_freq();
+  EXPECT_THROW(KvCache{o}, Error);  // without center_keys
+  o.center_keys = true;
+  o.key_rope_inv_freq.pop_back();
+  EXPECT_THROW(KvCache{o}, Error);  // 31 frequencies for head_dim 64
+  o.key_rope_inv_freq = inv_freq();
+  o.key_rope_inv_freq[3] = NAN;
+  EXPECT_THROW(KvCache{o}, Error);
+  o.key_rope_inv_freq = inv_freq();
+  KvCache cache(o);
+  EXPECT_THROW(cache_file_header(cache, CacheOwner{}), Error);
+}
+
+}  // namespace
+}  // namespace polarquant
