@@ -11,10 +11,7 @@
 namespace polarquant {
 namespace {
 
-struct CacheRun {
-  std::vector<float> out, k, v;
-  size_t bytes = 0;
-};
+using CacheRun = testing::PromptRun;
 
 // Keys with a large common offset (as real keys have), appended as a prompt then 3 decode tokens.
 CacheRun run(const std::string& codec, bool center, bool fused, const char* value_codec = nullptr) {
@@ -27,25 +24,10 @@ CacheRun run(const std::string& codec, bool center, bool fused, const char* valu
   o.value_codec = value_codec ? value_codec : codec;
   o.page_tokens = 32;
   o.center_keys = center;
-  KvCache cache(o);
-  const SequenceId seq = cache.add_sequence();
-  const size_t n = 203, row = 2 * static_cast<size_t>(dim);
-  auto data = testing::token_data(n, 2, dim, 5);
+  const size_t row = 2 * static_cast<size_t>(dim);
+  auto data = testing::token_data(203, 2, dim, 5);
   for (size_t i = 0; i < data.k.size(); ++i) data.k[i] += 3.0f * std::cos(0.3f * (i % row));
-  cache.append(seq, 0, data.k.data(), data.v.data(), 200);
-  for (size_t t = 200; t < n; ++t) cache.append(seq, 0, &data.k[t * row], &data.v[t * row], 1);
-  const auto q = testing::gaussian(4 * dim, 9, 0.3f);
-  CacheRun r;
-  r.out.resize(4 * dim);
-  AttentionOptions a;
-  a.use_fused = fused;
-  a.n_threads = 1;
-  cache_attention(cache, seq, 0, q.data(), 1, 4, r.out.data(), a);
-  r.k.resize(n * row);
-  r.v.resize(n * row);
-  cache.read(seq, 0, 0, n, r.k.data(), r.v.data());
-  r.bytes = cache.memory().total_bytes;
-  return r;
+  return testing::prompt_then_decode(o, data, 200, fused);
 }
 
 // ||a - b|| / ||b||.

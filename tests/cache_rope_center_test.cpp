@@ -23,10 +23,7 @@ std::vector<float> inv_freq() {
   return f;
 }
 
-struct RopeRun {
-  std::vector<float> out, k;
-  size_t bytes = 0;
-};
+using RopeRun = testing::PromptRun;
 
 // Keys: RoPE (interleaved pairs) of Gaussian rows plus a per-channel bias, at their positions; a
 // 1200-token prompt then 3 decode tokens; 4 sink tokens.
@@ -40,8 +37,6 @@ RopeRun run(const std::string& key_codec, bool center, bool rope, bool fused) {
   o.sink_tokens = 4;
   o.center_keys = center;
   if (rope) o.key_rope_inv_freq = inv_freq();
-  KvCache cache(o);
-  const SequenceId seq = cache.add_sequence();
   const size_t n = 1203;
   auto data = testing::token_data(n, 2, kDim, 5);
   const std::vector<float> f = inv_freq();
@@ -54,20 +49,7 @@ RopeRun run(const std::string& key_codec, bool center, bool rope, bool fused) {
       x[1] = static_cast<float>(a * std::sin(angle) + b * std::cos(angle));
     }
   }
-  cache.append(seq, 0, data.k.data(), data.v.data(), 1200);
-  for (size_t t = 1200; t < n; ++t) cache.append(seq, 0, &data.k[t * kRow], &data.v[t * kRow], 1);
-  const auto q = testing::gaussian(4 * kDim, 9, 0.3f);
-  RopeRun r;
-  r.out.resize(4 * kDim);
-  AttentionOptions a;
-  a.use_fused = fused;
-  a.n_threads = 1;
-  cache_attention(cache, seq, 0, q.data(), 1, 4, r.out.data(), a);
-  r.k.resize(n * kRow);
-  std::vector<float> v(n * kRow);
-  cache.read(seq, 0, 0, n, r.k.data(), v.data());
-  r.bytes = cache.memory().total_bytes;
-  return r;
+  return testing::prompt_then_decode(o, data, 1200, fused);
 }
 
 double rel_error(const std::vector<float>& a, const std::vector<float>& b) {

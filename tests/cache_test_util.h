@@ -1,6 +1,7 @@
 // Shared helpers of the cache and attention tests: seeded data and a cache filled with it.
 #pragma once
 
+#include <polarquant/attention.h>
 #include <polarquant/kv_cache.h>
 
 #include <cmath>
@@ -44,6 +45,35 @@ inline float max_abs_diff(const std::vector<float>& a, const std::vector<float>&
   float m = 0.0f;
   for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
   return a.size() == b.size() ? m : INFINITY;
+}
+
+// A cache of options o filled with data (rows of o.n_kv_heads x o.head_dim floats) as a prompt of
+// `prompt` tokens then one token at a time; the last token's attention with 4 query heads over
+// layer 0 (fused or the reference), every key and value read back, and the cache's bytes.
+struct PromptRun {
+  std::vector<float> out, k, v;
+  size_t bytes = 0;
+};
+inline PromptRun prompt_then_decode(const KvCacheOptions& o, const TokenData& data, size_t prompt,
+                                    bool fused) {
+  KvCache cache(o);
+  const SequenceId seq = cache.add_sequence();
+  const size_t dim = static_cast<size_t>(o.head_dim);
+  const size_t row = static_cast<size_t>(o.n_kv_heads) * dim, n = data.k.size() / row;
+  cache.append(seq, 0, data.k.data(), data.v.data(), prompt);
+  for (size_t t = prompt; t < n; ++t) cache.append(seq, 0, &data.k[t * row], &data.v[t * row], 1);
+  const auto q = gaussian(4 * dim, 9, 0.3f);
+  PromptRun r;
+  r.out.resize(4 * dim);
+  AttentionOptions a;
+  a.use_fused = fused;
+  a.n_threads = 1;
+  cache_attention(cache, seq, 0, q.data(), 1, 4, r.out.data(), a);
+  r.k.resize(n * row);
+  r.v.resize(n * row);
+  cache.read(seq, 0, 0, n, r.k.data(), r.v.data());
+  r.bytes = cache.memory().total_bytes;
+  return r;
 }
 
 }  // namespace polarquant::testing
