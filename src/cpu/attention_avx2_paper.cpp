@@ -1,8 +1,8 @@
 // The AVX2 kernels for the paper allocation (L = 4, bits 4,2,2,2): the arithmetic of the generic
 // AVX2 kernels at L = 4 (attention_avx2_polar.cpp), with every width known at compile time, the
-// level-2..4 cos/sin tables read by vpermps straight from L1, and the level-1 half-turn symmetry
-// (PolarTables::level1_half_turn) used when the codebook has it. Built for AVX2 through the target
-// pragma (see attention_avx2_rows.cpp for why not -mavx2).
+// level-2..4 cos/sin tables read by the in-lane vpermilps (lookup4) straight from L1, and the
+// level-1 half-turn symmetry (PolarTables::level1_half_turn) used when the codebook has it. Built
+// for AVX2 through the target pragma (see attention_avx2_rows.cpp for why not -mavx2).
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -67,9 +67,6 @@ struct PaperPage {
   static __m256 perm(const float* table, __m256i c) {
     return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c);
   }
-  // The 2-bit levels: their tables repeat every 4 entries, so the in-lane vpermilps (low 2 bits of
-  // each code) does the lookup at a third of vpermps's cost on Zen 3 (0.5 against ~1.4 cycles).
-  static __m256 perm4(const float* table, __m256i c) { return lookup4(table, c); }
 
   template <RadiusPrecision R>
   __m256 radius(int block, size_t first) const {
@@ -89,27 +86,15 @@ struct PaperPage {
   void half_factors(int b, int hb, size_t first, int half, __m256* f) const {
     const __m256 r = radius<R>(b, first + 8 * half);
     const __m256i c4 = codes2(4, b, first, half);
-    const __m256 v4 = _mm256_mul_ps(r, perm4(hb ? sin[3] : cos[3], c4));
+    const __m256 v4 = _mm256_mul_ps(r, lookup4(hb ? sin[3] : cos[3], c4));
     const __m256i c3 = codes2(3, 2 * b + hb, first, half);
-    const __m256 v3[2] = {_mm256_mul_ps(v4, perm4(cos[2], c3)),
-                          _mm256_mul_ps(v4, perm4(sin[2], c3))};
+    const __m256 v3[2] = {_mm256_mul_ps(v4, lookup4(cos[2], c3)),
+                          _mm256_mul_ps(v4, lookup4(sin[2], c3))};
     for (int k = 0; k < 2; ++k) {
       const __m256i c = codes2(2, 4 * b + 2 * hb + k, first, half);
-      f[2 * k] = _mm256_mul_ps(v3[k], perm4(cos[1], c));
-      f[2 * k + 1] = _mm256_mul_ps(v3[k], perm4(sin[1], c));
+      f[2 * k] = _mm256_mul_ps(v3[k], lookup4(cos[1], c));
+      f[2 * k + 1] = _mm256_mul_ps(v3[k], lookup4(sin[1], c));
     }
-  }
-  // The 2 level-1 pair factors of quarter `qt` (0..3) of block b, 8 slots: pairs 8b + 2qt + j.
-  template <RadiusPrecision R>
-  void quarter_factors(int b, int qt, size_t first, int half, __m256* f) const {
-    const __m256 r = radius<R>(b, first + 8 * half);
-    const __m256i c4 = codes2(4, b, first, half);
-    const __m256 v4 = _mm256_mul_ps(r, perm4(qt / 2 ? sin[3] : cos[3], c4));
-    const __m256i c3 = codes2(3, 2 * b + qt / 2, first, half);
-    const __m256 v3 = _mm256_mul_ps(v4, perm4(qt % 2 ? sin[2] : cos[2], c3));
-    const __m256i c = codes2(2, 4 * b + qt, first, half);
-    f[0] = _mm256_mul_ps(v3, perm4(cos[1], c));
-    f[1] = _mm256_mul_ps(v3, perm4(sin[1], c));
   }
 };
 
@@ -171,17 +156,18 @@ void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size
   }
 }
 
-// V vectors of 8 slots from `first` (slots first + 8v .. first + 8v + 7; V = 1, 2 or 4) and C
-// rotated coordinates at a time (C = 4: a quarter block, 8: a half block): the coordinates of
-// every vector are decoded, then each lane accumulator is loaded and stored once for all V
-// vectors (the AVX2 accumulators have 8 lanes, which the two halves of a 16-slot group share).
-// The 32 decoded vectors of V = 4, C = 8 exceed the 16 ymm registers; the spilled ones are read
-// back by the FMAs from L1. Stage value, llama shape, one Zen 3 core (docs/BENCHMARKS.md 2.5.3):
-// V = 2 per 16 slots, C = 8: 161-163 us; V = 4, C = 4: 155-158 us; V = 4, C = 8: 146-152 us.
-template <RadiusPrecision R, int V, int C, bool HalfTurn>
+// V vectors of 8 slots from `first` (slots first + 8v .. first + 8v + 7; V = 1, 2 or 4) and the
+// 8 rotated coordinates of a half block at a time: the coordinates of every vector are decoded,
+// then each lane accumulator is loaded and stored once for all V vectors (the AVX2 accumulators
+// have 8 lanes, which the two halves of a 16-slot group share). The 32 decoded vectors of V = 4
+// exceed the 16 ymm registers; the spilled ones are read back by the FMAs from L1. Stage value,
+// llama shape, one Zen 3 core (docs/BENCHMARKS.md 2.5.3): V = 2 per 16 slots: 161-163 us; V = 4
+// over quarter blocks (radius and levels 4-3 decoded per quarter): 155-158 us; V = 4 over half
+// blocks: 146-152 us.
+template <RadiusPrecision R, int V, bool HalfTurn>
 void value_paper_vectors(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n,
                          size_t first, int g, const float* p, size_t p_stride, float* acc_lanes) {
-  static_assert(C == 4 || C == 8, "a quarter or a half block");
+  constexpr int C = 8;  // coordinates per pass: a half block
   const int blocks = tb.dim >> 4;
   const float* cos1 = tb.cos[0].data();
   const float* sin1 = tb.sin[0].data();
@@ -199,11 +185,7 @@ void value_paper_vectors(const PolarTables& tb, const PaperPage& pg, size_t slot
       const size_t group = first + 16 * (v / 2);
       const int half = v % 2;
       __m256 f[C / 2];
-      if constexpr (C == 4) {
-        pg.quarter_factors<R>(b, part, group, half, f);
-      } else {
-        pg.half_factors<R>(b, part, group, half, f);
-      }
+      pg.half_factors<R>(b, part, group, half, f);
       for (int j = 0; j < C / 2; ++j) {
         const __m256i c = pg.codes1(C / 2 * pb + j, group, half);
         if constexpr (HalfTurn) {
@@ -239,12 +221,12 @@ void value_paper_turn(const PolarTables& tb, const uint8_t* region, size_t slot,
   const PaperPage pg(tb, region);
   size_t first = slot;
   for (; first + 16 < slot + n; first += 32) {
-    value_paper_vectors<R, 4, 8, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
+    value_paper_vectors<R, 4, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
   }
   if (first + 8 < slot + n) {
-    value_paper_vectors<R, 2, 8, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
+    value_paper_vectors<R, 2, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
   } else if (first < slot + n) {
-    value_paper_vectors<R, 1, 8, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
+    value_paper_vectors<R, 1, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
   }
 }
 
