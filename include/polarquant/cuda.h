@@ -104,6 +104,10 @@ struct DecodeBatch {
   // Optional (device, batch x n_q_heads): ln sum_t exp(scale q.k_t) per query head, -inf for an
   // empty sequence; what merging this attention with another part of the context needs.
   float* lse = nullptr;
+  // Optional (device, batch x max_pages x n_q_heads): added to q.k of every token of page
+  // (sequence b, page pg) for query head h, before the scale: per-page key shifts that the codes
+  // leave out (RoPE-aware key centering, src/cuda_model/rope_shift.h). Null: no bias.
+  const float* page_bias = nullptr;
 };
 
 // Which attention kernel decode_attention runs for this codec and query-head count:

@@ -38,6 +38,8 @@
 namespace polarquant::cuda {
 namespace {
 
+constexpr float kLog2e = 1.4426950408889634f;  // the kernels' softmax runs in the log2 domain
+
 using AttentionKernel = void (*)(AttnParams);
 struct Launch {
   AttentionKernel kernel = nullptr;
@@ -212,9 +214,11 @@ void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, con
                geo.pages_per_split,
                reinterpret_cast<const __half*>(ws),
                reinterpret_cast<float2*>(ws + geo.q_bytes),
-               reinterpret_cast<float*>(ws + geo.q_bytes + geo.ml_bytes)};
+               reinterpret_cast<float*>(ws + geo.q_bytes + geo.ml_bytes),
+               batch.page_bias,
+               scale * kLog2e};
 
-  launch_rotate_query(c, q, batch.batch * batch.n_q_heads, scale * 1.4426950408889634f,
+  launch_rotate_query(c, q, batch.batch * batch.n_q_heads, scale * kLog2e,
                       reinterpret_cast<__half*>(ws), stream);
 
   const dim3 grid(geo.splits, c.n_kv_heads, batch.batch);

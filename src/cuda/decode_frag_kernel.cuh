@@ -175,6 +175,24 @@ __global__ void __launch_bounds__(kThreads, frag_min_blocks(D, kHeadTiles))
       }
     }
 
+    if (p.page_bias != nullptr) {  // this page's score shift per head column (DecodeBatch)
+      const float* pb =
+          p.page_bias + (static_cast<size_t>(b) * p.max_pages + pg) * p.n_q_heads + h * p.g;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int hc = 0; hc < 2; ++hc) {
+          const int head = 8 * nt + 2 * tq + hc;
+          const float add = head < p.g ? pb[head] * p.bias_scale : 0.0f;
+#pragma unroll
+          for (int grp = 0; grp < 2; ++grp) {
+            s[nt][grp][hc] += add;
+            s[nt][grp][2 + hc] += add;
+          }
+        }
+      }
+    }
+
     // Online softmax (log2 domain) per head column; the lanes of one tq share the columns.
     float alpha[NT][2];
     bool settled = true;

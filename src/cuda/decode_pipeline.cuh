@@ -46,9 +46,11 @@ struct AttnParams {
   int g;  // query heads per KV head
   int splits;
   int pages_per_split;
-  const __half* q_rot;  // batch x n_q_heads x dim
-  float2* part_ml;      // parts x g: (m, l)
-  float* part_acc;      // parts x g x dim
+  const __half* q_rot;     // batch x n_q_heads x dim
+  float2* part_ml;         // parts x g: (m, l)
+  float* part_acc;         // parts x g x dim
+  const float* page_bias;  // DecodeBatch::page_bias (null: none)
+  float bias_scale;        // what page_bias is multiplied by in the scores' log2 domain
 };
 
 __host__ __device__ inline size_t align_up(size_t x, size_t a) {

@@ -121,6 +121,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
     const uint8_t* raw_k = wait_page(pg, pages.end, wbase, cur, second, fetch);
     const uint8_t* raw_v = raw_k + c.head_bytes;
     const int valid = min(c.page_tokens, pages.len - pg * c.page_tokens);
+    float shift[2] = {0.0f, 0.0f};  // this page's score shift of rows gq, gq + 8 (DecodeBatch)
+    if (p.page_bias != nullptr) {
+      const float* pb =
+          p.page_bias + (static_cast<size_t>(b) * p.max_pages + pg) * p.n_q_heads + h * p.g;
+      if (gq < p.g) shift[0] = pb[gq] * p.bias_scale;
+      if (gq + 8 < p.g) shift[1] = pb[gq + 8] * p.bias_scale;
+    }
     for (int tile0 = 0; tile0 < valid; tile0 += kTile) {
       const int valid_t = min(kTile, valid - tile0);
       decode_tile<D, kDecoder>(c, raw_k, cos_s, sin_s, tile0 + lane, tile, lane);
@@ -154,7 +161,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
           for (int e = 0; e < 2; ++e) {
             const int token = 8 * j + 2 * tq + e;
             float& v = s[j][2 * r + e];
-            if (token >= valid_t) v = -INFINITY;
+            v = token < valid_t ? v + shift[r] : -INFINITY;
             mx = fmaxf(mx, v);
           }
         }

@@ -21,19 +21,19 @@ uint8_t* CudaTransformer::Impl::layer_pool(DeviceBuffer<uint8_t>& pool, const De
 // The step's K/V of layer l: codes of every position past the sink (a prefill's rows inside the
 // sink are skipped; a decode row inside it writes to the spare page), and the window rows.
 void CudaTransformer::Impl::store_kv(int l, size_t first, bool batch, int rows,
-                                     const StepInputs& in) {
+                                     const StepInputs& in, const float* keys) {
   uint8_t* kp = layer_pool(k_pool, *kcodec, l);
   uint8_t* vp = layer_pool(v_pool, *vcodec, l);
   const size_t kvd = static_cast<size_t>(config.kv_dim());
   const size_t sink = static_cast<size_t>(window.sink);
   if (batch) {
-    kcodec->store(kp, in.tables, max_pages, in.code_positions, true, 0, rows, k.get(), stream);
+    kcodec->store(kp, in.tables, max_pages, in.code_positions, true, 0, rows, keys, stream);
     vcodec->store(vp, in.tables, max_pages, in.code_positions, true, 0, rows, v.get(), stream);
   } else {
     const size_t skip = std::min(static_cast<size_t>(rows), first < sink ? sink - first : 0);
     const size_t code_first = first + skip - sink;
     const int n = rows - static_cast<int>(skip);
-    kcodec->store(kp, in.tables, max_pages, nullptr, false, code_first, n, k.get() + skip * kvd,
+    kcodec->store(kp, in.tables, max_pages, nullptr, false, code_first, n, keys + skip * kvd,
                   stream);
     vcodec->store(vp, in.tables, max_pages, nullptr, false, code_first, n, v.get() + skip * kvd,
                   stream);
@@ -64,6 +64,11 @@ const __half* CudaTransformer::Impl::dense_keys(const Seq& s, int l, const int32
     const size_t head_dim = static_cast<size_t>(config.head_dim);
     kcodec->load_half(layer_pool(k_pool, *kcodec, l), table, code_from, n, stride,
                       kh + sink * head_dim, dequant.get(), stream);
+    if (rope_shift.enabled()) {  // the pages' key shifts back (rope_shift.h)
+      const size_t means_at = (static_cast<size_t>(s.slot) * config.n_layers + l) * config.kv_dim();
+      rope_shift.add(kh + sink * head_dim, stride, code_from, n, means_pre.get() + means_at,
+                     means.get() + means_at, stream);
+    }
     vcodec->load_half(layer_pool(v_pool, *vcodec, l), table, code_from, n, stride,
                       vh + sink * head_dim, dequant.get(), stream);
   }
@@ -106,6 +111,14 @@ void CudaTransformer::Impl::decode_attention_step(int l, Seq* const* list, int b
   b.max_length = in.max_code_length;
   b.n_q_heads = c.n_heads;
   b.lse = window.empty() ? nullptr : lse.get();
+  if (rope_shift.enabled()) {  // what the pages' key shifts take from each page's scores
+    const size_t layer_means = static_cast<size_t>(l) * c.kv_dim();
+    rope_shift.page_bias(q.get(), batch, c.n_heads, in.slots, in.code_lengths, in.max_code_length,
+                         means_pre.get() + layer_means, means.get() + layer_means,
+                         static_cast<size_t>(c.n_layers) * c.kv_dim(), max_pages, page_bias.get(),
+                         stream);
+    b.page_bias = page_bias.get();
+  }
   if (decode_kind == DecodeKind::kF16) {
     f16_decode_attention(kcodec->f16(), b, q.get(), att.get(), decode_ws.get(), decode_ws.bytes(),
                          multiprocessors, stream);

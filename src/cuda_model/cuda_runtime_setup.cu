@@ -57,10 +57,8 @@ void check_options(const model::LlamaConfig& c, const model::RuntimeOptions& o) 
                 "take one codebook per cache, not one per sequence and layer; use --device cpu "
                 "for online codebooks");
   }
-  if (o.rope_center_keys) {
-    throw Error(ErrorKind::kUnsupported,
-                "the CUDA runtime centers keys on one mean (no --rope-center yet); use --device "
-                "cpu for RoPE-aware key centering");
+  if (o.rope_center_keys && !o.center_keys) {
+    throw_invalid("--rope-center refines key centering; drop --no-center-keys");
   }
   if (o.max_sequences < 1) throw_invalid("max_sequences must be >= 1");
   if (o.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
@@ -101,12 +99,17 @@ MemoryPlan plan_memory(const model::LlamaConfig& c, const model::RuntimeOptions&
                        sizeof(int32_t);
   const size_t seqs = static_cast<size_t>(o.max_sequences);
   // Dense attention's per-layer keys and values (prefill), the dequantize scratch, the key means,
-  // the codes' log-sum-exps.
+  // the codes' log-sum-exps; with --rope-center the means before RoPE, the shifted keys of a step
+  // and decode's per-page score shifts.
+  const size_t rope_center =
+      o.rope_center_keys
+          ? (seqs * c.n_layers * kvd + rows * kvd + seqs * pages * c.n_heads) * sizeof(float)
+          : 0;
   p.scratch_bytes = activations +
                     DenseAttention::bytes_for(c.n_heads, c.head_dim, static_cast<int>(rows), ctx) +
                     2 * c.n_layers * kvd * ctx * sizeof(__half) + kvd * ctx * sizeof(float) +
                     decode_ws + seqs * c.n_layers * kvd * sizeof(float) +
-                    seqs * c.n_heads * sizeof(float) + 2 * stage + kReserveBytes;
+                    seqs * c.n_heads * sizeof(float) + 2 * stage + rope_center + kReserveBytes;
   p.kv_bytes_per_token =
       kv_bytes_per_token(c, o.key_codec, o.value_codec, kPageTokens, o.codec_seed);
   // The pool (one spare page per layer) and the full-precision windows.
@@ -198,6 +201,16 @@ void CudaTransformer::Impl::allocate() {
   for (int s = options.max_sequences - 1; s >= 0; --s) free_slots.push_back(s);
   means.allocate(static_cast<size_t>(options.max_sequences) * c.n_layers * kvd,
                  "cudaMalloc(means)");
+  // RoPE-aware key centering shifts lossy keys only: an f16 key cache is exact without it.
+  if (options.rope_center_keys && !kcodec->is_f16()) {
+    rope_shift = RopeShift(freq, c.head_dim, c.n_kv_heads, page_tokens, window.sink, max_pages);
+    means_pre.allocate(means.size(), "cudaMalloc(means before RoPE)");
+    k_code.allocate(rows * kvd, "cudaMalloc(shifted keys)");
+    if (decode_kind != DecodeKind::kDense) {
+      page_bias.allocate(static_cast<size_t>(options.max_sequences) * max_pages * c.n_heads,
+                         "cudaMalloc(page score shifts)");
+    }
+  }
   x.allocate(rows * dim);
   q.allocate(rows * qd);
   k.allocate(rows * kvd);

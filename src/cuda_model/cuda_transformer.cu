@@ -136,17 +136,26 @@ void CudaTransformer::Impl::step(Seq* const* list, bool batch, const int* tokens
     gemm(w.wq.get(), qd, dim, xn.get(), rows, q.get(), false);
     gemm(w.wk.get(), kvd, dim, xn.get(), rows, k.get(), false);
     gemm(w.wv.get(), kvd, dim, xn.get(), rows, v.get(), false);
+    const size_t slot_stride = static_cast<size_t>(c.n_layers) * kvd;
+    const size_t layer_means = static_cast<size_t>(l) * kvd;
+    if (rope_shift.enabled() && first_append) {  // the mean before RoPE (rope_shift.h)
+      column_mean(k.get(), rows, kvd, means_pre.get() + layer_means + list[0]->slot * slot_stride,
+                  stream);
+    }
     rope_rows(q.get(), rows, c.n_heads, c.head_dim, in.positions, inv_freq.get(), stream);
     rope_rows(k.get(), rows, c.n_kv_heads, c.head_dim, in.positions, inv_freq.get(), stream);
+    const float* keys = k.get();  // as encoded into the pages
     if (options.center_keys) {
-      float* layer_means = means.get() + static_cast<size_t>(l) * kvd;
-      const size_t slot_stride = static_cast<size_t>(c.n_layers) * kvd;
-      if (first_append) {
-        column_mean(k.get(), rows, kvd, layer_means + list[0]->slot * slot_stride, stream);
+      float* post = means.get() + layer_means;
+      if (first_append) column_mean(k.get(), rows, kvd, post + list[0]->slot * slot_stride, stream);
+      subtract_rows(k.get(), rows, kvd, post, in.slots, slot_stride, stream);
+      if (rope_shift.enabled()) {
+        rope_shift.subtract(k.get(), rows, in.code_positions, in.slots,
+                            means_pre.get() + layer_means, post, slot_stride, k_code.get(), stream);
+        keys = k_code.get();
       }
-      subtract_rows(k.get(), rows, kvd, layer_means, in.slots, slot_stride, stream);
     }
-    store_kv(l, list[0]->length, batch, rows, in);
+    store_kv(l, list[0]->length, batch, rows, in, keys);
     if (batch) {
       decode_attention_step(l, list, rows, in);
     } else {
@@ -285,7 +294,8 @@ KvMemoryStats CudaTransformer::memory() const {
   stats.layer_bytes.assign(m.config.n_layers, 0);
   for (const auto& [id, s] : m.seqs) {
     for (size_t& b : stats.layer_bytes)
-      b += s.pages.size() * page + window + (m.options.center_keys ? kvd * sizeof(float) : 0);
+      b += s.pages.size() * page + window + (m.options.center_keys ? kvd * sizeof(float) : 0) +
+           (m.rope_shift.enabled() ? kvd * sizeof(float) : 0);
     stats.tokens += s.length;
     stats.fp16_bytes += s.length * kvd * 2 * sizeof(uint16_t) * m.config.n_layers;
   }

@@ -19,6 +19,7 @@
 #include "cuda_model/f16_kv.h"
 #include "cuda_model/kv_window.h"
 #include "cuda_model/model_kernels.h"
+#include "cuda_model/rope_shift.h"
 
 namespace polarquant::cuda {
 
@@ -75,6 +76,11 @@ struct CudaTransformer::Impl {
   std::map<SequenceId, Seq> seqs;
   SequenceId next_id = 0;
   DeviceBuffer<float> means;  // [slot][layer][kv_dim]
+  // RoPE-aware key centering (rope_shift.h; disabled unless rope_center_keys with lossy keys):
+  // the first chunk's key means before RoPE ([slot][layer][kv_dim]), a step's keys as encoded
+  // (rows x kv_dim), and decode's per-page score shifts (max_sequences x max_pages x n_heads).
+  RopeShift rope_shift;
+  DeviceBuffer<float> means_pre, k_code, page_bias;
   WindowLayout window;
   DeviceBuffer<__half> win_k, win_v;  // window rows (kv_window.h)
   DeviceBuffer<float> lse;            // decode: the codes' log-sum-exp per query head
@@ -109,7 +115,7 @@ struct CudaTransformer::Impl {
   void step(Seq* const* list, bool batch, const int* tokens, int rows, int first_logit);
   size_t layer_pool_bytes(const DeviceKvCodec& codec) const;
   uint8_t* layer_pool(DeviceBuffer<uint8_t>& pool, const DeviceKvCodec& codec, int layer);
-  void store_kv(int l, size_t first, bool batch, int rows, const StepInputs& in);
+  void store_kv(int l, size_t first, bool batch, int rows, const StepInputs& in, const float* keys);
   const __half* dense_keys(const Seq& s, int l, const int32_t* table, size_t keys,
                            const __half** values);
   void prefill_attention(const Seq& s, int l, int rows, const int32_t* table);

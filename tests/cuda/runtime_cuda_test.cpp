@@ -347,10 +347,14 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
   const LlamaModel& m = *m_;
   const auto& tok = tok_;
   const std::vector<int> text = text_tokens(*tok, 400);
-  const CodecPair pair = codec_pair(GetParam());
+  // "NAME+rope": RoPE-aware key centering on both runtimes (the GPU's rope_shift.h).
+  const std::string param = GetParam();
+  const bool rope = param.size() > 5 && param.compare(param.size() - 5, 5, "+rope") == 0;
+  const CodecPair pair = codec_pair(rope ? param.substr(0, param.size() - 5) : param);
   const bool lossy = pair.key != "f16";
   auto windowed = [&](const std::string& device, int sink, int recent) {
     RuntimeOptions o = options(pair.key, pair.value, device);
+    o.rope_center_keys = rope;
     o.sink_tokens = sink;
     o.recent_tokens = recent;
     o.prefill_chunk = 64;
@@ -435,7 +439,9 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
   EXPECT_EQ(mem.tokens, 300u + 340u + 42u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Codecs, SmolLM2Windows, ::testing::Values("f16", "paper", "polar4kv"));
+INSTANTIATE_TEST_SUITE_P(Codecs, SmolLM2Windows,
+                         ::testing::Values("f16", "paper", "polar4kv", "paper+rope",
+                                           "polar4kv+rope"));
 
 TEST(CudaRuntime, RefusesWhatDoesNotFit) {
   POLARQUANT_REQUIRE_GPU();

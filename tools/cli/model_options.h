@@ -87,7 +87,7 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
   cmd->add_flag("--rope-center", f.rope_center,
                 "center keys on their mean taken before RoPE, rotated to each page's position "
                 "(attention stays exact; lowers a lossy key codec's error most at long context; "
-                "CPU, Llama-family models)");
+                "Llama-family models, CPU and CUDA)");
 }
 
 // After parsing: a pair name gives -ctk its key codec and -ctv its value codec; codebook files
