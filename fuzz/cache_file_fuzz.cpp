@@ -35,6 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     o.recent_tokens = static_cast<int>(h.recent_tokens);
     o.center_keys = h.center_keys;
     o.quantize_generated = h.quantize_generated;
+    if (h.rope_center) o.key_rope_inv_freq = h.rope_inv_freq;
+    o.key_rope_neox = h.rope_neox;
     KvCache cache(o);
     check_cache_file_matches(file, cache, h.owner);
     const SequenceId seq = restore_cache_sequence(cache, file);

@@ -15,90 +15,22 @@
 #include <vector>
 
 #include "cache/kv_cache_impl.h"
-#include "cache_test_util.h"
+#include "cache_file_test_util.h"
 #include "core/bytes.h"
 
 namespace polarquant {
 namespace {
 
+using testing::expect_same_bits;
+using testing::fill;
+using testing::fix_crc;
+using testing::format_error;
+using testing::ids;
+using testing::options;
+using testing::owner_for;
+using testing::read_all;
+using testing::section_offset;
 using testing::token_data;
-
-CacheOwner owner_for(const KvCacheOptions& o) {
-  CacheOwner w;
-  w.architecture = "test/none";
-  w.n_layers = static_cast<uint32_t>(o.n_layers);
-  w.n_heads = static_cast<uint32_t>(2 * o.n_kv_heads);
-  w.n_kv_heads = static_cast<uint32_t>(o.n_kv_heads);
-  w.head_dim = static_cast<uint32_t>(o.head_dim);
-  w.vocab_size = 100;
-  w.model_hash = 0x1234abcdull;
-  return w;
-}
-
-// A prompt of `prompt` tokens in one append, then `generated` appends of one token.
-SequenceId fill(KvCache& cache, size_t prompt, size_t generated, uint64_t seed) {
-  const KvCacheOptions& o = cache.options();
-  const SequenceId seq = cache.add_sequence();
-  const size_t row = static_cast<size_t>(o.n_kv_heads) * o.head_dim;
-  for (int l = 0; l < o.n_layers; ++l) {
-    const auto d = token_data(prompt + generated, o.n_kv_heads, o.head_dim, seed + l);
-    cache.append(seq, l, d.k.data(), d.v.data(), prompt);
-    for (size_t t = prompt; t < prompt + generated; ++t) {
-      cache.append(seq, l, d.k.data() + t * row, d.v.data() + t * row, 1);
-    }
-  }
-  return seq;
-}
-
-std::vector<int> ids(size_t n) {
-  std::vector<int> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = static_cast<int>(i * 7 % 100);
-  return v;
-}
-
-KvCacheOptions options(const std::string& key, const std::string& value) {
-  KvCacheOptions o;
-  o.n_layers = 2;
-  o.n_kv_heads = 2;
-  o.head_dim = 64;
-  o.key_codec = key;
-  o.value_codec = value;
-  o.sink_tokens = 4;
-  o.recent_tokens = 8;
-  o.center_keys = true;
-  return o;
-}
-
-std::vector<float> read_all(const KvCache& cache, SequenceId seq, int layer) {
-  const size_t n = cache.length(seq, layer);
-  const size_t row = static_cast<size_t>(cache.options().n_kv_heads) * cache.options().head_dim;
-  std::vector<float> k(n * row), v(n * row);
-  cache.read(seq, layer, 0, n, k.data(), v.data());
-  k.insert(k.end(), v.begin(), v.end());
-  return k;
-}
-
-void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  ASSERT_EQ(a.size(), b.size());
-  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
-}
-
-// Rewrites the CRC-32C of the section that starts at `offset` (after editing its payload).
-void fix_crc(std::vector<uint8_t>& bytes, size_t offset) {
-  uint64_t length = 0;
-  std::memcpy(&length, &bytes[offset + 4], 8);
-  const uint32_t crc = crc32c(&bytes[offset], static_cast<size_t>(12 + length));
-  std::memcpy(&bytes[offset + 12 + length], &crc, 4);
-}
-size_t section_offset(const std::vector<uint8_t>& bytes, int index) {
-  size_t at = 12;
-  for (int i = 0; i < index; ++i) {
-    uint64_t length = 0;
-    std::memcpy(&length, &bytes[at + 4], 8);
-    at += 16 + length;
-  }
-  return at;
-}
 
 TEST(CacheFile, Crc32cKnownAnswer) {
   const char* s = "123456789";
@@ -165,8 +97,9 @@ TEST(CacheFile, StoresPagesOneAfterAnotherAcrossSlabs) {
   const KvCache::Impl& m = cache.impl();
   const SequenceLayer& sl = m.layer(seq, 0, "test");
   ASSERT_GE(sl.pages, 100u);
-  const size_t row = 3 * 64;  // the key mean and 4 sink rows (K, V) precede the pages
-  size_t at = section_offset(bytes, 2) + 12 + 4 + 6 * 8 + 4 + row * 4 + 2 * 4 * row * 4;
+  // The key mean, an empty key_mean_pre and 4 sink rows (K, V) precede the pages.
+  const size_t row = 3 * 64;
+  size_t at = section_offset(bytes, 2) + 12 + 4 + 6 * 8 + 4 + row * 4 + 4 + 2 * 4 * row * 4;
   for (const bool keys : {true, false}) {
     for (size_t p = 0; p < sl.pages; ++p) {
       for (int h = 0; h < o.n_kv_heads; ++h) {
@@ -184,10 +117,11 @@ TEST(CacheFile, StoresPagesOneAfterAnotherAcrossSlabs) {
   EXPECT_EQ(restored.memory().total_bytes, cache.memory().total_bytes);
 }
 
-// tests/data/cache_v1_paper_q4_0.pqkv was written by main at 7a07c69, which allocated every page
-// separately (same options, owner, ids and fill as here; 2 KV heads, 5 pages in slabs of 1, 2 and
-// 4 pages now). The format did not change, so it restores and saves back to the same bytes.
-TEST(CacheFile, ReadsAFileWrittenWithOnePagePerAllocation) {
+// tests/data/cache_v1_paper_q4_0.pqkv was written by main at 7a07c69 (format version 1), which
+// allocated every page separately (same options, owner, ids and fill as here; 2 KV heads, 5 pages
+// in slabs of 1, 2 and 4 pages now). Version 1 files still load, as caches without RoPE-aware
+// centering; saved again they are version 2 files, the same as saving the cache they came from.
+TEST(CacheFile, ReadsAVersion1FileWrittenWithOnePagePerAllocation) {
   const std::string path =
       std::string(POLARQUANT_SOURCE_DIR) + "/tests/data/cache_v1_paper_q4_0.pqkv";
   const auto bytes = read_file_bytes(path);
@@ -197,12 +131,17 @@ TEST(CacheFile, ReadsAFileWrittenWithOnePagePerAllocation) {
   KvCache cache(o);
   const SequenceId seq = fill(cache, 150, 5, 21);
   ASSERT_EQ(cache.impl().layer(seq, 0, "test").pages, 5u);
-  EXPECT_EQ(serialize_cache_sequence(cache, seq, owner_for(o), ids(155), {}), bytes);
   KvCache restored(o);
   const CacheFile file = parse_cache_file(bytes.data(), bytes.size(), path);
+  EXPECT_EQ(file.header.version, 1u);
+  EXPECT_FALSE(file.header.rope_center);
   check_cache_file_matches(file, restored, owner_for(o));
   const SequenceId back = restore_cache_sequence(restored, file);
   expect_same_bits(read_all(cache, seq, 0), read_all(restored, back, 0));
+  const auto now = serialize_cache_sequence(cache, seq, owner_for(o), ids(155), {});
+  EXPECT_EQ(serialize_cache_sequence(restored, back, owner_for(o), ids(155), {}), now);
+  // Version 2 adds 6 bytes to HEAD (RoPE centering off: no frequencies), 4 to the layer section.
+  EXPECT_EQ(now.size(), bytes.size() + 6 + 4);
 }
 
 TEST(CacheFile, SavesToATemporaryFileAndRenames) {
@@ -259,18 +198,6 @@ TEST(CacheFile, RefusesAnotherOwnerOrCacheConfiguration) {
   refused(changed, owner_for(o), "page_tokens");
 }
 
-std::string format_error(const std::vector<uint8_t>& bytes, const KvCacheOptions& o) {
-  try {
-    const CacheFile f = parse_cache_file(bytes.data(), bytes.size(), "bad.pqkv");
-    KvCache c(o);
-    check_cache_file_matches(f, c, owner_for(o));
-    restore_cache_sequence(c, f);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(CacheFile, RefusesWrongVersionTruncationAndEveryFlippedByte) {
   KvCacheOptions o = options("paper", "q4_0");
   o.n_layers = 1;
@@ -281,8 +208,8 @@ TEST(CacheFile, RefusesWrongVersionTruncationAndEveryFlippedByte) {
   EXPECT_EQ(format_error(bytes, o), "");
 
   auto version = bytes;
-  version[8] = 2;
-  EXPECT_NE(format_error(version, o).find("version 2; this build reads version 1"),
+  version[8] = 3;
+  EXPECT_NE(format_error(version, o).find("version 3; this build reads versions 1 and 2"),
             std::string::npos);
   auto magic = bytes;
   magic[0] = 'X';
@@ -337,7 +264,7 @@ TEST(CacheFile, RefusesInconsistentLayersWithValidChecksums) {
   EXPECT_NE(format_error(edited(4 + 6 * 8 + 4, &nan, 4), o).find("key mean is not finite"),
             std::string::npos);
   const size_t row = static_cast<size_t>(o.n_kv_heads) * o.head_dim;
-  const size_t sink_rows = 4 + 6 * 8 + 4 + row * 4;
+  const size_t sink_rows = 4 + 6 * 8 + 4 + row * 4 + 4;  // after the mean and key_mean_pre's 0
   EXPECT_NE(format_error(edited(sink_rows + 8, &nan, 4), o).find("sink row value is not finite"),
             std::string::npos);
   // An fp16 radius of +inf in the first key page.

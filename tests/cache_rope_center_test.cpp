@@ -82,7 +82,7 @@ TEST(CacheRopeCenter, LowersTheErrorOfALossyKeyCodecBelowOneMean) {
   }
 }
 
-TEST(CacheRopeCenter, BadOptionsAndCacheFilesAreRefused) {
+TEST(CacheRopeCenter, BadOptionsAreRefusedAndCacheFilesRecordTheFrequencies) {
   KvCacheOptions o;
   o.head_dim = kDim;
   o.key_rope_inv_freq = inv_freq();
@@ -94,8 +94,12 @@ TEST(CacheRopeCenter, BadOptionsAndCacheFilesAreRefused) {
   o.key_rope_inv_freq[3] = NAN;
   EXPECT_THROW(KvCache{o}, Error);
   o.key_rope_inv_freq = inv_freq();
+  o.key_rope_neox = true;
   KvCache cache(o);
-  EXPECT_THROW(cache_file_header(cache, CacheOwner{}), Error);
+  const CacheFileHeader h = cache_file_header(cache, CacheOwner{});  // cache_file_rope_test.cpp
+  EXPECT_TRUE(h.rope_center);
+  EXPECT_TRUE(h.rope_neox);
+  EXPECT_EQ(h.rope_inv_freq, inv_freq());
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // `generate --prompt-cache`: a restored prompt generates bit for bit what the uninterrupted run
-// generates (stories260K, and SmolLM2 where present), and the CLI refuses another model, another
-// codec, another version, a truncated file and a flipped byte with status 2, leaving the file
-// alone.
+// generates (a synthetic model, stories260K, and SmolLM2 where present; with and without
+// --rope-center), and the CLI refuses another model, another codec, another version, a truncated
+// file and a flipped byte with status 2, leaving the file alone.
 #include "model/prompt_cache.h"
 
 #include <polarquant/error.h>
@@ -9,9 +9,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,7 @@ model::RuntimeOptions polar_options() {
   rt.recent_tokens = 8;
   rt.n_threads = 1;
   rt.prefill_chunk = 16;
+  rt.rope_center_keys = false;  // explicit: the tests turn it on where they want it
   return rt;
 }
 
@@ -92,14 +95,20 @@ TEST(PromptCache, RestoredGenerationIsBitIdenticalOnStories260K) {
   const std::vector<int> prompt =
       m.tokenizer->encode("Once upon a time, there was a little girl named Lily. She", true, false);
   ASSERT_GT(prompt.size(), 16u);
-  for (const auto& rt : {polar_options(), [] {
+  for (const auto& rt : {polar_options(),
+                         [] {
                            auto o = polar_options();
                            o.key_codec = "kivi2k";  // groups of 32 tokens
                            o.value_codec = "kivi2v";
                            o.quantize_generated = false;
                            return o;
+                         }(),
+                         [] {
+                           auto o = polar_options();
+                           o.rope_center_keys = true;
+                           return o;
                          }()}) {
-    SCOPED_TRACE(rt.key_codec);
+    SCOPED_TRACE(rt.key_codec + (rt.rope_center_keys ? " --rope-center" : ""));
     std::filesystem::remove(path);
     const GenRun plain = generate(m, rt, prompt, "", 24);
     const GenRun first = generate(m, rt, prompt, path, 24);  // computes and saves
@@ -118,6 +127,109 @@ TEST(PromptCache, RestoredGenerationIsBitIdenticalOnStories260K) {
     const GenRun extended = generate(m, rt, prompt, path, 24);
     EXPECT_EQ(extended.reused, 16u);
     expect_identical(plain, extended);
+  }
+  std::filesystem::remove(path);
+}
+
+// A llama2.c checkpoint with seeded Gaussian weights (dim 64: 2 query heads of 32 sharing one KV
+// head, hidden 96, 2 layers, vocab 64, context 512): a model that needs no files.
+std::vector<uint8_t> synthetic_llama2c() {
+  const int32_t header[7] = {64, 96, 2, 2, 1, 64, 512};
+  const size_t d = 64, hd = 96, layers = 2, kv = 32, vocab = 64, context = 512;
+  std::vector<uint8_t> bytes(sizeof header);
+  std::memcpy(bytes.data(), header, sizeof header);
+  std::mt19937 rng(17);
+  auto put = [&](size_t n, float scale, float offset) {
+    std::normal_distribution<float> g(offset, scale);
+    for (size_t i = 0; i < n; ++i) {
+      const float x = g(rng);
+      const auto* b = reinterpret_cast<const uint8_t*>(&x);
+      bytes.insert(bytes.end(), b, b + 4);
+    }
+  };
+  const float w = 1.0f / std::sqrt(static_cast<float>(d));
+  put(vocab * d, 1.0f, 0.0f);      // token embedding (also the classifier)
+  put(layers * d, 0.1f, 1.0f);     // attention norms
+  put(layers * d * d, w, 0.0f);    // wq
+  put(layers * kv * d, w, 0.02f);  // wk (a key bias for the centering to remove)
+  put(layers * kv * d, w, 0.0f);   // wv
+  put(layers * d * d, w, 0.0f);    // wo
+  put(layers * d, 0.1f, 1.0f);     // ffn norms
+  put(layers * hd * d, w, 0.0f);   // w1
+  put(layers * d * hd, 1.0f / std::sqrt(static_cast<float>(hd)), 0.0f);  // w2
+  put(layers * hd * d, w, 0.0f);                                         // w3
+  put(d, 0.1f, 1.0f);                                                    // final norm
+  put(context * (d / 2), 0.0f, 0.0f);                                    // freq_cis (unused)
+  return bytes;
+}
+
+// Teacher-forced logits: after the prompt (through the prompt cache when path is not empty), then
+// after each of `decode` more tokens.
+std::vector<float> forced_logits(const model::LlamaModel& m, const model::RuntimeOptions& rt,
+                                 const std::vector<int>& prompt, const std::string& path,
+                                 size_t decode, size_t* reused = nullptr) {
+  model::Transformer tf(m, rt);
+  std::vector<float> logits, all;
+  SequenceId seq = 0;
+  if (path.empty()) {
+    seq = tf.add_sequence();
+    tf.forward(seq, prompt.data(), prompt.size(), logits, false);
+  } else {
+    CacheOwner owner;
+    owner.architecture = "llama/llama2c";
+    owner.n_layers = 2;
+    owner.n_heads = 2;
+    owner.n_kv_heads = 1;
+    owner.head_dim = 32;
+    owner.vocab_size = 64;
+    owner.model_hash = 0x5eed;
+    auto pre = model::prefill_with_prompt_cache(tf, owner, prompt, path, false);
+    seq = pre.seq;
+    logits = std::move(pre.logits);
+    if (reused != nullptr) *reused = pre.reused;
+  }
+  all = logits;
+  for (size_t i = 0; i < decode; ++i) {
+    const int token = static_cast<int>((i * 29 + 3) % 64);
+    tf.forward(seq, &token, 1, logits, false);
+    all.insert(all.end(), logits.begin(), logits.end());
+  }
+  return all;
+}
+
+// With --rope-center the file holds each layer's pre-RoPE key mean and the frequencies, and the
+// restored cache (a whole prompt, or a prefix ending on a prefill chunk) continues bit for bit.
+TEST(PromptCache, RopeCenteredCacheRestoresBitIdenticallyOnASyntheticModel) {
+  const auto bytes = synthetic_llama2c();
+  const auto m = model::LlamaModel::parse_llama2c(bytes.data(), bytes.size(), "synthetic");
+  std::vector<int> prompt(150);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int>((i * 13 + 5) % 64);
+  const std::string path = ::testing::TempDir() + "/prompt_cache_rope.pqkv";
+  std::vector<float> without_rope;
+  for (const bool rope : {false, true}) {
+    SCOPED_TRACE(rope ? "--rope-center" : "one mean");
+    auto rt = polar_options();
+    rt.rope_center_keys = rope;
+    std::filesystem::remove(path);
+    const auto plain = forced_logits(m, rt, prompt, "", 40);
+    size_t reused = 1;
+    EXPECT_EQ(forced_logits(m, rt, prompt, path, 40, &reused), plain);  // computes and saves
+    EXPECT_EQ(reused, 0u);
+    EXPECT_EQ(forced_logits(m, rt, prompt, path, 40, &reused), plain);
+    EXPECT_EQ(reused, prompt.size());
+    const std::vector<int> head(prompt.begin(), prompt.begin() + 64);  // 4 chunks of 16
+    std::filesystem::remove(path);
+    forced_logits(m, rt, head, path, 0);
+    EXPECT_EQ(forced_logits(m, rt, prompt, path, 40, &reused), plain);
+    EXPECT_EQ(reused, 64u);
+    if (rope) {
+      EXPECT_NE(plain, without_rope) << "--rope-center changed nothing";
+    } else {
+      without_rope = plain;
+    }
+    // The file of one setting is refused by the other, naming it.
+    rt.rope_center_keys = !rope;
+    EXPECT_THROW(forced_logits(m, rt, prompt, path, 0), Error);
   }
   std::filesystem::remove(path);
 }
@@ -176,7 +288,7 @@ TEST(PromptCache, CliRestoresAndRefusesBadFiles) {
   auto bytes = good;
   bytes[8] = 9;
   write_file_bytes(path, bytes);
-  refused("", "version 9; this build reads version 1");
+  refused("", "version 9; this build reads versions 1 and 2");
   bytes = good;
   bytes.resize(bytes.size() / 2);
   write_file_bytes(path, bytes);
@@ -199,6 +311,22 @@ TEST(PromptCache, CliRestoresAndRefusesBadFiles) {
   EXPECT_EQ(cuda.exit_code, 2) << cuda.output;
   EXPECT_NE(cuda.output.find("CPU runtime only"), std::string::npos) << cuda.output;
   EXPECT_EQ(run_cli(base + " --prompt-cache-ro").exit_code, 2);
+  // --rope-center: saved, then restored, giving the text of a run without the file.
+  std::filesystem::remove(path);
+  const auto rope = run_quiet(base + " --rope-center");
+  ASSERT_EQ(rope.exit_code, 0) << rope.output;
+  for (int i = 0; i < 2; ++i) {
+    r = run_quiet(base + " --rope-center --prompt-cache " + path);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto j = nlohmann::json::parse(r.output);
+    EXPECT_EQ(j["text"], nlohmann::json::parse(rope.output)["text"]);
+    EXPECT_EQ(j["prompt_cache"]["reused_tokens"].get<size_t>() > 0, i == 1);
+  }
+  // A run without it refuses the file (--no-rope-center once --rope-center is the default).
+  const bool has_off =
+      run_cli("generate --help").output.find("--no-rope-center") != std::string::npos;
+  refused(has_off ? "--no-rope-center" : "",
+          "RoPE-aware key centering (1: --rope-center) 1, but this run has 0");
   std::filesystem::remove(path);
 }
 

@@ -55,7 +55,8 @@ struct KvCacheOptions {
   // pre-RoPE bias rotate with the position, so one mean fits later tokens less and less. The cache
   // then also keeps the first append's mean before RoPE and stores each page's keys minus that
   // mean rotated to the page's middle, on the pairs turning less than 2 radians within a page;
-  // attention adds the per-page difference back (exact). Empty: one mean. Cache files refuse it.
+  // attention adds the per-page difference back (exact). Empty: one mean. Cache files (version 2)
+  // store the frequencies and the pre-RoPE means.
   std::vector<float> key_rope_inv_freq;
   bool key_rope_neox = false;
 };

@@ -70,6 +70,33 @@ ByteReader take_section(ByteReader& r, uint32_t tag, const std::string& name) {
   return ByteReader(payload, static_cast<size_t>(length), r.where() + ", section " + name);
 }
 
+// Version 2's RoPE-aware centering fields: u8 on, u8 neox, u32 n, n f32 frequencies.
+void read_rope_center(ByteReader& hr, CacheFileHeader& h) {
+  const uint8_t on = hr.u8("rope_center"), neox = hr.u8("rope_neox");
+  if (on > 1 || neox > 1) hr.fail("rope_center / rope_neox must be 0 or 1");
+  h.rope_center = on == 1;
+  h.rope_neox = neox == 1;
+  const uint32_t n = hr.u32("rope_frequencies");
+  const uint32_t want = h.rope_center ? h.owner.head_dim / 2 : 0;
+  if (n != want || (h.rope_center && (h.owner.head_dim % 2 != 0 || !h.center_keys)) ||
+      (!h.rope_center && h.rope_neox)) {
+    hr.fail("RoPE centering " + std::to_string(on) + " (neox " + std::to_string(neox) + ") with " +
+            std::to_string(n) + " frequencies, head_dim " + std::to_string(h.owner.head_dim) +
+            " and center_keys " + std::to_string(int{h.center_keys}) +
+            ": on needs center_keys, an even head_dim and head_dim / 2 frequencies; off needs "
+            "none and neox 0");
+  }
+  h.rope_inv_freq.resize(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    const float f = hr.f32("rope_frequency");
+    if (!std::isfinite(f) || f < 0.0f) {
+      hr.fail("RoPE frequency " + std::to_string(i) + " is " + std::to_string(f) +
+              "; expected a finite frequency >= 0");
+    }
+    h.rope_inv_freq[i] = f;
+  }
+}
+
 }  // namespace
 
 CacheFileHeader cache_file_header(const KvCache& cache, const CacheOwner& owner) {
@@ -79,11 +106,6 @@ CacheFileHeader cache_file_header(const KvCache& cache, const CacheOwner& owner)
     throw_invalid(
         "prompt-cache files do not store online codebooks (--codebooks online fits them per "
         "sequence and layer); use the analytic or file codebooks with a prompt cache");
-  }
-  if (!o.key_rope_inv_freq.empty()) {
-    throw_invalid(
-        "prompt-cache files do not store RoPE-aware key centering (--rope-center) yet; run "
-        "without it to save or restore a prompt cache");
   }
   CacheFileHeader h;
   h.owner = owner;
@@ -100,6 +122,9 @@ CacheFileHeader cache_file_header(const KvCache& cache, const CacheOwner& owner)
   h.page_layout_version = kPageLayoutVersion;
   h.key_head_bytes = static_cast<uint32_t>(m.key_format->head_bytes());
   h.value_head_bytes = static_cast<uint32_t>(m.value_format->head_bytes());
+  h.rope_center = !o.key_rope_inv_freq.empty();
+  h.rope_neox = h.rope_center && o.key_rope_neox;
+  if (h.rope_center) h.rope_inv_freq = o.key_rope_inv_freq;
   return h;
 }
 
@@ -142,6 +167,10 @@ std::vector<uint8_t> serialize_cache_sequence(const KvCache& cache, SequenceId s
   w.u8(h.center_keys);
   w.u8(h.quantize_generated);
   for (uint32_t v : {h.page_layout_version, h.key_head_bytes, h.value_head_bytes}) w.u32(v);
+  w.u8(h.rope_center);
+  w.u8(h.rope_neox);
+  w.u32(static_cast<uint32_t>(h.rope_inv_freq.size()));
+  for (float f : h.rope_inv_freq) w.f32(f);
   put_section(out, kTagHeader, w);
 
   ByteWriter t;
@@ -160,6 +189,8 @@ std::vector<uint8_t> serialize_cache_sequence(const KvCache& cache, SequenceId s
     }
     p.u32(static_cast<uint32_t>(sl.key_mean.size()));
     p.raw(sl.key_mean.data(), sl.key_mean.size() * sizeof(float));
+    p.u32(static_cast<uint32_t>(sl.key_mean_pre.size()));
+    p.raw(sl.key_mean_pre.data(), sl.key_mean_pre.size() * sizeof(float));
     put_rows(p, sl.sink, m.row_floats);
     // Pages one after another, each its heads' regions in head order, K then V: the bytes do not
     // depend on how the cache groups pages into slabs in memory.
@@ -191,9 +222,9 @@ CacheFile parse_cache_file(const uint8_t* data, size_t size, const std::string& 
   }
   CacheFileHeader& h = f.header;
   h.version = r.u32("version");
-  if (h.version != kCacheFileVersion) {
+  if (h.version != 1 && h.version != kCacheFileVersion) {
     throw_format("cache file '" + where + "' has version " + std::to_string(h.version) +
-                 "; this build reads version " + std::to_string(kCacheFileVersion));
+                 "; this build reads versions 1 and " + std::to_string(kCacheFileVersion));
   }
   ByteReader hr = take_section(r, kTagHeader, "HEAD");
   h.owner.architecture = hr.str("architecture", kMaxName);
@@ -228,6 +259,7 @@ CacheFile parse_cache_file(const uint8_t* data, size_t size, const std::string& 
   h.page_layout_version = hr.u32("page_layout_version");
   h.key_head_bytes = hr.u32("key_head_bytes");
   h.value_head_bytes = hr.u32("value_head_bytes");
+  if (h.version >= 2) read_rope_center(hr, h);  // version 1: no RoPE-aware centering
   if (hr.remaining() != 0) hr.fail(std::to_string(hr.remaining()) + " unexpected trailing bytes");
 
   ByteReader tr = take_section(r, kTagTokens, "TOKS");

@@ -5,9 +5,10 @@
 //
 // The file names its owner (model architecture, shapes and a hash of the model, see
 // model::cache_owner) and every cache setting that changes the stored bytes (codecs and their
-// codebooks, rotation seed, page size, windows, key centering, quantize_generated). Each section
-// carries a CRC-32C. Reading never trusts a count before checking it against the bytes present,
-// and restoring validates every layer before the cache is touched: a refused file loads nothing.
+// codebooks, rotation seed, page size, windows, key centering and its RoPE frequencies,
+// quantize_generated). Each section carries a CRC-32C. Reading never trusts a count before checking
+// it against the bytes present, and restoring validates every layer before the cache is touched: a
+// refused file loads nothing.
 #pragma once
 
 #include <polarquant/kv_cache.h>
@@ -19,7 +20,9 @@
 
 namespace polarquant {
 
-inline constexpr uint32_t kCacheFileVersion = 1;
+// Version 2 added RoPE-aware key centering (the header's frequencies, each layer's key_mean_pre).
+// Version 1 files are still read, as caches without it.
+inline constexpr uint32_t kCacheFileVersion = 2;
 
 // Who the cached keys and values belong to. A reader refuses a file whose owner differs.
 struct CacheOwner {
@@ -40,8 +43,12 @@ struct CacheFileHeader {
   bool center_keys = false, quantize_generated = true;
   uint32_t page_layout_version = 0;
   uint32_t key_head_bytes = 0, value_head_bytes = 0;  // one head's page region
-  std::vector<int32_t> tokens;                        // the tokens the sequence holds, in order
-  std::vector<float> logits;  // the model's logits after the last token (may be empty)
+  // RoPE-aware key centering (KvCacheOptions::key_rope_inv_freq, key_rope_neox; version 2): on
+  // when rope_inv_freq holds head_dim / 2 frequencies; rope_neox is false when off.
+  bool rope_center = false, rope_neox = false;
+  std::vector<float> rope_inv_freq;
+  std::vector<int32_t> tokens;  // the tokens the sequence holds, in order
+  std::vector<float> logits;    // the model's logits after the last token (may be empty)
 };
 
 // A file whose header, tokens and section checksums have been checked; the layer sections are
@@ -77,7 +84,8 @@ void check_cache_file_matches(const CacheFile& file, const KvCache& cache, const
 // Adds a sequence holding the file's keys and values and returns its id. Every layer is checked
 // first (lengths consistent with the cache's rules, finite full-precision rows and key means, pages
 // that decode to finite values); on any error it throws Format and the cache is left unchanged.
-// Call check_cache_file_matches first.
+// With RoPE-aware centering it extends the cache's page table (RopeCenter::cover) to the restored
+// pages. Call check_cache_file_matches first.
 SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file);
 
 }  // namespace polarquant

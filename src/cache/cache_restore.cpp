@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <tuple>
@@ -61,6 +62,23 @@ void check_cache_file_matches(const CacheFile& file, const KvCache& cache,
   differ("--sink", f.sink_tokens, here.sink_tokens, w);
   differ("--recent", f.recent_tokens, here.recent_tokens, w);
   differ("key centering (0: --no-center-keys)", int{f.center_keys}, int{here.center_keys}, w);
+  if (f.version < 2 && here.rope_center) {
+    throw_invalid("cache file '" + w + "' is of version " + std::to_string(f.version) +
+                  ", which does not store RoPE-aware key centering (--rope-center); run without "
+                  "it, or recreate the file with this build; nothing was loaded");
+  }
+  differ("RoPE-aware key centering (1: --rope-center)", int{f.rope_center}, int{here.rope_center},
+         w);
+  differ("RoPE pairs (1: neox, 0: interleaved)", int{f.rope_neox}, int{here.rope_neox}, w);
+  for (size_t i = 0; i < f.rope_inv_freq.size() && i < here.rope_inv_freq.size(); ++i) {
+    if (std::memcmp(&f.rope_inv_freq[i], &here.rope_inv_freq[i], sizeof(float)) != 0) {
+      char text[160];
+      std::snprintf(text, sizeof text,
+                    "RoPE frequency %zu (key_rope_inv_freq) %.9g, but this run has %.9g", i,
+                    f.rope_inv_freq[i], here.rope_inv_freq[i]);
+      throw_invalid("cache file '" + w + "' was written for " + text + "; nothing was loaded");
+    }
+  }
   differ("quantize_generated (0: --fp16-generated)", int{f.quantize_generated},
          int{here.quantize_generated}, w);
   differ("page layout version", f.page_layout_version, here.page_layout_version, w);
@@ -83,6 +101,17 @@ void read_rows(ByteReader& r, TokenRows& rows, size_t n, size_t row_floats, cons
     }
   }
   rows.push(k.data(), v.data(), n);
+}
+
+// Reads n floats of a key mean (n already checked), refusing non-finite values.
+void read_means(ByteReader& r, std::vector<float>& mean, uint32_t n, const char* field,
+                const char* what) {
+  if (n == 0) return;
+  mean.resize(n);
+  std::memcpy(mean.data(), r.take(n * sizeof(float), field), n * sizeof(float));
+  for (float x : mean) {
+    if (!std::isfinite(x)) r.fail(std::string(what) + " is not finite");
+  }
 }
 
 // Decodes the filled slots of every page and refuses codes that decode to non-finite values.
@@ -119,11 +148,6 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
   // restored sequence through them is well-defined.
   KvCache::Impl& m = const_cast<KvCache::Impl&>(cache.impl());
   const KvCacheOptions& o = m.options;
-  if (!o.key_rope_inv_freq.empty()) {
-    throw_invalid(
-        "restore_cache_sequence: prompt-cache files do not store RoPE-aware key centering "
-        "(--rope-center) yet; run without it to restore a prompt cache");
-  }
   if (file.layer_data.size() != static_cast<size_t>(o.n_layers)) {
     throw_invalid("restore_cache_sequence: the file has " + std::to_string(file.layer_data.size()) +
                   " layers, the cache " + std::to_string(o.n_layers) +
@@ -132,6 +156,7 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
   const uint64_t n_tokens = file.header.tokens.size();
   const size_t page_tokens = static_cast<size_t>(o.page_tokens);
   std::vector<SequenceLayer> layers(static_cast<size_t>(o.n_layers));
+  size_t max_pages = 0;
   for (int l = 0; l < o.n_layers; ++l) {
     SequenceLayer& sl = layers[l];
     sl.sink.init(m.row_floats, static_cast<size_t>(std::max(o.sink_tokens, 1)));
@@ -153,6 +178,7 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
     sl.started = length > 0;
     sl.coded = coded;
     const uint64_t want_mean = o.center_keys && sl.started ? m.row_floats : 0;
+    const uint64_t want_pre = m.rope.enabled() && sl.started ? m.row_floats : 0;
     const uint32_t mean_floats = r.u32("key_mean floats");
     // The counts must be what appending `length` tokens (the first append `prompt` long) gives.
     const bool counts_ok =
@@ -166,23 +192,29 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
              std::to_string(pages) + ", tail " + std::to_string(tail) + ", key mean floats " +
              std::to_string(mean_floats));
     }
+    read_means(r, sl.key_mean, mean_floats, "key_mean", "a key mean");
+    // Version 2: the pre-RoPE mean (rope_center.h); version 1 files hold none.
+    uint32_t pre_floats = 0;
+    if (file.header.version >= 2) pre_floats = r.u32("key_mean_pre floats");
+    if (pre_floats != want_pre) {
+      r.fail("key_mean_pre floats " + std::to_string(pre_floats) + ", but " +
+             (want_pre > 0 ? "this cache's RoPE-aware centering needs " + std::to_string(want_pre)
+                           : std::string("the cache expects none here")) +
+             (file.header.version < 2 ? " (a version 1 file holds none)" : ""));
+    }
+    read_means(r, sl.key_mean_pre, pre_floats, "key_mean_pre",
+               "a pre-RoPE key mean (key_mean_pre)");
     const uint64_t page_bytes = m.key_page_bytes() + m.value_page_bytes();
     if (pages > 0 && page_bytes > file.layer_size[l] / pages) {
       r.fail(std::to_string(pages) + " pages do not fit in the layer section");
     }
-    const uint64_t expected = 4 + 6 * 8 + 4 + uint64_t{mean_floats} * 4 +
-                              2 * (sink + tail) * m.row_floats * 4 + pages * page_bytes;
+    const uint64_t means =
+        (file.header.version >= 2 ? 8 : 4) + (uint64_t{mean_floats} + pre_floats) * 4;
+    const uint64_t expected =
+        4 + 6 * 8 + means + 2 * (sink + tail) * m.row_floats * 4 + pages * page_bytes;
     if (expected != file.layer_size[l]) {
       r.fail("the layer section is " + std::to_string(file.layer_size[l]) +
              " bytes; its counts need " + std::to_string(expected));
-    }
-    if (mean_floats > 0) {
-      sl.key_mean.resize(mean_floats);
-      std::memcpy(sl.key_mean.data(), r.take(mean_floats * sizeof(float), "key_mean"),
-                  mean_floats * sizeof(float));
-      for (float x : sl.key_mean) {
-        if (!std::isfinite(x)) r.fail("a key mean is not finite");
-      }
     }
     read_rows(r, sl.sink, sink, m.row_floats, "sink row");
     for (uint64_t p = 0; p < pages; ++p) m.add_page(sl);
@@ -201,7 +233,11 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
              ")");
     }
     check_pages(m, sl, r);
+    max_pages = std::max<size_t>(max_pages, sl.pages);
   }
+  // The page table PageScoreShift and read() use (the appends that built these pages covered them
+  // in the writing process, not here).
+  if (m.rope.enabled()) m.rope.cover(max_pages);
   const SequenceId id = m.next_id++;
   m.sequences.emplace(id, std::move(layers));
   return id;

@@ -97,8 +97,8 @@ PromptPrefill prefill_with_prompt_cache(Transformer& tf, const CacheOwner& owner
                                         const std::vector<int>& prompt, const std::string& path,
                                         bool read_only) {
   if (prompt.empty()) throw_invalid("prompt cache: the prompt has no tokens");
-  // A cache whose settings a file cannot hold (online codebooks, RoPE-aware centering) is refused
-  // here, before the prompt is computed, not when the file is written.
+  // A cache whose settings a file cannot hold (online codebooks) is refused here, before the prompt
+  // is computed, not when the file is written.
   cache_file_header(tf.cache(), owner);
   PromptPrefill out;
   bool restored = false;
