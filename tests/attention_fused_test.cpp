@@ -23,6 +23,13 @@ using testing::gaussian;
 using testing::token_data;
 
 constexpr float kTolerance = 2e-5f;
+// The AVX2 set scores `paper` keys from int8 tables (docs/BENCHMARKS.md 2.5.4; its kernel is held
+// bit for bit to its scalar twin and its precision bounded in attention_avx2_i8_test.cpp): score
+// errors of ~1% of the scores' spread, far above float rounding. Against this file's reference
+// its outputs moved by up to 1.5% of max|v| at ordinary scores (bound 3%), and by up to 15% with
+// the 40x queries of StableWithLargeScores, where the softmax is nearly an argmax and a rounding
+// can change which of two close keys wins (bound 30% there: that test is about overflow).
+constexpr float kInt8Tolerance = 0.03f, kInt8LargeScoreTolerance = 0.3f;
 
 struct Case {
   std::string key_codec, value_codec;
@@ -78,7 +85,10 @@ void check_case(const Case& c, size_t n_queries = 1, int threads = 1, float q_sc
     SCOPED_TRACE(k->name);
     std::fill(got.begin(), got.end(), NAN);
     cache_attention_with(*k, cache, s, 0, q.data(), n_queries, n_q, got.data(), fused);
-    EXPECT_LE(testing::max_abs_diff(got, want), tol);
+    const bool int8_scores = k->name == "avx2" && c.key_codec == "paper";
+    const float int8_tol =
+        (q_scale > 1.0f ? kInt8LargeScoreTolerance : kInt8Tolerance) * max_abs(data.v);
+    EXPECT_LE(testing::max_abs_diff(got, want), int8_scores ? int8_tol : tol);
   }
 }
 

@@ -2,7 +2,9 @@
 // the same arithmetic up to float rounding (order of additions, fused multiply-adds, exp
 // polynomial, and in the AVX2 set the level-1 tables' half-turn rounding, see
 // PolarTables::level1_half_turn): the scalar set is the reference the tests hold the SIMD sets to
-// (tests/attention_kernels_test.cpp).
+// (tests/attention_kernels_test.cpp). One exception: the AVX2 set scores paper pages with the half
+// turn from int8 tables (PolarTables::a1_i8); its twin is scalar_score_paper_i8, and its precision
+// against the float kernel is bounded in tests/attention_avx2_i8_test.cpp.
 //
 // Shapes: g query heads share one KV head; q is g x dim (already scaled, and rotated for PolarQuant
 // keys); scores are g rows of stride s_stride; acc is g x dim.
@@ -38,6 +40,13 @@ struct PolarTables {
   // (one permute instead of two and a blend), reading entry c + 8 as -entry c: its results
   // differ from the scalar twin's by that rounding of the table (relative 2e-7 per term).
   bool level1_half_turn = false;
+  // Scores only, when level1_half_turn holds: a1 quantized to int8 for the AVX2 integer score
+  // kernel (docs/BENCHMARKS.md 2.5.4). Per query head h and pair couple m (pairs 2m, 2m + 1),
+  // 16 bytes: a1_i8[(h * dim/4 + m) * 16 + 8 * j + c] = round(a1 of pair 2m + j, code c / scale),
+  // c < 8 (entry c + 8 is the negation), clamped to +-127; a1_i8_scale[h] = the head's largest
+  // |a1| / 127 (0 for a zero query).
+  std::vector<int8_t> a1_i8;
+  std::vector<float> a1_i8_scale;
   static int table_size(int bits) { return bits <= 4 ? 16 : (bits == 5 ? 32 : 1 << bits); }
 };
 
@@ -73,6 +82,14 @@ struct KernelSet {
   // L1d (Zen 2/3, most Intel cores) by themselves.
   int value_lanes = 16;
 };
+
+// The scalar twin of the AVX2 integer score kernel (paper widths with the level-1 half turn and
+// a1_i8 built): per token, each level-1 pair radius f (radius times the level 2..4 cos/sin, the
+// radius first multiplied by 127 / the token's largest block radius) rounded to an integer 0..127,
+// times the head's int8 table entry, summed exactly as int32; score = float(sum) * (largest radius
+// / 127) * a1_i8_scale[h]. Same contract as KernelSet::score_polar.
+void scalar_score_paper_i8(const PolarTables& t, const uint8_t* region, size_t slot, size_t n,
+                           int g, float* scores, size_t s_stride);
 
 // The scalar value_polar over accumulators of `lanes` lanes per coordinate (8 or 16): the scalar
 // set's kernel (16), and the fallback of a SIMD set with another lane count.

@@ -136,6 +136,48 @@ void scalar_value_polar(const PolarTables& tb, const uint8_t* region, size_t slo
   }
 }
 
+void scalar_score_paper_i8(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n,
+                           int g, float* scores, size_t s_stride) {
+  const PolarPageLayout& layout = *tb.layout;
+  const int blocks = tb.dim / 16;
+  const size_t couples = static_cast<size_t>(tb.dim / 4);
+  std::vector<int32_t> sum(g);
+  for (size_t t = 0; t < n; ++t) {
+    const size_t s = slot + t;
+    float rmax = 0.0f;
+    for (int b = 0; b < blocks; ++b) {
+      rmax = std::max(rmax, polar_radius(layout, tb.radius, region, b, s));
+    }
+    const float inv = rmax > 0.0f ? 127.0f / rmax : 0.0f;
+    std::fill(sum.begin(), sum.end(), 0);
+    for (int b = 0; b < blocks; ++b) {
+      // decode_block's products from the scaled radius: r' t4, then t3, then t2.
+      float f[8];
+      f[0] = polar_radius(layout, tb.radius, region, b, s) * inv;
+      for (int level = 4, count = 1; level >= 2; --level, count *= 2) {
+        for (int k = count - 1; k >= 0; --k) {
+          const unsigned c = polar_code(layout, region, level, b * count + k, s, 2);
+          const float r = f[k];
+          f[2 * k] = r * tb.cos[level - 1][c];
+          f[2 * k + 1] = r * tb.sin[level - 1][c];
+        }
+      }
+      for (int k = 0; k < 8; ++k) {
+        const int pair = 8 * b + k;
+        const int32_t fq = static_cast<int32_t>(std::nearbyint(f[k]));
+        const unsigned c = polar_code(layout, region, 1, pair, s, 4);
+        for (int h = 0; h < g; ++h) {
+          const int32_t a = tb.a1_i8[(h * couples + pair / 2) * 16 + 8 * (pair % 2) + (c & 7)];
+          sum[h] += fq * (c & 8 ? -a : a);
+        }
+      }
+    }
+    for (int h = 0; h < g; ++h) {
+      scores[h * s_stride + t] = static_cast<float>(sum[h]) * (rmax / 127.0f) * tb.a1_i8_scale[h];
+    }
+  }
+}
+
 const KernelSet& scalar_kernels() {
   static const KernelSet set{"scalar",  score_f32,   score_f16,   value_f32,
                              value_f16, score_polar, value_polar, softmax};

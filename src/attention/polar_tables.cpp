@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 
 #include "attention/kernels.h"
@@ -46,6 +47,28 @@ void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, i
       float* row = &tables.a1[(static_cast<size_t>(h) * pairs + n) * size1];
       for (int c = 0; c < size1; ++c) {
         row[c] = q[2 * n] * tables.cos[0][c] + q[2 * n + 1] * tables.sin[0][c];
+      }
+    }
+  }
+  tables.a1_i8.clear();
+  tables.a1_i8_scale.clear();
+  if (!tables.level1_half_turn || pairs % 2 != 0) return;
+  // int8 copies for the AVX2 integer score kernel: codes 0..7 of each pair, one scale per head.
+  tables.a1_i8.resize(static_cast<size_t>(g) * pairs * 8);
+  tables.a1_i8_scale.resize(g);
+  for (int h = 0; h < g; ++h) {
+    const float* a1 = &tables.a1[static_cast<size_t>(h) * pairs * size1];
+    float amax = 0.0f;
+    for (int n = 0; n < pairs; ++n) {
+      for (int c = 0; c < 8; ++c) amax = std::max(amax, std::fabs(a1[n * size1 + c]));
+    }
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    tables.a1_i8_scale[h] = amax / 127.0f;
+    int8_t* out = &tables.a1_i8[static_cast<size_t>(h) * pairs * 8];
+    for (int n = 0; n < pairs; ++n) {  // pair n at couple n / 2, half n % 2: offset 8 n
+      for (int c = 0; c < 8; ++c) {
+        const float v = std::nearbyint(a1[n * size1 + c] * inv);
+        out[n * 8 + c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
       }
     }
   }

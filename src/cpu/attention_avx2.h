@@ -13,6 +13,11 @@ void avx2_polar_kernels(KernelSet& set);
 // allocations. Same contracts as KernelSet::score_polar / value_polar.
 bool avx2_score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                       float* scores, size_t s_stride);
+// The integer score kernel (attention_avx2_paper_i8.cpp; docs/BENCHMARKS.md 2.5.4): false, doing
+// nothing, unless the allocation is paper's, level1_half_turn holds and a1_i8 is built for g heads.
+// Its twin is scalar_score_paper_i8, not the float score_polar.
+bool avx2_score_paper_i8(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                         float* scores, size_t s_stride);
 bool avx2_value_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                       const float* p, size_t p_stride, float* acc);
 

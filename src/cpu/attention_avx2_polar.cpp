@@ -131,6 +131,7 @@ void value_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slo
 
 void score_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                  float* scores, size_t s_stride) {
+  if (avx2_score_paper_i8(tb, region, slot, n, g, scores, s_stride)) return;
   if (avx2_score_paper(tb, region, slot, n, g, scores, s_stride)) return;
   const bool done = with_count<1, kMaxLevels>(tb.levels, [&](auto levels) {
     score_polar_levels<decltype(levels)::value>(tb, region, slot, n, g, scores, s_stride);
