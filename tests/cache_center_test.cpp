@@ -4,7 +4,9 @@
 #include <polarquant/kv_cache.h>
 
 #include <cmath>
+#include <string>
 
+#include "attention/kernels.h"
 #include "cache_test_util.h"
 #include "eval/distortion.h"
 
@@ -48,7 +50,10 @@ TEST(CacheCenterKeys, FusedOnCenteredCodesEqualsTheDecodedReference) {
   // mean back: the two differ by a per-query constant in the scores only.
   for (const char* codec : {"paper", "polar37", "q4_0"}) {
     const CacheRun fused = run(codec, true, true), reference = run(codec, true, false);
-    EXPECT_LT(rel_error(fused.out, reference.out), 2e-4) << codec;
+    // The AVX2 set scores paper keys from int8 tables (docs/BENCHMARKS.md 2.5.4): their rounding
+    // (~1% of the scores' spread; 0.4-0.7% here) is far above float rounding.
+    const bool int8_scores = std::string(codec) == "paper" && best_kernels().name == "avx2";
+    EXPECT_LT(rel_error(fused.out, reference.out), int8_scores ? 2e-2 : 2e-4) << codec;
   }
 }
 

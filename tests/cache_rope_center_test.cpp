@@ -6,7 +6,9 @@
 #include <polarquant/kv_cache.h>
 
 #include <cmath>
+#include <string>
 
+#include "attention/kernels.h"
 #include "cache/cache_file.h"
 #include "cache_test_util.h"
 #include "eval/distortion.h"
@@ -67,7 +69,10 @@ TEST(CacheRopeCenter, ExactForFullPrecisionAndReadGivesTheOriginalKeys) {
 TEST(CacheRopeCenter, FusedEqualsTheDecodedReference) {
   for (const char* codec : {"paper", "q4_0", "f16"}) {
     const RopeRun fused = run(codec, true, true, true), reference = run(codec, true, true, false);
-    EXPECT_LT(rel_error(fused.out, reference.out), 2e-4) << codec;
+    // The AVX2 set scores paper keys from int8 tables (docs/BENCHMARKS.md 2.5.4): their rounding
+    // (~1% of the scores' spread; 0.4-0.7% here) is far above float rounding.
+    const bool int8_scores = std::string(codec) == "paper" && best_kernels().name == "avx2";
+    EXPECT_LT(rel_error(fused.out, reference.out), int8_scores ? 2e-2 : 2e-4) << codec;
   }
 }
 
