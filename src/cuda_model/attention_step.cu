@@ -66,8 +66,8 @@ const __half* CudaTransformer::Impl::dense_keys(const Seq& s, int l, const int32
                       kh + sink * head_dim, dequant.get(), stream);
     if (rope_shift.enabled()) {  // the pages' key shifts back (rope_shift.h)
       const size_t means_at = (static_cast<size_t>(s.slot) * config.n_layers + l) * config.kv_dim();
-      rope_shift.add(kh + sink * head_dim, stride, code_from, n, means_pre.get() + means_at,
-                     means.get() + means_at, stream);
+      rope_shift.add(kh + (sink + code_from) * head_dim, stride, code_from, n,
+                     means_pre.get() + means_at, means.get() + means_at, stream);
     }
     vcodec->load_half(layer_pool(v_pool, *vcodec, l), table, code_from, n, stride,
                       vh + sink * head_dim, dequant.get(), stream);
