@@ -106,8 +106,11 @@ TEST(ModelForward, RopeCenteredKeysLeaveLogitsExact) {
   for (size_t i = 0; i < plain.size(); ++i)
     worst = std::max(worst, std::fabs(double{plain[i]} - rope[i]));
   EXPECT_LT(worst, 2e-3) << "over " << tokens.size() << " tokens x " << vocab;
-  rt.center_keys = false;
-  EXPECT_THROW(Transformer(*t.model, rt), Error);
+  EXPECT_FALSE(b.cache().options().key_rope_inv_freq.empty());
+  rt.center_keys = false;  // --no-center-keys: no centering at all, RoPE-aware or not
+  const Transformer c(*t.model, rt);
+  EXPECT_TRUE(c.cache().options().key_rope_inv_freq.empty());
+  EXPECT_FALSE(c.cache().options().center_keys);
 }
 
 TEST(ModelForward, RmsNormAndRopeFollowTheirDefinitions) {

@@ -57,9 +57,6 @@ void check_options(const model::LlamaConfig& c, const model::RuntimeOptions& o) 
                 "take one codebook per cache, not one per sequence and layer; use --device cpu "
                 "for online codebooks");
   }
-  if (o.rope_center_keys && !o.center_keys) {
-    throw_invalid("--rope-center refines key centering; drop --no-center-keys");
-  }
   if (o.max_sequences < 1) throw_invalid("max_sequences must be >= 1");
   if (o.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
   if (o.max_context > static_cast<size_t>(c.context_length)) {
@@ -102,7 +99,7 @@ MemoryPlan plan_memory(const model::LlamaConfig& c, const model::RuntimeOptions&
   // the codes' log-sum-exps; with --rope-center the means before RoPE, the shifted keys of a step
   // and decode's per-page score shifts.
   const size_t rope_center =
-      o.rope_center_keys
+      o.rope_center_keys && o.center_keys
           ? (seqs * c.n_layers * kvd + rows * kvd + seqs * pages * c.n_heads) * sizeof(float)
           : 0;
   p.scratch_bytes = activations +
@@ -202,7 +199,7 @@ void CudaTransformer::Impl::allocate() {
   means.allocate(static_cast<size_t>(options.max_sequences) * c.n_layers * kvd,
                  "cudaMalloc(means)");
   // RoPE-aware key centering shifts lossy keys only: an f16 key cache is exact without it.
-  if (options.rope_center_keys && !kcodec->is_f16()) {
+  if (options.rope_center_keys && options.center_keys && !kcodec->is_f16()) {
     rope_shift = RopeShift(freq, c.head_dim, c.n_kv_heads, page_tokens, window.sink, max_pages);
     means_pre.allocate(means.size(), "cudaMalloc(means before RoPE)");
     k_code.allocate(rows * kvd, "cudaMalloc(shifted keys)");

@@ -78,14 +78,10 @@ Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
     inv_freq_[i] =
         static_cast<float>(std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim));
   }
-  if (options.rope_center_keys) {
-    if (c.arch == Architecture::kGemma3) {
-      throw Error(ErrorKind::kUnsupported,
-                  "--rope-center supports Llama-family models; Gemma 3's local and global layers "
-                  "use two RoPE bases (run without it)");
-    }
-    if (!options.center_keys)
-      throw_invalid("--rope-center refines key centering; drop --no-center-keys");
+  // RoPE-aware key centering refines the one mean: with it off (--no-center-keys) there is none.
+  // Gemma 3's local and global layers use two RoPE bases, and the cache takes one set of
+  // frequencies, so Gemma 3 keeps the one mean.
+  if (options.rope_center_keys && options.center_keys && c.arch != Architecture::kGemma3) {
     kv.key_rope_inv_freq = inv_freq_;  // rope_rotate's interleaved pairs
   }
   cache_ = std::make_unique<KvCache>(kv);
