@@ -31,18 +31,13 @@ using testing::owner_for;
 using testing::read_all;
 using testing::section_offset;
 
-std::vector<float> inv_freq(int head_dim, double theta = 10000.0) {
-  std::vector<float> f(static_cast<size_t>(head_dim / 2));
-  for (size_t i = 0; i < f.size(); ++i)
-    f[i] = static_cast<float>(std::pow(theta, -2.0 * i / head_dim));
-  return f;
-}
+using testing::rope_inv_freq;
 
 // cache_file_test's options (2 layers, 2 KV heads, head_dim 64, sink 4, recent 8) with RoPE-aware
 // centering.
 KvCacheOptions rope_options(const std::string& key, const std::string& value, bool neox = false) {
   KvCacheOptions o = testing::options(key, value);
-  o.key_rope_inv_freq = inv_freq(o.head_dim);
+  o.key_rope_inv_freq = rope_inv_freq(o.head_dim);
   o.key_rope_neox = neox;
   return o;
 }
@@ -210,7 +205,7 @@ TEST(CacheFileRope, RefusesAnotherRopeSettingNamingIt) {
   other.key_rope_neox = true;
   refused(other, "RoPE pairs (1: neox, 0: interleaved) 0, but this run has 1");
   other = o;
-  other.key_rope_inv_freq = inv_freq(64, 500000.0);  // pair 0 turns at 1 for any base
+  other.key_rope_inv_freq = rope_inv_freq(64, 500000.0);  // pair 0 turns at 1 for any base
   refused(other, "RoPE frequency 1 (key_rope_inv_freq) 0.749894");
   other.key_rope_inv_freq = o.key_rope_inv_freq;
   other.key_rope_inv_freq[31] = std::nextafter(other.key_rope_inv_freq[31], 1.0f);
@@ -248,7 +243,7 @@ TEST(CacheFileRope, Version1FilesLoadOnlyWithoutRopeCentering) {
   KvCacheOptions o = rope_options("paper", "q4_0");
   o.n_layers = 1;
   o.head_dim = 32;
-  o.key_rope_inv_freq = inv_freq(32);
+  o.key_rope_inv_freq = rope_inv_freq(32);
   const CacheFile file = parse_cache_file(bytes.data(), bytes.size(), path);
   KvCache cache(o);
   try {
@@ -276,7 +271,7 @@ TEST(CacheFileRope, FuzzSeedIsCurrent) {
   KvCacheOptions o = rope_options("paper", "q4_0");
   o.head_dim = 32;
   o.n_kv_heads = 1;
-  o.key_rope_inv_freq = inv_freq(32);
+  o.key_rope_inv_freq = rope_inv_freq(32);
   KvCache cache(o);
   const SequenceId seq = fill(cache, 70, 3, 1);
   const auto bytes =

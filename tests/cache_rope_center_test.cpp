@@ -20,9 +20,7 @@ constexpr int kDim = 64;
 constexpr size_t kRow = 2 * kDim;
 
 std::vector<float> inv_freq() {
-  std::vector<float> f(kDim / 2);
-  for (int i = 0; i < kDim / 2; ++i) f[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / kDim));
-  return f;
+  return testing::rope_inv_freq(kDim);
 }
 
 using RopeRun = testing::PromptRun;
@@ -41,16 +39,7 @@ RopeRun run(const std::string& key_codec, bool center, bool rope, bool fused) {
   if (rope) o.key_rope_inv_freq = inv_freq();
   const size_t n = 1203;
   auto data = testing::token_data(n, 2, kDim, 5);
-  const std::vector<float> f = inv_freq();
-  for (size_t t = 0; t < n; ++t) {
-    for (size_t j = 0; j < kRow; j += 2) {
-      float* x = &data.k[t * kRow + j];
-      const float a = x[0] + 2.5f + 0.05f * j, b = x[1] - 1.5f;
-      const double angle = static_cast<double>(t) * f[(j % kDim) / 2];
-      x[0] = static_cast<float>(a * std::cos(angle) - b * std::sin(angle));
-      x[1] = static_cast<float>(a * std::sin(angle) + b * std::cos(angle));
-    }
-  }
+  testing::rope_biased_keys(data.k.data(), n, kRow, kDim, inv_freq());
   return testing::prompt_then_decode(o, data, 1200, fused);
 }
 

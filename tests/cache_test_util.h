@@ -23,6 +23,30 @@ inline std::vector<float> gaussian(size_t n, uint64_t seed, float scale = 1.0f) 
 
 // Keys and values of n_tokens tokens for one layer (n_tokens x n_kv_heads x head_dim each). Keys
 // get a per-channel offset and a few large channels, as real keys have.
+// RoPE frequencies theta^(-2i / head_dim), i < head_dim / 2 (interleaved pairs, as Llama GGUFs).
+inline std::vector<float> rope_inv_freq(int head_dim, double theta = 10000.0) {
+  std::vector<float> f(static_cast<size_t>(head_dim / 2));
+  for (size_t i = 0; i < f.size(); ++i)
+    f[i] = static_cast<float>(std::pow(theta, -2.0 * static_cast<double>(i) / head_dim));
+  return f;
+}
+
+// Keys whose pre-RoPE bias RoPE rotates, as a model's are: each pair (j, j + 1) of the n rows of
+// `row` floats (heads x head_dim) gets the bias (2.5 + 0.05 j, -1.5), then RoPE (interleaved pairs,
+// frequencies freq) at positions 0..n-1.
+inline void rope_biased_keys(float* k, size_t n, size_t row, int head_dim,
+                             const std::vector<float>& freq) {
+  for (size_t t = 0; t < n; ++t) {
+    for (size_t j = 0; j < row; j += 2) {
+      float* x = &k[t * row + j];
+      const float a = x[0] + 2.5f + 0.05f * j, b = x[1] - 1.5f;
+      const double angle = static_cast<double>(t) * freq[(j % head_dim) / 2];
+      x[0] = static_cast<float>(a * std::cos(angle) - b * std::sin(angle));
+      x[1] = static_cast<float>(a * std::sin(angle) + b * std::cos(angle));
+    }
+  }
+}
+
 struct TokenData {
   std::vector<float> k, v;
 };

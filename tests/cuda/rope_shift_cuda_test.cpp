@@ -8,6 +8,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "cache_test_util.h"
 #include "cuda/cuda_test_util.h"
 #include "cuda_model/rope_shift.h"
 
@@ -15,9 +16,7 @@ namespace polarquant::cuda::test {
 namespace {
 
 std::vector<float> inv_freq(int dim) {
-  std::vector<float> f(dim / 2);
-  for (int i = 0; i < dim / 2; ++i) f[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / dim));
-  return f;
+  return polarquant::testing::rope_inv_freq(dim);
 }
 
 // A CPU cache with RoPE-aware centering holding one sequence per length: keys are Gaussian rows
@@ -43,15 +42,7 @@ RopeFilled fill(int dim, const std::string& preset, int n_kv, const std::vector<
   for (size_t s = 0; s < lengths.size(); ++s) {
     const size_t n = static_cast<size_t>(lengths[s]);
     std::vector<float> k = gaussian(n * row, 11 + 2 * s), v = gaussian(n * row, 12 + 2 * s);
-    for (size_t t = 0; t < n; ++t) {
-      for (size_t j = 0; j < row; j += 2) {
-        float* x = &k[t * row + j];
-        const float a = x[0] + 2.5f + 0.05f * (j % dim), b = x[1] - 1.5f;
-        const double angle = static_cast<double>(t) * freq[(j % dim) / 2];
-        x[0] = static_cast<float>(a * std::cos(angle) - b * std::sin(angle));
-        x[1] = static_cast<float>(a * std::sin(angle) + b * std::cos(angle));
-      }
-    }
+    polarquant::testing::rope_biased_keys(k.data(), n, row, dim, freq);
     f.seqs.push_back(f.cache->add_sequence());
     f.cache->append(f.seqs.back(), 0, k.data(), v.data(), n);
     const SequenceLayer& sl = f.cache->impl().layer(f.seqs.back(), 0, "fill");
