@@ -83,58 +83,61 @@ void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size
   }
 }
 
-// V vectors of 8 slots from `first` (slots first + 8v .. first + 8v + 7; V = 1, 2 or 4) and the
-// 8 rotated coordinates of a half block at a time: the coordinates of every vector are decoded,
-// then each lane accumulator is loaded and stored once for all V vectors (the AVX2 accumulators
-// have 8 lanes, which the two halves of a 16-slot group share). The 32 decoded vectors of V = 4
-// exceed the 16 ymm registers; the spilled ones are read back by the FMAs from L1. Stage value,
-// llama shape, one Zen 3 core (docs/BENCHMARKS.md 2.5.3): V = 2 per 16 slots: 161-163 us; V = 4
-// over quarter blocks (radius and levels 4-3 decoded per quarter): 155-158 us; V = 4 over half
-// blocks: 146-152 us.
+// V vectors of 8 slots from `first` (slots first + 8v .. first + 8v + 7; V = 1, 2 or 4), one
+// level-1 pair (2 rotated coordinates) at a time: the pair's coordinates of every vector are
+// decoded into registers (2V ymm), then each head's two lane accumulators are loaded, take V
+// FMAs each, and are stored. The weights of the pass are copied once into `w` (masked: lanes past
+// n weigh 0), so the FMAs read them as memory operands; the pair factors of a half block (levels
+// 2-4, 4 per vector) are kept in `f`. Loads per half block of 32 slots and g = 4: 64 weights, 32
+// accumulators, 16 factors (the previous order, all 8 coordinates of 4 vectors decoded first,
+// spilled 32 vectors and read each back for every head: 128 loads more; docs/BENCHMARKS.md 2.5.5).
+// The multiplications and the order of the FMAs per accumulator are the same as before.
 template <RadiusPrecision R, int V, bool HalfTurn>
 void value_paper_vectors(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n,
-                         size_t first, int g, const float* p, size_t p_stride, float* acc_lanes) {
-  constexpr int C = 8;  // coordinates per pass: a half block
+                         size_t first, int g, const float* p, size_t p_stride, float* acc_lanes,
+                         float* w) {
   const int blocks = tb.dim >> 4;
+  const size_t head_stride = static_cast<size_t>(tb.dim) * kLanes;  // one head's accumulators
   const float* cos1 = tb.cos[0].data();
   const float* sin1 = tb.sin[0].data();
-  size_t at[V];
-  __m256i keep[V];
   for (int v = 0; v < V; ++v) {
-    at[v] = first + 8 * v - slot;
-    keep[v] = lane_mask(at[v] < n ? n - at[v] : 0);
+    const size_t at = first + 8 * v - slot;
+    const __m256i keep = lane_mask(at < n ? n - at : 0);
+    for (int h = 0; h < g; ++h) {
+      _mm256_store_ps(w + (h * V + v) * 8, _mm256_maskload_ps(p + h * p_stride + at, keep));
+    }
   }
-  constexpr int kParts = 16 / C;  // passes per block
-  for (int pb = 0; pb < kParts * blocks; ++pb) {
-    const int b = pb / kParts, part = pb % kParts;
-    __m256 y[V][C];
-    for (int v = 0; v < V; ++v) {
-      const size_t group = first + 16 * (v / 2);
-      const int half = v % 2;
-      __m256 f[C / 2];
-      pg.half_factors<R>(b, part, group, half, f);
-      for (int j = 0; j < C / 2; ++j) {
-        const __m256i c = pg.codes1(C / 2 * pb + j, group, half);
+  // Level 1's first 8 entries in registers (with the half turn they are the whole table).
+  const __m256 cos8 = _mm256_loadu_ps(cos1), sin8 = _mm256_loadu_ps(sin1);
+  for (int pb = 0; pb < 2 * blocks; ++pb) {
+    __m256 f[V][4];
+    for (int v = 0; v < V; ++v) pg.half_factors<R>(pb / 2, pb % 2, first + 16 * (v / 2), v % 2, f[v]);
+    for (int k = 0; k < 4; ++k) {
+      __m256 y[V][2];
+      for (int v = 0; v < V; ++v) {
+        const __m256i c = pg.codes1(4 * pb + k, first + 16 * (v / 2), v % 2);
         if constexpr (HalfTurn) {
-          const __m256 fs = _mm256_xor_ps(f[j], sign_of_bit3(c));
-          y[v][2 * j] = _mm256_mul_ps(fs, PaperPage::perm(cos1, c));
-          y[v][2 * j + 1] = _mm256_mul_ps(fs, PaperPage::perm(sin1, c));
+          const __m256 fs = _mm256_xor_ps(f[v][k], sign_of_bit3(c));
+          y[v][0] = _mm256_mul_ps(fs, _mm256_permutevar8x32_ps(cos8, c));
+          y[v][1] = _mm256_mul_ps(fs, _mm256_permutevar8x32_ps(sin8, c));
         } else {
           const __m256 sel = select_bit3(c);
-          y[v][2 * j] = _mm256_mul_ps(f[j], lookup16(cos1, c, sel));
-          y[v][2 * j + 1] = _mm256_mul_ps(f[j], lookup16(sin1, c, sel));
+          y[v][0] = _mm256_mul_ps(f[v][k], lookup16(cos1, c, sel));
+          y[v][1] = _mm256_mul_ps(f[v][k], lookup16(sin1, c, sel));
         }
       }
-    }
-    for (int h = 0; h < g; ++h) {
-      __m256 w[V];
-      for (int v = 0; v < V; ++v) w[v] = _mm256_maskload_ps(p + h * p_stride + at[v], keep[v]);
-      float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + pb * C) * kLanes;
-#pragma GCC unroll 8
-      for (int j = 0; j < C; ++j) {
-        __m256 a = _mm256_loadu_ps(acc + j * kLanes);
-        for (int v = 0; v < V; ++v) a = _mm256_fmadd_ps(w[v], y[v][j], a);
-        _mm256_storeu_ps(acc + j * kLanes, a);
+      float* acc = acc_lanes + (8 * pb + 2 * k) * kLanes;
+      const float* wh = w;
+#pragma GCC unroll 4
+      for (int h = 0; h < g; ++h, acc += head_stride, wh += V * 8) {
+        __m256 a0 = _mm256_loadu_ps(acc), a1 = _mm256_loadu_ps(acc + kLanes);
+        for (int v = 0; v < V; ++v) {
+          const __m256 wv = _mm256_load_ps(wh + 8 * v);
+          a0 = _mm256_fmadd_ps(wv, y[v][0], a0);
+          a1 = _mm256_fmadd_ps(wv, y[v][1], a1);
+        }
+        _mm256_storeu_ps(acc, a0);
+        _mm256_storeu_ps(acc + kLanes, a1);
       }
     }
   }
@@ -146,14 +149,22 @@ template <RadiusPrecision R, bool HalfTurn>
 void value_paper_turn(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                       const float* p, size_t p_stride, float* acc_lanes) {
   const PaperPage pg(tb, region);
-  size_t first = slot;
-  for (; first + 16 < slot + n; first += 32) {
-    value_paper_vectors<R, 4, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
-  }
-  if (first + 8 < slot + n) {
-    value_paper_vectors<R, 2, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
-  } else if (first < slot + n) {
-    value_paper_vectors<R, 1, HalfTurn>(tb, pg, slot, n, first, g, p, p_stride, acc_lanes);
+  // The pass's weights, g x 4 vectors of 8 lanes (heads beyond 16 in further calls below).
+  constexpr int kMaxHeads = 16;
+  alignas(32) float w[kMaxHeads * 4 * 8];
+  for (int h0 = 0; h0 < g; h0 += kMaxHeads) {
+    const int gh = std::min(g - h0, kMaxHeads);
+    const float* ph = p + h0 * p_stride;
+    float* acc = acc_lanes + static_cast<size_t>(h0) * tb.dim * kLanes;
+    size_t first = slot;
+    for (; first + 16 < slot + n; first += 32) {
+      value_paper_vectors<R, 4, HalfTurn>(tb, pg, slot, n, first, gh, ph, p_stride, acc, w);
+    }
+    if (first + 8 < slot + n) {
+      value_paper_vectors<R, 2, HalfTurn>(tb, pg, slot, n, first, gh, ph, p_stride, acc, w);
+    } else if (first < slot + n) {
+      value_paper_vectors<R, 1, HalfTurn>(tb, pg, slot, n, first, gh, ph, p_stride, acc, w);
+    }
   }
 }
 
