@@ -1,5 +1,6 @@
-// Decode attention per generated token for one layer, over f32, f16 and PolarQuant ("paper")
-// caches, plus the cost of encoding one token's K and V for all heads of a layer.
+// Decode attention per generated token for one layer, over f32, f16 and PolarQuant caches
+// (`paper`, and `polar4kv`, the model commands' default pair: keys polar-544444, values
+// polar-422222), plus the cost of encoding one token's K and V for all heads of a layer.
 //
 // Shapes: Llama-3-8B heads (32 q, 8 kv, d = 128) and SmolLM2 heads (9 q, 3 kv, d = 64); contexts
 // 1k..32k; one thread and all hardware threads. `speedup_vs_f16`: see decode_attention.
@@ -8,6 +9,7 @@
 #include <benchmark/benchmark.h>
 #include <omp.h>
 #include <polarquant/attention.h>
+#include <polarquant/codec_pair.h>
 #include <polarquant/kv_cache.h>
 
 #include <unistd.h>
@@ -34,7 +36,7 @@ struct Shape {
 };
 constexpr Shape kShapes[] = {{"llama3_8b", 32, 8, 128}, {"smollm2", 9, 3, 64}};
 constexpr int kContexts[] = {1024, 4096, 16384, 32768};
-const char* const kCodecs[] = {"f16", "f32", "paper"};  // f16 first: the others' baseline
+const char* const kCodecs[] = {"f16", "f32", "paper", "polar4kv"};  // f16: the baseline
 
 std::vector<float> gaussian(size_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -59,8 +61,9 @@ Filled& filled(const Shape& shape, const std::string& codec) {
   o.n_layers = 1;
   o.n_kv_heads = shape.n_kv;
   o.head_dim = shape.dim;
-  o.key_codec = codec;
-  o.value_codec = codec;
+  const CodecPair pair = codec_pair(codec);
+  o.key_codec = pair.key;
+  o.value_codec = pair.value;
   if (const char* env = std::getenv("POLARQUANT_BENCH_PAGE_TOKENS")) o.page_tokens = std::atoi(env);
   f.cache = std::make_unique<KvCache>(o);
   const size_t row = static_cast<size_t>(shape.n_kv) * shape.dim;
@@ -145,8 +148,9 @@ void encode_token(benchmark::State& state, Shape shape, std::string codec) {
   o.n_layers = 1;
   o.n_kv_heads = shape.n_kv;
   o.head_dim = shape.dim;
-  o.key_codec = codec;
-  o.value_codec = codec;
+  const CodecPair pair = codec_pair(codec);
+  o.key_codec = pair.key;
+  o.value_codec = pair.value;
   KvCache cache(o);
   const size_t row = static_cast<size_t>(shape.n_kv) * shape.dim;
   const auto k = gaussian(1024 * row, 4), v = gaussian(1024 * row, 5);

@@ -34,14 +34,15 @@ struct PolarTables {
   // interleaved widths, and the vpmultishiftqb control for the others.
   int32_t lane_shifts[16][16] = {};
   uint64_t multishift[16] = {};
-  // Level 1 has 16 codes whose angles are a half turn apart: entry c + 8 of cos[0] and sin[0] is
-  // the negation of entry c to within 2^-20 (the analytic codebook: equal in exact arithmetic,
-  // 1-2 float ulps apart as stored). The AVX2 set then looks up 8 entries and flips the sign
-  // (one permute instead of two and a blend), reading entry c + 8 as -entry c: its results
-  // differ from the scalar twin's by that rounding of the table (relative 2e-7 per term).
+  // Level 1 has 16 or 32 codes (4 or 5 bits) whose angles are a half turn apart: entry c + 8 (c +
+  // 16) of cos[0] and sin[0] is the negation of entry c to within 2^-20 (the analytic codebook:
+  // equal in exact arithmetic, 1-2 float ulps apart as stored). The AVX2 set then looks up half
+  // the entries and flips the sign (one permute instead of two and a blend at 4 bits, two and a
+  // blend instead of four and three at 5), reading entry c + half as -entry c: its results differ
+  // from the scalar twin's by that rounding of the table (relative 2e-7 per term).
   bool level1_half_turn = false;
-  // Scores only, when level1_half_turn holds: a1 quantized to int8 for the AVX2 integer score
-  // kernel (docs/BENCHMARKS.md 2.5.4). Per query head h and pair couple m (pairs 2m, 2m + 1),
+  // Scores only, when level1_half_turn holds at 4 bits: a1 quantized to int8 for the AVX2 integer
+  // score kernel (docs/BENCHMARKS.md 2.5.4). Per query head h and pair couple m (pairs 2m, 2m + 1),
   // 16 bytes: a1_i8[(h * dim/4 + m) * 16 + 8 * j + c] = round(a1 of pair 2m + j, code c / scale),
   // c < 8 (entry c + 8 is the negation), clamped to +-127; a1_i8_scale[h] = the head's largest
   // |a1| / 127 (0 for a zero query).

@@ -32,10 +32,12 @@ void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, i
       tables.sin[l][c] = book.sines()[c % book.size()];
     }
   }
-  tables.level1_half_turn = config.bits[0] == 4;
-  for (int c = 0; c < 8 && tables.level1_half_turn; ++c) {
-    tables.level1_half_turn = std::fabs(tables.cos[0][c + 8] + tables.cos[0][c]) <= 0x1p-20f &&
-                              std::fabs(tables.sin[0][c + 8] + tables.sin[0][c]) <= 0x1p-20f;
+  tables.level1_half_turn = config.bits[0] == 4 || config.bits[0] == 5;
+  const int turn = config.bits[0] == 5 ? 16 : 8;
+  for (int c = 0; c < turn && tables.level1_half_turn; ++c) {
+    tables.level1_half_turn =
+        std::fabs(tables.cos[0][c + turn] + tables.cos[0][c]) <= 0x1p-20f &&
+        std::fabs(tables.sin[0][c + turn] + tables.sin[0][c]) <= 0x1p-20f;
   }
   if (q_rotated == nullptr) return;
   const int pairs = config.dim / 2;
@@ -52,7 +54,7 @@ void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, i
   }
   tables.a1_i8.clear();
   tables.a1_i8_scale.clear();
-  if (!tables.level1_half_turn || pairs % 2 != 0) return;
+  if (!tables.level1_half_turn || config.bits[0] != 4 || pairs % 2 != 0) return;
   // int8 copies for the AVX2 integer score kernel: codes 0..7 of each pair, one scale per head.
   tables.a1_i8.resize(static_cast<size_t>(g) * pairs * 8);
   tables.a1_i8_scale.resize(g);

@@ -30,6 +30,10 @@ using namespace avx2;
 constexpr int kMaxLevels = 8;  // deeper trees use the scalar set
 
 // ---- Any allocation of up to kMaxLevels levels ------------------------------------------------
+// Every kernel takes the widths as template arguments B1 (level 1) and BU (levels 2..L), 0 where
+// they are read at run time; the allocations with one width above level 1 (every preset and
+// polar4kv's two codecs) get their unpacking and lookups resolved at compile time (the run-time
+// width costs a chain of branches per lookup, and gathers for 5-bit codes).
 
 template <int L>
 struct Levels {
@@ -47,25 +51,43 @@ struct Levels {
   }
 };
 
-// Top-down decode of one block for 8 slots, from level Level down to level Stop; vals[k] holds
-// node k of level Level on entry.
-template <int Level, int Stop, int Count, typename LevelSet>
-inline void descend(const LevelSet& lv, const PolarTables& tb, const uint8_t* region, int b,
-                    size_t first, int half, __m256* vals) {
-  if constexpr (Level >= Stop) {
-#pragma GCC unroll 128
-    for (int k = Count - 1; k >= 0; --k) {
-      const __m256i c =
-          lv.unpack[Level - 1](tb.layout->level_field(region, Level, b * Count + k), first, half);
-      const __m256 r = vals[k];
-      vals[2 * k] = _mm256_mul_ps(r, lookup(lv.cos[Level - 1], lv.bits[Level - 1], c));
-      vals[2 * k + 1] = _mm256_mul_ps(r, lookup(lv.sin[Level - 1], lv.bits[Level - 1], c));
-    }
-    descend<Level - 1, Stop, Count * 2, LevelSet>(lv, tb, region, b, first, half, vals);
+// Level 1 with the half turn (PolarTables::level1_half_turn, B1 = 4 or 5): entry c + 2^(B1-1) is
+// -entry c, so the low B1 - 1 bits are looked up and bit B1 - 1 becomes a sign for the factor.
+template <int B1>
+inline __m256 half_turn_sign(__m256i c) {
+  return _mm256_and_ps(_mm256_castsi256_ps(_mm256_slli_epi32(c, 32 - B1)),
+                       _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
+}
+template <int B1>
+inline __m256 half_turn_lookup(const float* table, __m256i c) {
+  static_assert(B1 == 4 || B1 == 5, "the half turn is built for 4- and 5-bit level 1");
+  if constexpr (B1 == 4) {
+    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c);
+  } else {
+    return lookup16(table, c, select_bit3(c));
   }
 }
 
-template <int L>
+// Top-down decode of one block for 8 slots, from level Level down to level Stop (widths BU above
+// level 1, B1 at level 1); vals[k] holds node k of level Level on entry.
+template <int Level, int Stop, int Count, int B1, int BU, int L>
+inline void descend(const Levels<L>& lv, const PolarTables& tb, const uint8_t* region, int b,
+                    size_t first, int half, __m256* vals) {
+  if constexpr (Level >= Stop) {
+    constexpr int B = Level == 1 ? B1 : BU;
+#pragma GCC unroll 128
+    for (int k = Count - 1; k >= 0; --k) {
+      const __m256i c = lv.unpack[Level - 1].template unpack<B>(
+          tb.layout->level_field(region, Level, b * Count + k), first, half);
+      const __m256 r = vals[k];
+      vals[2 * k] = _mm256_mul_ps(r, lookup<B>(lv.cos[Level - 1], lv.bits[Level - 1], c));
+      vals[2 * k + 1] = _mm256_mul_ps(r, lookup<B>(lv.sin[Level - 1], lv.bits[Level - 1], c));
+    }
+    descend<Level - 1, Stop, Count * 2, B1, BU>(lv, tb, region, b, first, half, vals);
+  }
+}
+
+template <int L, int B1, int BU, bool HalfTurn>
 void score_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                         float* scores, size_t s_stride) {
   constexpr int kHalf = 1 << (L - 1);  // level-1 pairs per block
@@ -84,13 +106,23 @@ void score_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slo
         for (int b = 0; b < blocks; ++b) {
           __m256 f[kHalf];
           f[0] = load_radii(*tb.layout, tb.radius, region, b, first + 8 * half);
-          descend<L, 2, 1>(lv, tb, region, b, first, half, f);
+          descend<L, 2, 1, B1, BU>(lv, tb, region, b, first, half, f);
           for (int k = 0; k < kHalf; ++k) {
             const int pair = b * kHalf + k;
-            const __m256i c = lv.unpack[0](tb.layout->level_field(region, 1, pair), first, half);
+            const __m256i c =
+                lv.unpack[0].template unpack<B1>(tb.layout->level_field(region, 1, pair), first, half);
             const float* a1 = &tb.a1[(h0 * pairs + pair) * size1];
-            for (int i = 0; i < gh; ++i) {
-              acc[i] = _mm256_fmadd_ps(f[k], lookup(a1 + i * pairs * size1, tb.bits[0], c), acc[i]);
+            if constexpr (HalfTurn) {  // the sign goes into the factor, shared by the heads
+              const __m256 fs = _mm256_xor_ps(f[k], half_turn_sign<B1>(c));
+              for (int i = 0; i < gh; ++i) {
+                acc[i] = _mm256_fmadd_ps(fs, half_turn_lookup<B1>(a1 + i * pairs * size1, c),
+                                         acc[i]);
+              }
+            } else {
+              for (int i = 0; i < gh; ++i) {
+                acc[i] = _mm256_fmadd_ps(f[k], lookup<B1>(a1 + i * pairs * size1, tb.bits[0], c),
+                                         acc[i]);
+              }
             }
           }
         }
@@ -101,40 +133,132 @@ void score_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slo
   }
 }
 
-template <int L>
-void value_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
-                        const float* p, size_t p_stride, float* acc_lanes) {
-  constexpr int kBlock = 1 << L;
-  const Levels<L> lv(tb);
+// V vectors of 8 slots from `first` (slots first + 8v .. first + 8v + 7; V = 1, 2 or 4), gh heads
+// whose masked weights of the pass are in w (gh x V x 8 floats, lanes past n 0). Per block:
+// levels L..2 of every vector decoded into its level-1 pair factors f (kept on the stack), then one
+// level-1 pair at a time: its 2 coordinates of the V vectors decoded into registers, and each
+// head's two lane accumulators loaded, given V FMAs each and stored (the order of `paper`'s AVX2
+// value kernel, docs/BENCHMARKS.md 2.5.5; the products and the FMA order per lane are those of
+// the scalar twin).
+template <int L, int B1, int BU, bool HalfTurn, int V>
+void value_polar_vectors(const PolarTables& tb, const Levels<L>& lv, const uint8_t* region,
+                         size_t first, int gh, const float* w, float* acc_lanes) {
+  constexpr int kHalf = 1 << (L - 1);
   const int blocks = tb.dim >> L;
-  for (size_t first = slot; first < slot + n; first += 16) {
-    for (int half = 0; half < 2; ++half) {
-      const size_t at = first + 8 * half - slot;
-      if (at >= n) break;
-      const __m256i keep = lane_mask(n - at);
-      for (int b = 0; b < blocks; ++b) {
-        __m256 y[kBlock];
-        y[0] = load_radii(*tb.layout, tb.radius, region, b, first + 8 * half);
-        descend<L, 1, 1>(lv, tb, region, b, first, half, y);
-        for (int h = 0; h < g; ++h) {
-          const __m256 w = _mm256_maskload_ps(p + h * p_stride + at, keep);
-          float* acc = acc_lanes + (static_cast<size_t>(h) * tb.dim + b * kBlock) * kLanes;
-          for (int j = 0; j < kBlock; ++j) {
-            _mm256_storeu_ps(acc + j * kLanes,
-                             _mm256_fmadd_ps(w, y[j], _mm256_loadu_ps(acc + j * kLanes)));
-          }
+  const size_t head_stride = static_cast<size_t>(tb.dim) * kLanes;  // one head's accumulators
+  for (int b = 0; b < blocks; ++b) {
+    __m256 f[V][kHalf];
+    for (int v = 0; v < V; ++v) {
+      const size_t group = first + 16 * (v / 2);
+      f[v][0] = load_radii(*tb.layout, tb.radius, region, b, group + 8 * (v % 2));
+      descend<L, 2, 1, B1, BU>(lv, tb, region, b, group, v % 2, f[v]);
+    }
+    for (int k = 0; k < kHalf; ++k) {
+      const uint8_t* field = tb.layout->level_field(region, 1, b * kHalf + k);
+      __m256 y[V][2];
+      for (int v = 0; v < V; ++v) {
+        const __m256i c = lv.unpack[0].template unpack<B1>(field, first + 16 * (v / 2), v % 2);
+        if constexpr (HalfTurn) {
+          const __m256 fs = _mm256_xor_ps(f[v][k], half_turn_sign<B1>(c));
+          y[v][0] = _mm256_mul_ps(fs, half_turn_lookup<B1>(lv.cos[0], c));
+          y[v][1] = _mm256_mul_ps(fs, half_turn_lookup<B1>(lv.sin[0], c));
+        } else {
+          y[v][0] = _mm256_mul_ps(f[v][k], lookup<B1>(lv.cos[0], lv.bits[0], c));
+          y[v][1] = _mm256_mul_ps(f[v][k], lookup<B1>(lv.sin[0], lv.bits[0], c));
         }
+      }
+      float* acc = acc_lanes + (static_cast<size_t>(b) * 2 * kHalf + 2 * k) * kLanes;
+      const float* wh = w;
+#pragma GCC unroll 4
+      for (int h = 0; h < gh; ++h, acc += head_stride, wh += V * 8) {
+        __m256 a0 = _mm256_loadu_ps(acc), a1 = _mm256_loadu_ps(acc + kLanes);
+        for (int v = 0; v < V; ++v) {
+          const __m256 wv = _mm256_load_ps(wh + 8 * v);
+          a0 = _mm256_fmadd_ps(wv, y[v][0], a0);
+          a1 = _mm256_fmadd_ps(wv, y[v][1], a1);
+        }
+        _mm256_storeu_ps(acc, a0);
+        _mm256_storeu_ps(acc + kLanes, a1);
       }
     }
   }
+}
+
+// Passes of 32 slots while more than 16 remain (the second group may be partial: its lanes past n
+// get weight 0, and its codes lie inside the page, whose token count is a multiple of 16), heads
+// in chunks of 16.
+template <int L, int B1, int BU, bool HalfTurn>
+void value_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
+                        const float* p, size_t p_stride, float* acc_lanes) {
+  const Levels<L> lv(tb);
+  constexpr int kMaxHeads = 16;
+  alignas(32) float w[kMaxHeads * 4 * 8];
+  for (int h0 = 0; h0 < g; h0 += kMaxHeads) {
+    const int gh = std::min(g - h0, kMaxHeads);
+    float* acc = acc_lanes + static_cast<size_t>(h0) * tb.dim * kLanes;
+    for (size_t first = slot; first < slot + n;) {
+      const size_t left = slot + n - first;
+      const int vectors = left > 16 ? 4 : left > 8 ? 2 : 1;
+      for (int v = 0; v < vectors; ++v) {
+        const size_t at = first + 8 * v - slot;
+        const __m256i keep = lane_mask(at < n ? n - at : 0);
+        for (int h = 0; h < gh; ++h) {
+          _mm256_store_ps(w + (h * vectors + v) * 8,
+                          _mm256_maskload_ps(p + (h0 + h) * p_stride + at, keep));
+        }
+      }
+      if (vectors == 4) {
+        value_polar_vectors<L, B1, BU, HalfTurn, 4>(tb, lv, region, first, gh, w, acc);
+      } else if (vectors == 2) {
+        value_polar_vectors<L, B1, BU, HalfTurn, 2>(tb, lv, region, first, gh, w, acc);
+      } else {
+        value_polar_vectors<L, B1, BU, HalfTurn, 1>(tb, lv, region, first, gh, w, acc);
+      }
+      first += 8 * static_cast<size_t>(vectors);
+    }
+  }
+}
+
+// Calls f(L, B1, BU) as compile-time constants: the widths of this allocation where every level
+// above level 1 has one width of 2, 3 or 4 bits and level 1 has 4 or 5 (the presets, polar4kv's
+// codecs and their relatives), else the run-time widths (B1 = BU = 0). False past kMaxLevels.
+template <class F>
+bool with_widths(const PolarTables& tb, F&& f) {
+  return with_count<1, kMaxLevels>(tb.levels, [&](auto levels) {
+    constexpr int L = decltype(levels)::value;
+    int upper = L > 1 ? tb.bits[1] : 0;
+    for (int l = 2; l < L; ++l) upper = tb.bits[l] == upper ? upper : -1;
+    const auto with_upper = [&](auto b1) {
+      if constexpr (L >= 2) {
+        if (upper == 2) return f(levels, b1, std::integral_constant<int, 2>{});
+        if (upper == 3) return f(levels, b1, std::integral_constant<int, 3>{});
+        if (upper == 4) return f(levels, b1, std::integral_constant<int, 4>{});
+      }
+      f(levels, std::integral_constant<int, 0>{}, std::integral_constant<int, 0>{});
+    };
+    if (tb.bits[0] == 4) {
+      with_upper(std::integral_constant<int, 4>{});
+    } else if (tb.bits[0] == 5) {
+      with_upper(std::integral_constant<int, 5>{});
+    } else {
+      f(levels, std::integral_constant<int, 0>{}, std::integral_constant<int, 0>{});
+    }
+  });
 }
 
 void score_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                  float* scores, size_t s_stride) {
   if (avx2_score_paper_i8(tb, region, slot, n, g, scores, s_stride)) return;
   if (avx2_score_paper(tb, region, slot, n, g, scores, s_stride)) return;
-  const bool done = with_count<1, kMaxLevels>(tb.levels, [&](auto levels) {
-    score_polar_levels<decltype(levels)::value>(tb, region, slot, n, g, scores, s_stride);
+  const bool done = with_widths(tb, [&](auto l, auto b1, auto bu) {
+    constexpr int L = decltype(l)::value, B1 = decltype(b1)::value, BU = decltype(bu)::value;
+    if constexpr (B1 == 4 || B1 == 5) {
+      if (tb.level1_half_turn) {
+        score_polar_levels<L, B1, BU, true>(tb, region, slot, n, g, scores, s_stride);
+        return;
+      }
+    }
+    score_polar_levels<L, B1, BU, false>(tb, region, slot, n, g, scores, s_stride);
   });
   if (!done) scalar_kernels().score_polar(tb, region, slot, n, g, scores, s_stride);
 }
@@ -142,8 +266,15 @@ void score_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size
 void value_polar(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                  const float* p, size_t p_stride, float* acc) {
   if (avx2_value_paper(tb, region, slot, n, g, p, p_stride, acc)) return;
-  const bool done = with_count<1, kMaxLevels>(tb.levels, [&](auto levels) {
-    value_polar_levels<decltype(levels)::value>(tb, region, slot, n, g, p, p_stride, acc);
+  const bool done = with_widths(tb, [&](auto l, auto b1, auto bu) {
+    constexpr int L = decltype(l)::value, B1 = decltype(b1)::value, BU = decltype(bu)::value;
+    if constexpr (B1 == 4 || B1 == 5) {
+      if (tb.level1_half_turn) {
+        value_polar_levels<L, B1, BU, true>(tb, region, slot, n, g, p, p_stride, acc);
+        return;
+      }
+    }
+    value_polar_levels<L, B1, BU, false>(tb, region, slot, n, g, p, p_stride, acc);
   });
   if (!done) scalar_value_polar(tb, region, slot, n, g, p, p_stride, acc, kLanes);
 }
