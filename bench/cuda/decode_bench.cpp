@@ -1,14 +1,16 @@
 // GPU benchmark of the PolarQuant kernels (run by bench/cuda/run.sh, which puts PyTorch SDPA on
 // fp16 K/V beside it): decode attention at the Llama-3.1-8B shape (8 KV heads; 32 query heads
 // unless --q-heads; head_dim 128 unless --dim gives 64 or 256; the `paper` preset unless
-// --preset names another; `--preset f16` times the runtime's fp16-page kernel, the baseline the
-// serving benchmark compares against; 32-token pages) for batch 1/8/32 and context 4k..128k
+// --preset names another, or a key/value pair such as `polar4kv` or `polar41/paper`; `--preset
+// f16` times the runtime's fp16-page kernel, the baseline the serving benchmark compares against;
+// 32-token pages) for batch 1/8/32 and context 4k..128k
 // (--batch and --context pick one), and the encode throughput of a 16k-token prefill. Prints one
 // JSON object per line.
 //
 // Timing: CUDA events around each call, median of the repetitions; the pages are replicated
 // into enough copies (>= 256 MiB in all, over 4x the 60 MB L2) and the calls cycle through them,
 // so every call reads its K and V from HBM.
+#include <polarquant/codec_pair.h>
 #include <polarquant/cuda.h>
 #include <polarquant/error.h>
 #include <polarquant/polar_codec.h>
@@ -125,11 +127,26 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--batch and --context must be positive (or absent: every shape)\n");
     return 2;
   }
-  const bool f16 = preset == "f16";
-  const cuda::F16Layout f16_layout{dim, n_kv, T};
-  std::unique_ptr<PolarCodec> codec_ptr;
+  CodecPair names;
   try {
-    codec_ptr = std::make_unique<PolarCodec>(polar_preset(f16 ? "paper" : preset, dim));
+    names = codec_pair(preset);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "--preset %s: %s\n", preset.c_str(), e.what());
+    return 2;
+  }
+  const bool f16 = names.key == "f16" && names.value == "f16";
+  if (!f16 && (names.key == "f16" || names.value == "f16")) {
+    std::fprintf(stderr, "--preset %s: keys and values must both be f16 or both PolarQuant\n",
+                 preset.c_str());
+    return 2;
+  }
+  const cuda::F16Layout f16_layout{dim, n_kv, T};
+  std::unique_ptr<PolarCodec> codec_ptr, value_ptr;
+  try {
+    codec_ptr = std::make_unique<PolarCodec>(polar_preset(f16 ? "paper" : names.key, dim));
+    if (names.value != names.key) {
+      value_ptr = std::make_unique<PolarCodec>(polar_preset(names.value, dim));
+    }
   } catch (const Error& e) {
     std::fprintf(stderr, "--preset %s, head_dim %d: %s\n", preset.c_str(), dim, e.what());
     return 2;
@@ -139,18 +156,24 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "no CUDA device: %s\n", why.c_str());
     return 2;
   }
-  std::unique_ptr<cuda::CudaPolarCodec> gpu_ptr;
+  std::unique_ptr<cuda::CudaPolarCodec> gpu_ptr, gpu_value_ptr;
   try {
     gpu_ptr = std::make_unique<cuda::CudaPolarCodec>(*codec_ptr, T, n_kv);
+    if (value_ptr) gpu_value_ptr = std::make_unique<cuda::CudaPolarCodec>(*value_ptr, T, n_kv);
   } catch (const Error& e) {
     std::fprintf(stderr, "--preset %s, head_dim %d on the GPU: %s\n", preset.c_str(), dim,
                  e.what());
     return 2;
   }
-  const PolarCodec& codec = *codec_ptr;
+  // gpu codes the keys (and the encode timing), gpu_v the values: the same codec unless a pair.
   cuda::CudaPolarCodec& gpu = *gpu_ptr;
-  const size_t page_bytes = f16 ? f16_layout.page_bytes() : gpu.page_bytes();
-  const double payload_bits = f16 ? 16.0 * dim : codec.config().payload_bits();
+  const cuda::CudaPolarCodec& gpu_v = gpu_value_ptr ? *gpu_value_ptr : gpu;
+  const size_t k_page_bytes = f16 ? f16_layout.page_bytes() : gpu.page_bytes();
+  const size_t v_page_bytes = f16 ? f16_layout.page_bytes() : gpu_v.page_bytes();
+  const double payload_bits =
+      f16 ? 16.0 * dim
+          : 0.5 * (codec_ptr->config().payload_bits() +
+                   (value_ptr ? *value_ptr : *codec_ptr).config().payload_bits());
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   int driver = 0, runtime = 0;
@@ -160,7 +183,7 @@ int main(int argc, char** argv) {
       "{\"kind\":\"device\",\"name\":\"%s\",\"sms\":%d,\"driver_api\":%d,\"runtime\":%d,"
       "\"preset\":\"%s\",\"head_dim\":%d,\"q_heads\":%d,\"kernel\":\"%s\"}\n",
       prop.name, prop.multiProcessorCount, driver, runtime, preset.c_str(), dim, n_q,
-      f16 ? "f16-split-kv" : cuda::decode_kernel_name(gpu, n_q));
+      f16 ? "f16-split-kv" : cuda::decode_kernel_name(gpu, gpu_v, n_q));
 
   const std::vector<int> contexts =
       quick ? std::vector<int>{4096, 131072} : std::vector<int>{4096, 16384, 65536, 131072};
@@ -202,16 +225,16 @@ int main(int argc, char** argv) {
     for (int batch : batches) {
       if ((only_batch && batch != only_batch) || (only_context && ctx != only_context)) continue;
       const size_t pages = static_cast<size_t>(ctx) / T;
-      const size_t set_bytes = 2 * batch * pages * page_bytes;
+      const size_t set_bytes = batch * pages * (k_page_bytes + v_page_bytes);
       const int copies = static_cast<int>(std::max<size_t>(1, (256u << 20) / set_bytes + 1));
       const size_t total_pages = copies * batch * pages;
       uint8_t *kp = nullptr, *vp = nullptr;
       int32_t *tables = nullptr, *lengths = nullptr;
       float *q = nullptr, *out = nullptr;
-      ok(cudaMalloc(&kp, total_pages * page_bytes), "malloc k pages");
-      ok(cudaMalloc(&vp, total_pages * page_bytes), "malloc v pages");
-      cudaMemset(kp, 0, total_pages * page_bytes);
-      cudaMemset(vp, 0, total_pages * page_bytes);
+      ok(cudaMalloc(&kp, total_pages * k_page_bytes), "malloc k pages");
+      ok(cudaMalloc(&vp, total_pages * v_page_bytes), "malloc v pages");
+      cudaMemset(kp, 0, total_pages * k_page_bytes);
+      cudaMemset(vp, 0, total_pages * v_page_bytes);
       std::vector<int32_t> ids(total_pages);
       for (size_t i = 0; i < total_pages; ++i) ids[i] = static_cast<int32_t>(i);
       ok(cudaMalloc(&tables, total_pages * sizeof(int32_t)), "malloc tables");
@@ -225,13 +248,13 @@ int main(int argc, char** argv) {
                           x + shift * row, nullptr);
         } else {
           cuda::encode_prefill(gpu, {kp, t}, 0, ctx, x, false, nullptr);
-          cuda::encode_prefill(gpu, {vp, t}, 0, ctx, x + shift * row, false, nullptr);
+          cuda::encode_prefill(gpu_v, {vp, t}, 0, ctx, x + shift * row, false, nullptr);
         }
       }
-      const size_t one = batch * pages * page_bytes;
+      const size_t k_one = batch * pages * k_page_bytes, v_one = batch * pages * v_page_bytes;
       for (int c = 1; c < copies; ++c) {
-        cudaMemcpy(kp + c * one, kp, one, cudaMemcpyDeviceToDevice);
-        cudaMemcpy(vp + c * one, vp, one, cudaMemcpyDeviceToDevice);
+        cudaMemcpy(kp + c * k_one, kp, k_one, cudaMemcpyDeviceToDevice);
+        cudaMemcpy(vp + c * v_one, vp, v_one, cudaMemcpyDeviceToDevice);
       }
       std::vector<int32_t> lens(batch, ctx);
       ok(cudaMalloc(&lengths, batch * sizeof(int32_t)), "malloc lengths");
@@ -250,7 +273,7 @@ int main(int argc, char** argv) {
       db.page_tables = tables;
       const size_t ws_bytes =
           f16 ? cuda::f16_decode_workspace_bytes(f16_layout, db, prop.multiProcessorCount)
-              : cuda::decode_workspace_bytes(gpu, db);
+              : cuda::decode_workspace_bytes(gpu, gpu_v, db);
       void* ws = nullptr;
       ok(cudaMalloc(&ws, ws_bytes), "malloc workspace");
       auto decode = [&] {
@@ -258,7 +281,7 @@ int main(int argc, char** argv) {
           cuda::f16_decode_attention(f16_layout, db, q, out, ws, ws_bytes, prop.multiProcessorCount,
                                      nullptr);
         } else {
-          cuda::decode_attention(gpu, db, q, out, ws, ws_bytes, nullptr);
+          cuda::decode_attention(gpu, gpu_v, db, q, out, ws, ws_bytes, nullptr);
         }
       };
       const auto ms = time_calls(quick ? 10 : 40, [&](int i) {

@@ -47,20 +47,14 @@ class CudaPolarCodec {
   size_t head_bytes() const;  // equals PolarPageFormat::head_bytes() for the same codec and T
   size_t page_bytes() const { return head_bytes() * static_cast<size_t>(n_kv_heads()); }
   const DeviceCodec& device() const { return *device_; }
+  // The constructor sets its kernels' shared-memory limits and measures their occupancy once, so
+  // that encode, dequantize and decode calls make no CUDA API calls but their launches.
   int multiprocessors() const { return multiprocessors_; }
-  // Blocks of the decode-attention kernel resident per SM, for up to 8 (head_tiles 1) or 16 (2)
-  // query heads per KV head. The constructor measures them and sets every kernel's shared-memory
-  // limit once, so that encode, dequantize and decode calls make no CUDA API calls but their
-  // launches.
-  int attention_resident(int head_tiles) const {
-    return attention_resident_[head_tiles == 1 ? 0 : 1];
-  }
 
  private:
   std::unique_ptr<DeviceCodec> device_;
   void* constants_ = nullptr;  // one cudaMalloc holding every table
   int multiprocessors_ = 0;
-  int attention_resident_[2] = {1, 1};
 };
 
 // One sequence's pages: page i of the sequence (positions [i*T, (i+1)*T)) is page
@@ -127,5 +121,20 @@ size_t decode_workspace_bytes(const CudaPolarCodec& codec, const DecodeBatch& ba
 // merge of the partial softmax states that applies S^T once per output.
 void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, const float* q,
                       float* out, void* workspace, size_t workspace_bytes, Stream stream);
+
+// The same over keys and values of different codecs (polar4kv: keys `polar-544444`, values
+// `polar-422222`): batch.k_pool holds pages of `keys`' layout, batch.v_pool of `values'`, under the
+// same page ids. Scores run in the keys' rotated domain, outputs return from the values'. The two
+// codecs must have the same dim, KV heads and page tokens (kInvalidArgument). Passing one codec
+// twice is the call above. The tile kernel runs for a pair ("tile-wide5-narrow2" for polar4kv's,
+// else "tile-wide3" or "tile-generic"); its first call (or decode_workspace_bytes) for a new pair
+// sets up that kernel's shared memory, the only CUDA API calls besides the launches.
+const char* decode_kernel_name(const CudaPolarCodec& keys, const CudaPolarCodec& values,
+                               int n_q_heads);
+size_t decode_workspace_bytes(const CudaPolarCodec& keys, const CudaPolarCodec& values,
+                              const DecodeBatch& batch);
+void decode_attention(const CudaPolarCodec& keys, const CudaPolarCodec& values,
+                      const DecodeBatch& batch, const float* q, float* out, void* workspace,
+                      size_t workspace_bytes, Stream stream);
 
 }  // namespace polarquant::cuda

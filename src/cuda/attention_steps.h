@@ -20,9 +20,11 @@ void launch_merge(const DeviceCodec& c, int batch, int n_q_heads, int g, int spl
                   const float2* part_ml, const float* part_acc, float* out, float* lse,
                   Stream stream);
 
-// Sets the shared-memory limits of the decode-attention kernels this codec will run (up to 8 and
-// up to 16 query heads per KV head) and returns their resident blocks per SM (decode_attention.cu;
-// called once, by CudaPolarCodec's constructor).
-void configure_attention(const DeviceCodec& c, int resident[2]);
+// Sets the shared-memory limits of the decode-attention kernels this codec runs over its own keys
+// and values (up to 8 and up to 16 query heads per KV head) and measures their resident blocks per
+// SM, once per process (decode_attention.cu; called by CudaPolarCodec's constructor). A key codec
+// paired with another value codec has its kernel configured at its first decode_workspace_bytes or
+// decode_attention call.
+void configure_attention(const DeviceCodec& c);
 
 }  // namespace polarquant::cuda

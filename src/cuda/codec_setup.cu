@@ -168,7 +168,7 @@ CudaPolarCodec::CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_k
              "cudaDeviceGetAttribute(multiprocessors)");
   configure_encode_units(d);
   configure_dequantize(d);
-  configure_attention(d, attention_resident_);
+  configure_attention(d);
 }
 
 CudaPolarCodec::~CudaPolarCodec() {

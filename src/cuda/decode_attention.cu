@@ -8,8 +8,9 @@
 //  - attention_kernel_frag<D, head tiles, Fmt> (the `paper` and `polar37` layouts, Fmt = PaperFmt
 //    in paper_decode.cuh, Polar37Fmt in polar37_frag.cuh): the decoders write the MMA operands in
 //    registers, with S^T = K Q'^T and O^T = V^T P^T;
-//  - attention_kernel (every other layout): per 32-slot tile, K is decoded into an fp16 tile in
-//    shared memory, Q'K^T reads it with ldmatrix, then V is decoded into the same tile for P.V.
+//  - attention_kernel<D, key decoder, value decoder> (every other layout, and keys and values of
+//    different layouts, as polar4kv's): per 32-slot tile, K is decoded into an fp16 tile in shared
+//    memory, Q'K^T reads it with ldmatrix, then V is decoded into the same tile for P.V.
 // Kernel 3 (attention_steps.cu) merges the blocks' partial (m, l, acc) states and applies S^T
 // once per output.
 //
@@ -22,7 +23,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <type_traits>
 
 #include "cuda/attention_steps.h"
@@ -56,48 +60,75 @@ Launch frag_choice(int head_tiles) {
   return l;
 }
 
-// The kernel for the codec's shape and g query heads per KV head: the register-fragment kernel
-// for the `paper` and `polar37` layouts, else the tile kernel with the fastest decoder for the
-// layout.
+// The tile kernel's decoder pairs that are compiled: both sides wide3, polar4kv's (wide5 keys,
+// narrow2 values), else generic on both sides.
 template <int D>
-Launch attention_choice(const DeviceCodec& c, int g) {
+Launch tile_choice(const DeviceCodec& kc, const DeviceCodec& vc) {
   Launch l;
-  const int tiles = tiles_for(g);
-  if (PaperFmt<D>::matches(c)) {
-    l = frag_choice<D, PaperFmt<D>>(tiles);
-  } else if (Polar37Fmt<D>::matches(c)) {
-    l = frag_choice<D, Polar37Fmt<D>>(tiles);
+  const Decoder kd = decoder_for(kc), vd = decoder_for(vc);
+  if (kd == kWide3Decoder && vd == kWide3Decoder) {
+    l.kernel = attention_kernel<D, kWide3Decoder, kWide3Decoder>;
+    l.name = "tile-wide3";
+  } else if (kd == kWide5Decoder && vd == kNarrow2Decoder) {
+    l.kernel = attention_kernel<D, kWide5Decoder, kNarrow2Decoder>;
+    l.name = "tile-wide5-narrow2";
   } else {
-    const bool wide3 = c.bits[0] == 4 && c.bits[1] == 3 && c.bits[2] == 3 && c.bits[3] == 3;
-    l.kernel = wide3 ? attention_kernel<D, kWide3Decoder> : attention_kernel<D, kGenericDecoder>;
-    l.name = wide3 ? "tile-wide3" : "tile-generic";
-    l.smem = smem_plan(c, D).total;
+    l.kernel = attention_kernel<D, kGenericDecoder, kGenericDecoder>;
+    l.name = "tile-generic";
   }
+  l.smem = smem_plan(kc, vc, D).total;
   return l;
 }
 
-Launch attention_choice_for(const DeviceCodec& c, int g) {
+// The kernel for the key and value layouts and g query heads per KV head: the register-fragment
+// kernel where keys and values share a `paper` or `polar37` codec, else the tile kernel with the
+// fastest decoders for the two layouts.
+template <int D>
+Launch attention_choice(const DeviceCodec& kc, const DeviceCodec& vc, int g) {
+  const int tiles = tiles_for(g);
+  const bool shared = kc.cos_table == vc.cos_table;  // one CudaPolarCodec for both
+  if (shared && PaperFmt<D>::matches(kc)) return frag_choice<D, PaperFmt<D>>(tiles);
+  if (shared && Polar37Fmt<D>::matches(kc)) return frag_choice<D, Polar37Fmt<D>>(tiles);
+  return tile_choice<D>(kc, vc);
+}
+
+Launch attention_choice_for(const DeviceCodec& kc, const DeviceCodec& vc, int g) {
   Launch l;
-  with_dim(c.dim, [&](auto d) { l = attention_choice<decltype(d)::value>(c, g); });
+  with_dim(kc.dim, [&](auto d) { l = attention_choice<decltype(d)::value>(kc, vc, g); });
   return l;
+}
+
+// Blocks of a launch resident per SM, with the kernel's shared-memory allowance raised to the
+// launch's on first sight: measured once per (kernel, shared memory) and kept for the process, so
+// a decode call after the first (or after CudaPolarCodec's constructor, which asks for its own
+// kernels) makes no CUDA API call but its launches.
+int resident_blocks(const Launch& l) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, size_t>, int> known;
+  const std::pair<const void*, size_t> key(reinterpret_cast<const void*>(l.kernel), l.smem);
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto it = known.find(key);
+  if (it != known.end()) return it->second;
+  allow_dynamic_smem(l.kernel, l.smem, "cudaFuncSetAttribute(attention)");
+  int resident = 0;
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, l.kernel, kThreads, l.smem),
+             "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  known.emplace(key, resident);
+  return resident;
 }
 
 }  // namespace
 
-void configure_attention(const DeviceCodec& c, int resident[2]) {
+void configure_attention(const DeviceCodec& c) {
   for (int tiles = 1; tiles <= 2; ++tiles) {
-    const Launch l = attention_choice_for(c, tiles * kFragHeads);
-    allow_dynamic_smem(l.kernel, l.smem, "cudaFuncSetAttribute(attention)");
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident[tiles - 1], l.kernel,
-                                                             kThreads, l.smem),
-               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    resident_blocks(attention_choice_for(c, c, tiles * kFragHeads));
   }
 }
 
 namespace {
 
 struct Geometry {
-  Launch launch;  // chosen once per call (CudaPolarCodec set its shared memory allowance)
+  Launch launch;  // chosen once per call (resident_blocks set its shared memory allowance)
   int splits = 1, pages_per_split = 1;
   size_t q_bytes = 0, ml_bytes = 0, acc_bytes = 0;
 };
@@ -105,16 +136,17 @@ struct Geometry {
 // Splits of the context: enough blocks to fill every SM even at batch 1, at least two pages per
 // warp, and a block count close to a whole number of waves (a last, nearly empty wave of blocks
 // would leave most SMs idle while it runs).
-Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
-  const DeviceCodec& c = codec.device();
+Geometry geometry(const CudaPolarCodec& keys, const CudaPolarCodec& values,
+                  const DecodeBatch& batch) {
+  const DeviceCodec& c = keys.device();
   Geometry geo;
   const int pages_max = std::max(1, (batch.max_length + c.page_tokens - 1) / c.page_tokens);
   const long heads = static_cast<long>(batch.batch) * c.n_kv_heads;
   const int g = batch.n_q_heads / c.n_kv_heads;
-  geo.launch = attention_choice_for(c, g);
-  const int resident = codec.attention_resident(tiles_for(g));
+  geo.launch = attention_choice_for(c, values.device(), g);
+  const int resident = resident_blocks(geo.launch);
   const long slots =
-      static_cast<long>(std::max(1, resident)) * std::max(1, codec.multiprocessors());
+      static_cast<long>(std::max(1, resident)) * std::max(1, keys.multiprocessors());
   const int floor_pages = std::min(2 * kWarps, pages_max);
   double best = -1.0;
   for (int waves = 1; waves <= 16; ++waves) {
@@ -141,6 +173,19 @@ Geometry geometry(const CudaPolarCodec& codec, const DecodeBatch& batch) {
   return geo;
 }
 
+// Keys and values of one cache: the same dim, KV heads and page tokens (kInvalidArgument).
+void check_pair(const CudaPolarCodec& keys, const CudaPolarCodec& values, const char* caller) {
+  if (keys.dim() != values.dim() || keys.n_kv_heads() != values.n_kv_heads() ||
+      keys.page_tokens() != values.page_tokens()) {
+    const auto shape = [](const CudaPolarCodec& c) {
+      return "dim " + std::to_string(c.dim()) + ", " + std::to_string(c.n_kv_heads()) +
+             " KV heads, " + std::to_string(c.page_tokens()) + "-token pages";
+    };
+    throw_invalid(std::string(caller) + ": the key codec (" + shape(keys) +
+                  ") and the value codec (" + shape(values) + ") must have the same shape");
+  }
+}
+
 // The query-head count: a positive multiple of the KV heads (kInvalidArgument), at most kRows per
 // KV head (kUnsupported).
 void check_heads(const CudaPolarCodec& codec, int n_q_heads, const char* caller) {
@@ -156,18 +201,20 @@ void check_heads(const CudaPolarCodec& codec, int n_q_heads, const char* caller)
   }
 }
 
-void check_batch(const CudaPolarCodec& codec, const DecodeBatch& batch) {
-  const int n_kv = codec.n_kv_heads();
+void check_batch(const CudaPolarCodec& keys, const CudaPolarCodec& values,
+                 const DecodeBatch& batch) {
+  const int n_kv = keys.n_kv_heads();
   const auto fail = [&](const std::string& what) {
     throw_invalid("decode_attention: " + what + " (batch " + std::to_string(batch.batch) +
                   ", n_q_heads " + std::to_string(batch.n_q_heads) + ", n_kv_heads " +
                   std::to_string(n_kv) + ", max_length " + std::to_string(batch.max_length) +
                   ", max_pages " + std::to_string(batch.max_pages) + ")");
   };
+  check_pair(keys, values, "decode_attention");
   if (batch.batch < 1) fail("batch must be >= 1");
-  check_heads(codec, batch.n_q_heads, "decode_attention");
+  check_heads(keys, batch.n_q_heads, "decode_attention");
   if (batch.max_length < 0) fail("max_length must be >= 0");
-  if (static_cast<long>(batch.max_pages) * codec.page_tokens() < batch.max_length) {
+  if (static_cast<long>(batch.max_pages) * keys.page_tokens() < batch.max_length) {
     fail("max_pages * page_tokens must cover max_length");
   }
   if (!batch.k_pool || !batch.v_pool || !batch.page_tables || !batch.lengths) {
@@ -178,38 +225,57 @@ void check_batch(const CudaPolarCodec& codec, const DecodeBatch& batch) {
 }  // namespace
 
 const char* decode_kernel_name(const CudaPolarCodec& codec, int n_q_heads) {
-  check_heads(codec, n_q_heads, "decode_kernel_name");
-  return attention_choice_for(codec.device(), n_q_heads / codec.n_kv_heads()).name;
+  return decode_kernel_name(codec, codec, n_q_heads);
+}
+
+const char* decode_kernel_name(const CudaPolarCodec& keys, const CudaPolarCodec& values,
+                               int n_q_heads) {
+  check_pair(keys, values, "decode_kernel_name");
+  check_heads(keys, n_q_heads, "decode_kernel_name");
+  return attention_choice_for(keys.device(), values.device(), n_q_heads / keys.n_kv_heads()).name;
 }
 
 size_t decode_workspace_bytes(const CudaPolarCodec& codec, const DecodeBatch& batch) {
-  check_batch(codec, batch);
-  const Geometry geo = geometry(codec, batch);
+  return decode_workspace_bytes(codec, codec, batch);
+}
+
+size_t decode_workspace_bytes(const CudaPolarCodec& keys, const CudaPolarCodec& values,
+                              const DecodeBatch& batch) {
+  check_batch(keys, values, batch);
+  const Geometry geo = geometry(keys, values, batch);
   return geo.q_bytes + geo.ml_bytes + geo.acc_bytes;
 }
 
 void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, const float* q,
                       float* out, void* workspace, size_t workspace_bytes, Stream stream) {
-  check_batch(codec, batch);
+  decode_attention(codec, codec, batch, q, out, workspace, workspace_bytes, stream);
+}
+
+void decode_attention(const CudaPolarCodec& keys, const CudaPolarCodec& values,
+                      const DecodeBatch& batch, const float* q, float* out, void* workspace,
+                      size_t workspace_bytes, Stream stream) {
+  check_batch(keys, values, batch);
   if (!q || !out) throw_invalid("decode_attention: q and out must be device pointers");
-  const Geometry geo = geometry(codec, batch);
+  const Geometry geo = geometry(keys, values, batch);
   const size_t need = geo.q_bytes + geo.ml_bytes + geo.acc_bytes;
   if (workspace == nullptr || workspace_bytes < need) {
     throw_invalid("decode_attention: workspace of " + std::to_string(workspace_bytes) +
                   " bytes; this shape needs " + std::to_string(need) + " (decode_workspace_bytes)");
   }
-  const DeviceCodec& c = codec.device();
+  const DeviceCodec& kc = keys.device();
+  const DeviceCodec& vc = values.device();
   const float scale =
-      batch.scale > 0.0f ? batch.scale : 1.0f / std::sqrt(static_cast<float>(c.dim));
+      batch.scale > 0.0f ? batch.scale : 1.0f / std::sqrt(static_cast<float>(kc.dim));
   uint8_t* ws = static_cast<uint8_t*>(workspace);
-  AttnParams p{c,
+  AttnParams p{kc,
+               vc,
                batch.k_pool,
                batch.v_pool,
                batch.page_tables,
                batch.max_pages,
                batch.lengths,
                batch.n_q_heads,
-               batch.n_q_heads / c.n_kv_heads,
+               batch.n_q_heads / kc.n_kv_heads,
                geo.splits,
                geo.pages_per_split,
                reinterpret_cast<const __half*>(ws),
@@ -218,14 +284,16 @@ void decode_attention(const CudaPolarCodec& codec, const DecodeBatch& batch, con
                batch.page_bias,
                scale * kLog2e};
 
-  launch_rotate_query(c, q, batch.batch * batch.n_q_heads, scale * kLog2e,
+  // Scores in the keys' rotated domain, outputs back from the values' (the two codecs may hold
+  // different rotations).
+  launch_rotate_query(kc, q, batch.batch * batch.n_q_heads, scale * kLog2e,
                       reinterpret_cast<__half*>(ws), stream);
 
-  const dim3 grid(geo.splits, c.n_kv_heads, batch.batch);
+  const dim3 grid(geo.splits, kc.n_kv_heads, batch.batch);
   geo.launch.kernel<<<grid, kThreads, geo.launch.smem, stream>>>(p);
   check_cuda(cudaGetLastError(), "launch(attention)");
 
-  launch_merge(c, batch.batch, batch.n_q_heads, p.g, geo.splits, p.part_ml, p.part_acc, out,
+  launch_merge(vc, batch.batch, batch.n_q_heads, p.g, geo.splits, p.part_ml, p.part_acc, out,
                batch.lse, stream);
 }
 

@@ -54,7 +54,7 @@ struct FragCopy {
   __device__ __forceinline__ void operator()(const AttnParams& p, int b, int pg,
                                              uint8_t* raw) const {
     const size_t page_id = static_cast<size_t>(p.tables[static_cast<size_t>(b) * p.max_pages + pg]);
-    const size_t off = page_id * p.c.page_bytes + lane_off;
+    const size_t off = page_id * p.kc.page_bytes + lane_off;  // kc == vc here
     const uint8_t* k = p.k_pool + off;
     const uint8_t* v = p.v_pool + off;
 #pragma unroll
@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads, frag_min_blocks(D, kHeadTiles))
   constexpr int kSlices = D / 16, kKBlocks = D / 64, kPairs = kVPairs<D>, NT = kHeadTiles;
   constexpr int kPageTokens = Fmt::kTokens;
   extern __shared__ __align__(16) uint8_t smem[];
-  const DeviceCodec& c = p.c;
+  const DeviceCodec& c = p.kc;  // the fragment kernel runs only where keys and values share it
   const int h = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int gid = lane / 4, tq = lane % 4;

@@ -36,7 +36,8 @@ constexpr int kRows = 16;  // MMA rows: query heads of one KV head, zero-padded
 constexpr int kTile = 32;  // tokens decoded at once (one per lane)
 
 struct AttnParams {
-  DeviceCodec c;
+  DeviceCodec kc;  // the key pages' layout and tables
+  DeviceCodec vc;  // the value pages' (the same as kc unless keys and values differ: polar4kv)
   const uint8_t* k_pool;
   const uint8_t* v_pool;
   const int32_t* tables;
@@ -79,7 +80,7 @@ template <class Fetch>
 __device__ __forceinline__ PageRange start_pages(const AttnParams& p, int b, int warp,
                                                  uint8_t* wbase, Fetch&& fetch) {
   const int len = p.lengths[b];
-  const int n_pages = (len + p.c.page_tokens - 1) / p.c.page_tokens;
+  const int n_pages = (len + p.kc.page_tokens - 1) / p.kc.page_tokens;
   const int begin = blockIdx.x * p.pages_per_split;
   const PageRange r{len, begin, min(n_pages, begin + p.pages_per_split)};
   if (kStages == 2 && begin + warp < r.end) fetch(begin + warp, wbase);
@@ -114,7 +115,7 @@ template <int D, class StageOf>
 __device__ __forceinline__ void write_block_state(const AttnParams& p, int rows,
                                                   StageOf&& stage_of) {
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const size_t part = (static_cast<size_t>(b) * p.c.n_kv_heads + h) * p.splits + split;
+  const size_t part = (static_cast<size_t>(b) * p.kc.n_kv_heads + h) * p.splits + split;
   for (int i = threadIdx.x; i < p.g * D; i += kThreads) {
     const int row = i / D, col = i % D;
     float m_max = -INFINITY;

@@ -1,7 +1,8 @@
-// The tile kernel of decode attention (every layout without a register-fragment decoder; see
-// decode_attention.cu): per 32-slot tile, K is decoded into an fp16 tile in shared memory, Q'K^T
-// reads it with ldmatrix, then V is decoded into the same tile for P.V. Included only by
-// decode_attention.cu, after decode_pipeline.cuh; internal linkage as there.
+// The tile kernel of decode attention (every layout without a register-fragment decoder, and
+// keys and values of different layouts; see decode_attention.cu): per 32-slot tile, K is decoded
+// into an fp16 tile in shared memory, Q'K^T reads it with ldmatrix, then V is decoded into the same
+// tile for P.V. Included only by decode_attention.cu, after decode_pipeline.cuh; internal linkage
+// as there.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -21,28 +22,61 @@ namespace polarquant::cuda {
 namespace {
 
 struct SmemPlan {
-  size_t tables = 0, q = 0, warp = 0, total = 0;
+  size_t k_tables = 0, v_tables = 0, q = 0, pages = 0, warp = 0, total = 0;
 };
 
-// Tile kernel. Per block: the generic cos/sin tables and the query tile; per warp: two buffers of
-// (K region, V region) for the copy of the next page in flight, and the fp16 tile.
-__host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& c, int dim) {
+// Tile kernel. Per block: the key codec's cos/sin tables, the value codec's, and the query tile;
+// per warp: kStages buffers of (K region, V region) for the copy of the next page in flight, and
+// the fp16 tile.
+__host__ __device__ inline SmemPlan smem_plan(const DeviceCodec& kc, const DeviceCodec& vc,
+                                              int dim) {
   SmemPlan s;
-  s.tables = align_up(2 * c.table_entries * sizeof(float), 16);
+  s.k_tables = align_up(2 * kc.table_entries * sizeof(float), 16);
+  s.v_tables = align_up(2 * vc.table_entries * sizeof(float), 16);
   s.q = static_cast<size_t>(kRows) * (dim + 8) * sizeof(__half);
-  s.warp = 2 * kStages * static_cast<size_t>(c.head_bytes) + kTile * (dim + 8) * sizeof(__half);
-  s.total = s.tables + s.q + kWarps * s.warp;
+  s.pages = kStages * (static_cast<size_t>(kc.head_bytes) + vc.head_bytes);
+  s.warp = s.pages + kTile * (dim + 8) * sizeof(__half);
+  s.total = s.k_tables + s.v_tables + s.q + kWarps * s.warp;
   return s;
 }
 
-// The tile kernel's decoders, chosen once per launch: levels 1..4 of widths 4/3/3/3 at compile
-// time (`polar39` and other `polar37` relatives), or every width at run time; one token per lane
-// and 16-coordinate unit, into an fp16 tile of 32 rows of D (+8 padding) halves. (`paper` and
-// `polar37` have the register-fragment kernel.)
+// The tile kernel's decoders, one for the keys and one for the values, chosen once per launch:
+// levels 1..4 of widths known at compile time (4/3/3/3: `polar39` and other `polar37` relatives;
+// 5/4/4/4: polar4kv's keys, `polar-544444`; 4/2/2/2: its values, `polar-422222`), or every width
+// at run time; one token per lane and 16-coordinate unit, into an fp16 tile of 32 rows of D (+8
+// padding) halves. (`paper` and `polar37` have the register-fragment kernel.)
 enum Decoder {
   kGenericDecoder = 0,
   kWide3Decoder = 2,
+  kWide5Decoder = 3,
+  kNarrow2Decoder = 4,
 };
+
+// The widths of levels 1..4 a decoder is compiled for (0: read at run time).
+__host__ __device__ constexpr int decoder_bits(int decoder, int level) {
+  constexpr int kBits[5][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}, {4, 3, 3, 3}, {5, 4, 4, 4}, {4, 2, 2, 2}};
+  return kBits[decoder][level - 1];
+}
+
+// The fastest decoder for a layout: the one whose compile-time widths are its own, else generic.
+inline Decoder decoder_for(const DeviceCodec& c) {
+  for (const Decoder d : {kWide3Decoder, kWide5Decoder, kNarrow2Decoder}) {
+    if (c.levels >= 4 && c.bits[0] == decoder_bits(d, 1) && c.bits[1] == decoder_bits(d, 2) &&
+        c.bits[2] == decoder_bits(d, 3) && c.bits[3] == decoder_bits(d, 4)) {
+      return d;
+    }
+  }
+  return kGenericDecoder;
+}
+
+inline const char* decoder_name(Decoder d) {
+  switch (d) {
+    case kWide3Decoder: return "wide3";
+    case kWide5Decoder: return "wide5";
+    case kNarrow2Decoder: return "narrow2";
+    default: return "generic";
+  }
+}
 
 template <int D, int kDecoder>
 __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t* region,
@@ -52,11 +86,8 @@ __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t*
 #pragma unroll 1
   for (int u = 0; u < D / 16; ++u) {
     float v[16];
-    if constexpr (kDecoder == kWide3Decoder) {
-      decode_unit<4, 3, 3, 3>(c, region, cos_s, sin_s, slot, u, v);
-    } else {
-      decode_unit<0, 0, 0, 0>(c, region, cos_s, sin_s, slot, u, v);
-    }
+    decode_unit<decoder_bits(kDecoder, 1), decoder_bits(kDecoder, 2), decoder_bits(kDecoder, 3),
+                decoder_bits(kDecoder, 4)>(c, region, cos_s, sin_s, slot, u, v);
     row[2 * u] = make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]), pack_half2(v[4], v[5]),
                             pack_half2(v[6], v[7]));
     row[2 * u + 1] = make_uint4(pack_half2(v[8], v[9]), pack_half2(v[10], v[11]),
@@ -64,45 +95,52 @@ __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t*
   }
 }
 
-// Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer pair: the tile
-// kernel's copy, for any layout (head_bytes at run time), chunks in place.
+// Starts the 16-byte copies of page `pg`'s K and V head regions into one buffer (K region, then
+// V region): the tile kernel's copy, for any layouts (head_bytes at run time), chunks in place.
 __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, int pg, uint8_t* raw,
                                            int lane) {
-  const DeviceCodec& c = p.c;
   const size_t page_id = static_cast<size_t>(p.tables[static_cast<size_t>(b) * p.max_pages + pg]);
-  const size_t off = page_id * c.page_bytes + static_cast<size_t>(h) * c.head_bytes;
-  const int chunks = c.head_bytes / 16;
-  for (int i = lane; i < chunks; i += 32) {
-    cp_async16(raw + 16 * i, p.k_pool + off + 16 * i);
-    cp_async16(raw + c.head_bytes + 16 * i, p.v_pool + off + 16 * i);
-  }
+  const uint8_t* k = p.k_pool + page_id * p.kc.page_bytes + static_cast<size_t>(h) * p.kc.head_bytes;
+  const uint8_t* v = p.v_pool + page_id * p.vc.page_bytes + static_cast<size_t>(h) * p.vc.head_bytes;
+  const int k_chunks = p.kc.head_bytes / 16, v_chunks = p.vc.head_bytes / 16;
+  uint8_t* raw_v = raw + p.kc.head_bytes;
+  for (int i = lane; i < k_chunks; i += 32) cp_async16(raw + 16 * i, k + 16 * i);
+  for (int i = lane; i < v_chunks; i += 32) cp_async16(raw_v + 16 * i, v + 16 * i);
 }
 
-template <int D, int kDecoder>
+template <int D, int kKeyDecoder, int kValueDecoder>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
-  const DeviceCodec& c = p.c;
-  const SmemPlan plan = smem_plan(c, D);
+  const DeviceCodec& kc = p.kc;
+  const DeviceCodec& vc = p.vc;
+  const SmemPlan plan = smem_plan(kc, vc, D);
   const int h = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int gq = lane / 4, tq = lane % 4;
   constexpr int kStride = D + 8;
 
-  float* cos_s = reinterpret_cast<float*>(smem);
-  float* sin_s = cos_s + c.table_entries;
-  __half* qs = reinterpret_cast<__half*>(smem + plan.tables);
-  uint8_t* wbase = smem + plan.tables + plan.q + warp * plan.warp;
+  float* k_cos = reinterpret_cast<float*>(smem);
+  float* k_sin = k_cos + kc.table_entries;
+  float* v_cos = reinterpret_cast<float*>(smem + plan.k_tables);
+  float* v_sin = v_cos + vc.table_entries;
+  __half* qs = reinterpret_cast<__half*>(smem + plan.k_tables + plan.v_tables);
+  const size_t warps_at = plan.k_tables + plan.v_tables + plan.q;
+  uint8_t* wbase = smem + warps_at + warp * plan.warp;
   // Buffers are addressed as offsets from the shared array (not through a pointer array), so the
   // compiler keeps shared-memory loads (LDS) instead of generic ones.
-  const uint32_t second = 2 * (kStages - 1) * c.head_bytes;
-  __half* tile = reinterpret_cast<__half*>(wbase + 2 * kStages * c.head_bytes);
+  const uint32_t second = (kStages - 1) * (kc.head_bytes + vc.head_bytes);
+  __half* tile = reinterpret_cast<__half*>(wbase + plan.pages);
 
   const auto fetch = [&](int pg, uint8_t* raw) { fetch_page(p, b, h, pg, raw, lane); };
   const PageRange pages = start_pages(p, b, warp, wbase, fetch);
 
-  for (int i = threadIdx.x; i < c.table_entries; i += kThreads) {
-    cos_s[i] = c.cos_table[i];
-    sin_s[i] = c.sin_table[i];
+  for (int i = threadIdx.x; i < kc.table_entries; i += kThreads) {
+    k_cos[i] = kc.cos_table[i];
+    k_sin[i] = kc.sin_table[i];
+  }
+  for (int i = threadIdx.x; i < vc.table_entries; i += kThreads) {
+    v_cos[i] = vc.cos_table[i];
+    v_sin[i] = vc.sin_table[i];
   }
   const __half* qb = p.q_rot + (static_cast<size_t>(b) * p.n_q_heads + h * p.g) * D;
   for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
@@ -119,8 +157,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   int cur = 0;
   for (int pg = pages.begin + warp; pg < pages.end; pg += kWarps, cur ^= 1) {
     const uint8_t* raw_k = wait_page(pg, pages.end, wbase, cur, second, fetch);
-    const uint8_t* raw_v = raw_k + c.head_bytes;
-    const int valid = min(c.page_tokens, pages.len - pg * c.page_tokens);
+    const uint8_t* raw_v = raw_k + kc.head_bytes;
+    const int valid = min(kc.page_tokens, pages.len - pg * kc.page_tokens);
     float shift[2] = {0.0f, 0.0f};  // this page's score shift of rows gq, gq + 8 (DecodeBatch)
     if (p.page_bias != nullptr) {
       const float* pb =
@@ -130,7 +168,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
     }
     for (int tile0 = 0; tile0 < valid; tile0 += kTile) {
       const int valid_t = min(kTile, valid - tile0);
-      decode_tile<D, kDecoder>(c, raw_k, cos_s, sin_s, tile0 + lane, tile, lane);
+      decode_tile<D, kKeyDecoder>(kc, raw_k, k_cos, k_sin, tile0 + lane, tile, lane);
       __syncwarp();
       // Scores: S (16 rows x 32 tokens) = Q' K^T, four n-tiles of 8 tokens.
       float s[4][4];
@@ -194,7 +232,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
       }
 
       __syncwarp();  // every lane has read the K tile
-      decode_tile<D, kDecoder>(c, raw_v, cos_s, sin_s, tile0 + lane, tile, lane);
+      decode_tile<D, kValueDecoder>(vc, raw_v, v_cos, v_sin, tile0 + lane, tile, lane);
       __syncwarp();
 
       // O (16 x D) += P (16 x 32) V (32 x D): two k-steps of 16 tokens.
@@ -242,8 +280,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) attention_kernel(AttnPar
   }
   __syncthreads();
   write_block_state<D>(p, kRows, [&](int w) {
-    return reinterpret_cast<const float*>(smem + plan.tables + plan.q + w * plan.warp +
-                                          2 * kStages * c.head_bytes);
+    return reinterpret_cast<const float*>(smem + warps_at + w * plan.warp + plan.pages);
   });
 }
 

@@ -123,8 +123,8 @@ void CudaTransformer::Impl::decode_attention_step(int l, Seq* const* list, int b
     f16_decode_attention(kcodec->f16(), b, q.get(), att.get(), decode_ws.get(), decode_ws.bytes(),
                          multiprocessors, stream);
   } else {
-    decode_attention(*kcodec->polar(), b, q.get(), att.get(), decode_ws.get(), decode_ws.bytes(),
-                     stream);
+    decode_attention(*kcodec->polar(), *decode_values()->polar(), b, q.get(), att.get(),
+                     decode_ws.get(), decode_ws.bytes(), stream);
   }
   window_decode_merge(window, win_k.get(), win_v.get(), l, q.get(), batch, c.n_heads, in.slots,
                       in.lengths, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), lse.get(),

@@ -163,9 +163,9 @@ CudaTransformer::Impl::Impl(const model::LlamaConfig& c, const model::RuntimeOpt
       (c.head_dim == 64 || c.head_dim == 128 || c.head_dim == 256)) {
     decode_kind = DecodeKind::kF16;
     decode_name = "f16-split-kv";
-  } else if (!kcodec->is_f16() && o.key_codec == o.value_codec) {
-    try {
-      decode_name = decode_kernel_name(*kcodec->polar(), c.n_heads);
+  } else if (!kcodec->is_f16() && !vcodec->is_f16()) {
+    try {  // one codec object for K and V where their names agree (the fragment kernels want it)
+      decode_name = decode_kernel_name(*kcodec->polar(), *decode_values()->polar(), c.n_heads);
       decode_kind = DecodeKind::kPolar;
     } catch (const Error&) {
       decode_name = "dequantize+cublas";  // more query heads per KV head than the kernels take
@@ -241,7 +241,7 @@ void CudaTransformer::Impl::allocate() {
     batch.n_q_heads = c.n_heads;
     ws = std::max(ws, decode_kind == DecodeKind::kF16
                           ? f16_decode_workspace_bytes(kcodec->f16(), batch, multiprocessors)
-                          : decode_workspace_bytes(*kcodec->polar(), batch));
+                          : decode_workspace_bytes(*kcodec->polar(), *decode_values()->polar(), batch));
   }
   decode_ws.allocate(ws, "cudaMalloc(decode workspace)");
   next_tokens.allocate(rows);

@@ -70,6 +70,11 @@ struct CudaTransformer::Impl {
   std::unique_ptr<DeviceKvCodec> kcodec, vcodec;
   DecodeKind decode_kind = DecodeKind::kDense;
   std::string decode_name;
+  // The codec decode attention reads the values with: the key codec where the two names agree (one
+  // codec object for both lets the `paper` and `polar37` fragment kernels run), else vcodec.
+  const DeviceKvCodec* decode_values() const {
+    return options.key_codec == options.value_codec ? kcodec.get() : vcodec.get();
+  }
   DeviceBuffer<uint8_t> k_pool, v_pool;
   std::vector<int32_t> free_pages;
   std::vector<int> free_slots;

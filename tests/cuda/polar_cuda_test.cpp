@@ -2,6 +2,7 @@
 // encoder, GPU dequantization of CPU-written pages, and GPU decode attention over CPU-written
 // pages against the CPU's cache_attention. Without a GPU every test but the first skips.
 #include <polarquant/attention.h>
+#include <polarquant/codec_pair.h>
 #include <polarquant/cuda.h>
 #include <polarquant/error.h>
 #include <polarquant/polar_codec.h>
@@ -43,12 +44,15 @@ struct Filled {
   std::vector<std::vector<float>> k, v;  // per sequence: len x n_kv x dim
 };
 
+// preset: one codec for keys and values, or a pair name ("polar4kv", "KEY/VALUE").
 Filled fill_cache(int dim, const std::string& preset, int n_kv, int page_tokens,
                   const std::vector<int>& lengths, uint32_t seed) {
   KvCacheOptions opt;
   opt.n_kv_heads = n_kv;
   opt.head_dim = dim;
-  opt.key_codec = opt.value_codec = preset;
+  const CodecPair pair = codec_pair(preset);
+  opt.key_codec = pair.key;
+  opt.value_codec = pair.value;
   opt.page_tokens = page_tokens;
   Filled f;
   f.cache = std::make_unique<KvCache>(opt);
@@ -64,6 +68,9 @@ Filled fill_cache(int dim, const std::string& preset, int n_kv, int page_tokens,
 
 const PolarCodec& key_codec(const KvCache& cache) {
   return dynamic_cast<const PolarCodec&>(*cache.impl().key_codec);
+}
+const PolarCodec& value_codec(const KvCache& cache) {
+  return dynamic_cast<const PolarCodec&>(*cache.impl().value_codec);
 }
 const PolarPageFormat& key_format(const KvCache& cache) {
   return dynamic_cast<const PolarPageFormat&>(*cache.impl().key_format);
@@ -259,9 +266,10 @@ class CudaAttention : public ::testing::TestWithParam<AttnParam> {};
 // The kernel decode_attention should pick: a preset silently falling back to a slower kernel (as
 // `paper` once did when its layout check missed the region padding) passes every accuracy test.
 std::string expected_kernel(const std::string& preset) {
-  return preset == "paper"     ? "paper-fragments"
-         : preset == "polar37" ? "polar37-fragments"
-                               : "tile-";
+  return preset == "paper"      ? "paper-fragments"
+         : preset == "polar37"  ? "polar37-fragments"
+         : preset == "polar4kv" ? "tile-wide5-narrow2"
+                                : "tile-";
 }
 
 // Runs the GPU decode over CPU-written pages of a ragged batch and compares each sequence's
@@ -271,7 +279,15 @@ std::string expected_kernel(const std::string& preset) {
 double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
                       const std::vector<int>& lengths, bool via_graph = false) {
   Filled f = fill_cache(dim, preset, n_kv, 32, lengths, 31);
+  // A pair (keys and values of different codecs) gets a codec object per side; one codec serves
+  // both otherwise, as in the runtime.
+  const CodecPair names = codec_pair(preset);
   CudaPolarCodec gpu(key_codec(*f.cache), 32, n_kv);
+  std::unique_ptr<CudaPolarCodec> values;
+  if (names.value != names.key) {
+    values = std::make_unique<CudaPolarCodec>(value_codec(*f.cache), 32, n_kv);
+  }
+  const CudaPolarCodec& gpu_v = values ? *values : gpu;
   const int batch = static_cast<int>(lengths.size());
   int max_len = 0, max_pages = 1;
   size_t total_pages = 0;
@@ -282,7 +298,7 @@ double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
   }
   const std::vector<int32_t> perm = shuffled_ids(std::max<size_t>(total_pages, 1), 7);
   std::vector<int32_t> table(static_cast<size_t>(batch) * max_pages, 0);
-  std::vector<uint8_t> kh(perm.size() * gpu.page_bytes()), vh(kh.size());
+  std::vector<uint8_t> kh(perm.size() * gpu.page_bytes()), vh(perm.size() * gpu_v.page_bytes());
   size_t next = 0;
   for (int b = 0; b < batch; ++b) {
     std::vector<int32_t> ids;
@@ -293,7 +309,7 @@ double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
     export_pages(*f.cache, f.seqs[b], false, ids, vh);
   }
   const int n_q = g * n_kv;
-  const std::string kernel = decode_kernel_name(gpu, n_q);
+  const std::string kernel = decode_kernel_name(gpu, gpu_v, n_q);
   EXPECT_EQ(0u, kernel.rfind(expected_kernel(preset), 0)) << preset << " ran " << kernel;
   const std::vector<float> q = gaussian(static_cast<size_t>(batch) * n_q * dim, 99);
   DeviceBuffer<uint8_t> kp(kh.size()), vp(vh.size());
@@ -313,14 +329,14 @@ double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
   db.batch = batch;
   db.max_length = max_len;
   db.n_q_heads = n_q;
-  DeviceBuffer<uint8_t> ws(decode_workspace_bytes(gpu, db));
+  DeviceBuffer<uint8_t> ws(decode_workspace_bytes(gpu, gpu_v, db));
   if (via_graph) {
     cudaStream_t stream = nullptr;
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     EXPECT_EQ(cudaSuccess, cudaStreamCreate(&stream));
     EXPECT_EQ(cudaSuccess, cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    decode_attention(gpu, db, qd.get(), out.get(), ws.get(), ws.size(), stream);
+    decode_attention(gpu, gpu_v, db, qd.get(), out.get(), ws.get(), ws.size(), stream);
     EXPECT_EQ(cudaSuccess, cudaStreamEndCapture(stream, &graph));
     EXPECT_EQ(cudaSuccess, cudaGraphInstantiate(&exec, graph, 0));
     EXPECT_EQ(cudaSuccess, cudaMemset(out.get(), 0, out.size() * sizeof(float)));
@@ -330,7 +346,7 @@ double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
     EXPECT_EQ(cudaSuccess, cudaGraphDestroy(graph));
     EXPECT_EQ(cudaSuccess, cudaStreamDestroy(stream));
   } else {
-    decode_attention(gpu, db, qd.get(), out.get(), ws.get(), ws.size(), nullptr);
+    decode_attention(gpu, gpu_v, db, qd.get(), out.get(), ws.get(), ws.size(), nullptr);
   }
   EXPECT_EQ(cudaSuccess, cudaDeviceSynchronize());
   const std::vector<float> got = out.download();
@@ -373,7 +389,12 @@ INSTANTIATE_TEST_SUITE_P(
         AttnParam{128, 16, "paper"}, AttnParam{64, 12, "paper"}, AttnParam{256, 16, "paper"},
         AttnParam{128, 4, "polar37"}, AttnParam{64, 8, "polar37"}, AttnParam{256, 1, "polar37"},
         AttnParam{128, 16, "polar37"}, AttnParam{256, 12, "polar37"}, AttnParam{128, 4, "polar39"},
-        AttnParam{128, 16, "polar41"}));
+        AttnParam{128, 16, "polar41"},
+        // Keys and values of different codecs: polar4kv (the default pair; SmolLM2's 3 query
+        // heads per KV head at d = 64, Gemma 3's 4 at d = 256) and a pair without a compiled
+        // decoder pair.
+        AttnParam{64, 3, "polar4kv"}, AttnParam{128, 4, "polar4kv"}, AttnParam{256, 4, "polar4kv"},
+        AttnParam{128, 16, "polar4kv"}, AttnParam{128, 4, "polar41/paper"}));
 
 TEST(CudaAttentionLong, Context128kMatchesCpu) {
   POLARQUANT_REQUIRE_GPU();
@@ -447,6 +468,15 @@ TEST(CudaAttention, RejectsBadShapesAndSmallWorkspace) {
   EXPECT_THROW(decode_kernel_name(gpu, 6), Error);
   EXPECT_THROW(decode_kernel_name(gpu, 68), Error);  // 17 per KV head
   EXPECT_STREQ("paper-fragments", decode_kernel_name(gpu, 64));
+  // Keys and values of different shapes cannot share pages.
+  CudaPolarCodec two_heads(PolarCodec(polar_preset("polar-422222", 128)), 32, 2);
+  try {
+    decode_kernel_name(gpu, two_heads, 8);
+    ADD_FAILURE() << "a key codec of 4 KV heads paired with a value codec of 2 was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(ErrorKind::kInvalidArgument, e.kind());
+    EXPECT_NE(std::string(e.what()).find("same shape"), std::string::npos) << e.what();
+  }
   db.n_q_heads = 8;
   db.max_length = 33;  // more than one page
   EXPECT_THROW(decode_workspace_bytes(gpu, db), Error);
