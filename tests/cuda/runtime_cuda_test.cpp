@@ -338,8 +338,8 @@ INSTANTIATE_TEST_SUITE_P(Codecs, SmolLM2, ::testing::Values("f16", "paper", "pol
 
 // Sink and recent windows (4 and 32 tokens, the CPU cache's semantics): a 300-token prefill in
 // chunks of 64 (the dense buffers reused across chunks), then a sequence whose prompt is shorter
-// than the sink decoded beside it, each step against the CPU. The pair polar4kv has no fused
-// kernel (dense path); f16 and paper go through the fused kernels merged with the windows.
+// than the sink decoded beside it, each step against the CPU. f16, paper and the pair polar4kv
+// (the tile kernel with one codec per side) go through the fused kernels merged with the windows.
 class SmolLM2Windows : public SmolLM2Test {};
 
 TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
@@ -382,11 +382,14 @@ TEST_P(SmolLM2Windows, PrefillAndDecodeMatchCpu) {
   if (lossy) {
     expect_quality_as_cpu(all_logits(cpu_f16, prompt), cpu_logits, all_logits(cpu_alt, prompt),
                           gpu_prefill, vocab, "300-token prefill");
-    // The windows must matter: without them the GPU is further from the CPU's windowed run.
+    // The windows must matter: without them the GPU is further from the CPU's windowed run (if
+    // the GPU ignored them the two differences would be about equal). Measured (H100, 2026-12-07):
+    // 2.2-2.7x for `paper` and polar4kv with one mean or with RoPE-aware centering, but 1.9x for
+    // `paper` with it, whose smaller key error leaves the windows less to fix.
     CudaTransformer plain(m, windowed("cuda", 0, 0));
     const LogitDiff off = compare_logits(cpu_logits, all_logits(plain, prompt), vocab);
     std::printf("  the same on the GPU without windows: mean |diff| %.3g\n", off.mean_abs);
-    EXPECT_LT(pre.mean_abs * 2, off.mean_abs);
+    EXPECT_LT(pre.mean_abs * 1.5, off.mean_abs);
   } else {
     EXPECT_EQ(pre.top1_clear_mismatch, 0u);
     EXPECT_LT(pre.max_abs, 0.15);

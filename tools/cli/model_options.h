@@ -32,8 +32,7 @@ struct ModelFlags {
   int threads = 0;
   bool json = false;
   bool center_keys = true;  // KvCacheOptions::center_keys
-  // RuntimeOptions::rope_center_keys: --rope-center / --no-rope-center; neither: on for the CPU
-  // runtime, off for CUDA (its RoPE-aware path has not yet run end to end on a GPU).
+  // RuntimeOptions::rope_center_keys: on unless --no-rope-center (--rope-center says it outright).
   bool rope_center = false, no_rope_center = false;
   std::string device = "cpu";
   // KvCacheOptions::sink_tokens. 4 by default: the first tokens draw much of every query's
@@ -90,7 +89,7 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
       "--rope-center", f.rope_center,
       "center keys on their mean taken before RoPE, rotated to each page's position (attention "
       "stays exact; lowers a lossy key codec's error most at long context; Llama-family models: "
-      "Gemma 3 keeps one mean). Default: on with --device cpu, off with --device cuda");
+      "Gemma 3 keeps one mean). On by default (CPU and CUDA); --no-rope-center turns it off");
   cmd->add_flag("--no-rope-center", f.no_rope_center, "center keys on one mean (see --rope-center)")
       ->excludes(rope_on);
 }
@@ -149,7 +148,7 @@ inline model::RuntimeOptions runtime_options(const ModelFlags& f) {
   rt.recent_tokens = f.recent;
   rt.n_threads = f.threads;
   rt.center_keys = f.center_keys;
-  rt.rope_center_keys = f.rope_center || (!f.no_rope_center && f.device == "cpu");
+  rt.rope_center_keys = f.rope_center || !f.no_rope_center;
   rt.device = f.device;
   return rt;
 }
