@@ -155,11 +155,11 @@ TEST(AttentionKernels, PolarKernelsMatchScalarForEveryCodeWidth) {
       {128, {4, 2, 2, 2}, RadiusPrecision::kFp16},  // paper
       {64, {4, 2, 2, 2}, RadiusPrecision::kBf16},   // paper widths, other radii
       {128, {4, 2, 2, 2}, RadiusPrecision::kFp32},
-      {64, {1, 3}, RadiusPrecision::kBf16},                        // 1- and 3-bit codes
-      {128, {5, 4, 8}, RadiusPrecision::kFp32},                    // permutex2var and 8-bit gathers
-      {128, {6, 7, 2, 1, 3}, RadiusPrecision::kFp16},              // gathers, packed widths
-      {256, {4, 3, 3, 3, 3, 3, 3, 3}, RadiusPrecision::kFp16},     // L = 8: the deepest SIMD tree
-      {64, {5, 4, 4, 4, 4, 4}, RadiusPrecision::kFp16},  // polar4kv's keys (compile-time widths)
+      {64, {1, 3}, RadiusPrecision::kBf16},                     // 1- and 3-bit codes
+      {128, {5, 4, 8}, RadiusPrecision::kFp32},                 // permutex2var and 8-bit gathers
+      {128, {6, 7, 2, 1, 3}, RadiusPrecision::kFp16},           // gathers, packed widths
+      {256, {4, 3, 3, 3, 3, 3, 3, 3}, RadiusPrecision::kFp16},  // L = 8: the deepest SIMD tree
+      {64, {5, 4, 4, 4, 4, 4}, RadiusPrecision::kFp16},   // polar4kv's keys (compile-time widths)
       {128, {4, 2, 2, 2, 2, 2}, RadiusPrecision::kFp16},  // polar4kv's values
       {128, {4, 3, 3, 3, 3, 3}, RadiusPrecision::kBf16},  // polar37
       {512, {4, 2, 2, 2, 2, 2, 2, 2, 2}, RadiusPrecision::kFp16},  // L = 9: scalar fallback

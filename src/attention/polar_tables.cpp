@@ -35,9 +35,8 @@ void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, i
   tables.level1_half_turn = config.bits[0] == 4 || config.bits[0] == 5;
   const int turn = config.bits[0] == 5 ? 16 : 8;
   for (int c = 0; c < turn && tables.level1_half_turn; ++c) {
-    tables.level1_half_turn =
-        std::fabs(tables.cos[0][c + turn] + tables.cos[0][c]) <= 0x1p-20f &&
-        std::fabs(tables.sin[0][c + turn] + tables.sin[0][c]) <= 0x1p-20f;
+    tables.level1_half_turn = std::fabs(tables.cos[0][c + turn] + tables.cos[0][c]) <= 0x1p-20f &&
+                              std::fabs(tables.sin[0][c + turn] + tables.sin[0][c]) <= 0x1p-20f;
   }
   if (q_rotated == nullptr) return;
   const int pairs = config.dim / 2;

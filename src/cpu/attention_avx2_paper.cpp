@@ -100,18 +100,13 @@ void value_paper_vectors(const PolarTables& tb, const PaperPage& pg, size_t slot
   const size_t head_stride = static_cast<size_t>(tb.dim) * kLanes;  // one head's accumulators
   const float* cos1 = tb.cos[0].data();
   const float* sin1 = tb.sin[0].data();
-  for (int v = 0; v < V; ++v) {
-    const size_t at = first + 8 * v - slot;
-    const __m256i keep = lane_mask(at < n ? n - at : 0);
-    for (int h = 0; h < g; ++h) {
-      _mm256_store_ps(w + (h * V + v) * 8, _mm256_maskload_ps(p + h * p_stride + at, keep));
-    }
-  }
+  copy_weights(p, p_stride, g, first - slot, n, V, w);
   // Level 1's first 8 entries in registers (with the half turn they are the whole table).
   const __m256 cos8 = _mm256_loadu_ps(cos1), sin8 = _mm256_loadu_ps(sin1);
   for (int pb = 0; pb < 2 * blocks; ++pb) {
     __m256 f[V][4];
-    for (int v = 0; v < V; ++v) pg.half_factors<R>(pb / 2, pb % 2, first + 16 * (v / 2), v % 2, f[v]);
+    for (int v = 0; v < V; ++v)
+      pg.half_factors<R>(pb / 2, pb % 2, first + 16 * (v / 2), v % 2, f[v]);
     for (int k = 0; k < 4; ++k) {
       __m256 y[V][2];
       for (int v = 0; v < V; ++v) {
@@ -126,19 +121,7 @@ void value_paper_vectors(const PolarTables& tb, const PaperPage& pg, size_t slot
           y[v][1] = _mm256_mul_ps(f[v][k], lookup16(sin1, c, sel));
         }
       }
-      float* acc = acc_lanes + (8 * pb + 2 * k) * kLanes;
-      const float* wh = w;
-#pragma GCC unroll 4
-      for (int h = 0; h < g; ++h, acc += head_stride, wh += V * 8) {
-        __m256 a0 = _mm256_loadu_ps(acc), a1 = _mm256_loadu_ps(acc + kLanes);
-        for (int v = 0; v < V; ++v) {
-          const __m256 wv = _mm256_load_ps(wh + 8 * v);
-          a0 = _mm256_fmadd_ps(wv, y[v][0], a0);
-          a1 = _mm256_fmadd_ps(wv, y[v][1], a1);
-        }
-        _mm256_storeu_ps(acc, a0);
-        _mm256_storeu_ps(acc + kLanes, a1);
-      }
+      accumulate_pair<V>(acc_lanes + (8 * pb + 2 * k) * kLanes, head_stride, w, g, y);
     }
   }
 }

@@ -109,14 +109,14 @@ void score_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slo
           descend<L, 2, 1, B1, BU>(lv, tb, region, b, first, half, f);
           for (int k = 0; k < kHalf; ++k) {
             const int pair = b * kHalf + k;
-            const __m256i c =
-                lv.unpack[0].template unpack<B1>(tb.layout->level_field(region, 1, pair), first, half);
+            const __m256i c = lv.unpack[0].template unpack<B1>(
+                tb.layout->level_field(region, 1, pair), first, half);
             const float* a1 = &tb.a1[(h0 * pairs + pair) * size1];
             if constexpr (HalfTurn) {  // the sign goes into the factor, shared by the heads
               const __m256 fs = _mm256_xor_ps(f[k], half_turn_sign<B1>(c));
               for (int i = 0; i < gh; ++i) {
-                acc[i] = _mm256_fmadd_ps(fs, half_turn_lookup<B1>(a1 + i * pairs * size1, c),
-                                         acc[i]);
+                acc[i] =
+                    _mm256_fmadd_ps(fs, half_turn_lookup<B1>(a1 + i * pairs * size1, c), acc[i]);
               }
             } else {
               for (int i = 0; i < gh; ++i) {
@@ -167,19 +167,8 @@ void value_polar_vectors(const PolarTables& tb, const Levels<L>& lv, const uint8
           y[v][1] = _mm256_mul_ps(f[v][k], lookup<B1>(lv.sin[0], lv.bits[0], c));
         }
       }
-      float* acc = acc_lanes + (static_cast<size_t>(b) * 2 * kHalf + 2 * k) * kLanes;
-      const float* wh = w;
-#pragma GCC unroll 4
-      for (int h = 0; h < gh; ++h, acc += head_stride, wh += V * 8) {
-        __m256 a0 = _mm256_loadu_ps(acc), a1 = _mm256_loadu_ps(acc + kLanes);
-        for (int v = 0; v < V; ++v) {
-          const __m256 wv = _mm256_load_ps(wh + 8 * v);
-          a0 = _mm256_fmadd_ps(wv, y[v][0], a0);
-          a1 = _mm256_fmadd_ps(wv, y[v][1], a1);
-        }
-        _mm256_storeu_ps(acc, a0);
-        _mm256_storeu_ps(acc + kLanes, a1);
-      }
+      accumulate_pair<V>(acc_lanes + (static_cast<size_t>(b) * 2 * kHalf + 2 * k) * kLanes,
+                         head_stride, w, gh, y);
     }
   }
 }
@@ -199,14 +188,7 @@ void value_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slo
     for (size_t first = slot; first < slot + n;) {
       const size_t left = slot + n - first;
       const int vectors = left > 16 ? 4 : left > 8 ? 2 : 1;
-      for (int v = 0; v < vectors; ++v) {
-        const size_t at = first + 8 * v - slot;
-        const __m256i keep = lane_mask(at < n ? n - at : 0);
-        for (int h = 0; h < gh; ++h) {
-          _mm256_store_ps(w + (h * vectors + v) * 8,
-                          _mm256_maskload_ps(p + (h0 + h) * p_stride + at, keep));
-        }
-      }
+      copy_weights(p + h0 * p_stride, p_stride, gh, first - slot, n, vectors, w);
       if (vectors == 4) {
         value_polar_vectors<L, B1, BU, HalfTurn, 4>(tb, lv, region, first, gh, w, acc);
       } else if (vectors == 2) {

@@ -184,6 +184,38 @@ constexpr int kLanes = 8;
 
 constexpr int kHeadGroup = 4;  // query heads scored per pass over the codes (16 ymm registers)
 
+// The value kernels' pass over V vectors of 8 slots (attention_avx2_paper.cpp,
+// attention_avx2_polar.cpp; docs/BENCHMARKS.md 2.5.5). copy_weights: rows h < gh of p (stride
+// p_stride) at slots `at` + 8v, lanes at or past n set to 0, into w (gh x V x 8 floats, aligned).
+inline void copy_weights(const float* p, size_t p_stride, int gh, size_t at, size_t n, int vectors,
+                         float* w) {
+  for (int v = 0; v < vectors; ++v) {
+    const size_t from = at + 8 * v;
+    const __m256i keep = lane_mask(from < n ? n - from : 0);
+    for (int h = 0; h < gh; ++h) {
+      _mm256_store_ps(w + (h * vectors + v) * 8, _mm256_maskload_ps(p + h * p_stride + from, keep));
+    }
+  }
+}
+// One level-1 pair's two coordinates y[v][0..1] of the V vectors into each of gh heads' two lane
+// accumulators (acc: the first head's, head_stride floats apart): V FMAs each, weights from w.
+template <int V>
+__attribute__((always_inline)) inline void accumulate_pair(float* acc, size_t head_stride,
+                                                           const float* w, int gh,
+                                                           const __m256 (&y)[V][2]) {
+#pragma GCC unroll 4
+  for (int h = 0; h < gh; ++h, acc += head_stride, w += V * 8) {
+    __m256 a0 = _mm256_loadu_ps(acc), a1 = _mm256_loadu_ps(acc + kLanes);
+    for (int v = 0; v < V; ++v) {
+      const __m256 wv = _mm256_load_ps(w + 8 * v);
+      a0 = _mm256_fmadd_ps(wv, y[v][0], a0);
+      a1 = _mm256_fmadd_ps(wv, y[v][1], a1);
+    }
+    _mm256_storeu_ps(acc, a0);
+    _mm256_storeu_ps(acc + kLanes, a1);
+  }
+}
+
 template <int Lo, int Hi, class F>
 bool with_count(int v, F&& f) {
   if constexpr (Lo > Hi) {

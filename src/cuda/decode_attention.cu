@@ -26,8 +26,8 @@
 #include <map>
 #include <mutex>
 #include <string>
-#include <utility>
 #include <type_traits>
+#include <utility>
 
 #include "cuda/attention_steps.h"
 #include "cuda/decode_frag_kernel.cuh"
@@ -145,8 +145,7 @@ Geometry geometry(const CudaPolarCodec& keys, const CudaPolarCodec& values,
   const int g = batch.n_q_heads / c.n_kv_heads;
   geo.launch = attention_choice_for(c, values.device(), g);
   const int resident = resident_blocks(geo.launch);
-  const long slots =
-      static_cast<long>(std::max(1, resident)) * std::max(1, keys.multiprocessors());
+  const long slots = static_cast<long>(std::max(1, resident)) * std::max(1, keys.multiprocessors());
   const int floor_pages = std::min(2 * kWarps, pages_max);
   double best = -1.0;
   for (int waves = 1; waves <= 16; ++waves) {

@@ -54,7 +54,8 @@ enum Decoder {
 
 // The widths of levels 1..4 a decoder is compiled for (0: read at run time).
 __host__ __device__ constexpr int decoder_bits(int decoder, int level) {
-  constexpr int kBits[5][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}, {4, 3, 3, 3}, {5, 4, 4, 4}, {4, 2, 2, 2}};
+  constexpr int kBits[5][4] = {
+      {0, 0, 0, 0}, {0, 0, 0, 0}, {4, 3, 3, 3}, {5, 4, 4, 4}, {4, 2, 2, 2}};
   return kBits[decoder][level - 1];
 }
 
@@ -67,15 +68,6 @@ inline Decoder decoder_for(const DeviceCodec& c) {
     }
   }
   return kGenericDecoder;
-}
-
-inline const char* decoder_name(Decoder d) {
-  switch (d) {
-    case kWide3Decoder: return "wide3";
-    case kWide5Decoder: return "wide5";
-    case kNarrow2Decoder: return "narrow2";
-    default: return "generic";
-  }
 }
 
 template <int D, int kDecoder>
@@ -100,8 +92,10 @@ __device__ __forceinline__ void decode_tile(const DeviceCodec& c, const uint8_t*
 __device__ __forceinline__ void fetch_page(const AttnParams& p, int b, int h, int pg, uint8_t* raw,
                                            int lane) {
   const size_t page_id = static_cast<size_t>(p.tables[static_cast<size_t>(b) * p.max_pages + pg]);
-  const uint8_t* k = p.k_pool + page_id * p.kc.page_bytes + static_cast<size_t>(h) * p.kc.head_bytes;
-  const uint8_t* v = p.v_pool + page_id * p.vc.page_bytes + static_cast<size_t>(h) * p.vc.head_bytes;
+  const uint8_t* k =
+      p.k_pool + page_id * p.kc.page_bytes + static_cast<size_t>(h) * p.kc.head_bytes;
+  const uint8_t* v =
+      p.v_pool + page_id * p.vc.page_bytes + static_cast<size_t>(h) * p.vc.head_bytes;
   const int k_chunks = p.kc.head_bytes / 16, v_chunks = p.vc.head_bytes / 16;
   uint8_t* raw_v = raw + p.kc.head_bytes;
   for (int i = lane; i < k_chunks; i += 32) cp_async16(raw + 16 * i, k + 16 * i);

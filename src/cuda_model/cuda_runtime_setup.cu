@@ -239,9 +239,10 @@ void CudaTransformer::Impl::allocate() {
     batch.batch = b;
     batch.max_length = static_cast<int>(max_context);
     batch.n_q_heads = c.n_heads;
-    ws = std::max(ws, decode_kind == DecodeKind::kF16
-                          ? f16_decode_workspace_bytes(kcodec->f16(), batch, multiprocessors)
-                          : decode_workspace_bytes(*kcodec->polar(), *decode_values()->polar(), batch));
+    ws = std::max(ws,
+                  decode_kind == DecodeKind::kF16
+                      ? f16_decode_workspace_bytes(kcodec->f16(), batch, multiprocessors)
+                      : decode_workspace_bytes(*kcodec->polar(), *decode_values()->polar(), batch));
   }
   decode_ws.allocate(ws, "cudaMalloc(decode workspace)");
   next_tokens.allocate(rows);
