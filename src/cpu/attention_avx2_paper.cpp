@@ -93,14 +93,12 @@ void score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size
 // spilled 32 vectors and read each back for every head: 128 loads more; docs/BENCHMARKS.md 2.5.5).
 // The multiplications and the order of the FMAs per accumulator are the same as before.
 template <RadiusPrecision R, int V, bool HalfTurn>
-void value_paper_vectors(const PolarTables& tb, const PaperPage& pg, size_t slot, size_t n,
-                         size_t first, int g, const float* p, size_t p_stride, float* acc_lanes,
-                         float* w) {
+void value_paper_vectors(const PolarTables& tb, const PaperPage& pg, size_t first, int g,
+                         const float* w, float* acc_lanes) {
   const int blocks = tb.dim >> 4;
   const size_t head_stride = static_cast<size_t>(tb.dim) * kLanes;  // one head's accumulators
   const float* cos1 = tb.cos[0].data();
   const float* sin1 = tb.sin[0].data();
-  copy_weights(p, p_stride, g, first - slot, n, V, w);
   // Level 1's first 8 entries in registers (with the half turn they are the whole table).
   const __m256 cos8 = _mm256_loadu_ps(cos1), sin8 = _mm256_loadu_ps(sin1);
   for (int pb = 0; pb < 2 * blocks; ++pb) {
@@ -126,29 +124,16 @@ void value_paper_vectors(const PolarTables& tb, const PaperPage& pg, size_t slot
   }
 }
 
-// 32 slots per pass while more than 16 remain (the second group may be partial: its lanes past n
-// get weight 0, and its codes lie inside the page, whose token count is a multiple of 16).
+// The passes (value_passes in avx2_lanes.h) over the paper kernel.
 template <RadiusPrecision R, bool HalfTurn>
 void value_paper_turn(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                       const float* p, size_t p_stride, float* acc_lanes) {
   const PaperPage pg(tb, region);
-  // The pass's weights, g x 4 vectors of 8 lanes (heads beyond 16 in further calls below).
-  constexpr int kMaxHeads = 16;
-  alignas(32) float w[kMaxHeads * 4 * 8];
-  for (int h0 = 0; h0 < g; h0 += kMaxHeads) {
-    const int gh = std::min(g - h0, kMaxHeads);
-    const float* ph = p + h0 * p_stride;
-    float* acc = acc_lanes + static_cast<size_t>(h0) * tb.dim * kLanes;
-    size_t first = slot;
-    for (; first + 16 < slot + n; first += 32) {
-      value_paper_vectors<R, 4, HalfTurn>(tb, pg, slot, n, first, gh, ph, p_stride, acc, w);
-    }
-    if (first + 8 < slot + n) {
-      value_paper_vectors<R, 2, HalfTurn>(tb, pg, slot, n, first, gh, ph, p_stride, acc, w);
-    } else if (first < slot + n) {
-      value_paper_vectors<R, 1, HalfTurn>(tb, pg, slot, n, first, gh, ph, p_stride, acc, w);
-    }
-  }
+  value_passes(slot, n, g, tb.dim, p, p_stride, acc_lanes,
+               [&](auto vectors, size_t first, int gh, const float* w, float* acc) {
+                 value_paper_vectors<R, decltype(vectors)::value, HalfTurn>(tb, pg, first, gh, w,
+                                                                            acc);
+               });
 }
 
 template <RadiusPrecision R>

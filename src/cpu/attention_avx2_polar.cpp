@@ -51,23 +51,6 @@ struct Levels {
   }
 };
 
-// Level 1 with the half turn (PolarTables::level1_half_turn, B1 = 4 or 5): entry c + 2^(B1-1) is
-// -entry c, so the low B1 - 1 bits are looked up and bit B1 - 1 becomes a sign for the factor.
-template <int B1>
-inline __m256 half_turn_sign(__m256i c) {
-  return _mm256_and_ps(_mm256_castsi256_ps(_mm256_slli_epi32(c, 32 - B1)),
-                       _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
-}
-template <int B1>
-inline __m256 half_turn_lookup(const float* table, __m256i c) {
-  static_assert(B1 == 4 || B1 == 5, "the half turn is built for 4- and 5-bit level 1");
-  if constexpr (B1 == 4) {
-    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c);
-  } else {
-    return lookup16(table, c, select_bit3(c));
-  }
-}
-
 // Top-down decode of one block for 8 slots, from level Level down to level Stop (widths BU above
 // level 1, B1 at level 1); vals[k] holds node k of level Level on entry.
 template <int Level, int Stop, int Count, int B1, int BU, int L>
@@ -173,32 +156,16 @@ void value_polar_vectors(const PolarTables& tb, const Levels<L>& lv, const uint8
   }
 }
 
-// Passes of 32 slots while more than 16 remain (the second group may be partial: its lanes past n
-// get weight 0, and its codes lie inside the page, whose token count is a multiple of 16), heads
-// in chunks of 16.
+// The passes (value_passes in avx2_lanes.h) over the generic kernel.
 template <int L, int B1, int BU, bool HalfTurn>
 void value_polar_levels(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                         const float* p, size_t p_stride, float* acc_lanes) {
   const Levels<L> lv(tb);
-  constexpr int kMaxHeads = 16;
-  alignas(32) float w[kMaxHeads * 4 * 8];
-  for (int h0 = 0; h0 < g; h0 += kMaxHeads) {
-    const int gh = std::min(g - h0, kMaxHeads);
-    float* acc = acc_lanes + static_cast<size_t>(h0) * tb.dim * kLanes;
-    for (size_t first = slot; first < slot + n;) {
-      const size_t left = slot + n - first;
-      const int vectors = left > 16 ? 4 : left > 8 ? 2 : 1;
-      copy_weights(p + h0 * p_stride, p_stride, gh, first - slot, n, vectors, w);
-      if (vectors == 4) {
-        value_polar_vectors<L, B1, BU, HalfTurn, 4>(tb, lv, region, first, gh, w, acc);
-      } else if (vectors == 2) {
-        value_polar_vectors<L, B1, BU, HalfTurn, 2>(tb, lv, region, first, gh, w, acc);
-      } else {
-        value_polar_vectors<L, B1, BU, HalfTurn, 1>(tb, lv, region, first, gh, w, acc);
-      }
-      first += 8 * static_cast<size_t>(vectors);
-    }
-  }
+  value_passes(slot, n, g, tb.dim, p, p_stride, acc_lanes,
+               [&](auto vectors, size_t first, int gh, const float* w, float* acc) {
+                 value_polar_vectors<L, B1, BU, HalfTurn, decltype(vectors)::value>(
+                     tb, lv, region, first, gh, w, acc);
+               });
 }
 
 // Calls f(L, B1, BU) as compile-time constants: the widths of this allocation where every level

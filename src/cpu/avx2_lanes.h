@@ -42,9 +42,18 @@ inline __m256 lookup4(const float* table, __m256i c) {
 inline __m256 select_bit3(__m256i c) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(c, 28));
 }
+// Level 1 with the half turn (PolarTables::level1_half_turn, B1 = 4 or 5 bits): entry c + 2^(B1-1)
+// is -entry c, so the low B1 - 1 bits are looked up (half_turn_lookup) and bit B1 - 1 becomes the
+// sign of the factor (half_turn_sign, xor'ed in).
+template <int B1>
+inline __m256 half_turn_sign(__m256i c) {
+  static_assert(B1 == 4 || B1 == 5, "the half turn is built for 4- and 5-bit level 1");
+  return _mm256_and_ps(_mm256_castsi256_ps(_mm256_slli_epi32(c, 32 - B1)),
+                       _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
+}
 // Bit 3 of each code as the sign bit (for tables whose entry c + 8 is -entry c).
 inline __m256 sign_of_bit3(__m256i c) {
-  return _mm256_and_ps(select_bit3(c), _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
+  return half_turn_sign<4>(c);
 }
 
 // The codes of slots first + 8 * half + [0, 8) of one field (first a multiple of 16; layout:
@@ -131,6 +140,16 @@ struct CodeUnpacker {
   }
 };
 
+template <int B1>
+inline __m256 half_turn_lookup(const float* table, __m256i c) {
+  static_assert(B1 == 4 || B1 == 5, "the half turn is built for 4- and 5-bit level 1");
+  if constexpr (B1 == 4) {
+    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), c);  // entries 0-7: low 3 bits
+  } else {
+    return lookup16(table, c, select_bit3(c));
+  }
+}
+
 // table[c] for exact 5-bit codes (the packed unpacker masks them): two 16-entry lookups blended on
 // bit 4 (4 permutes and 3 blends, about half the time of a gather of 8 on Zen 3).
 inline __m256 lookup32(const float* table, __m256i c) {
@@ -184,7 +203,7 @@ constexpr int kLanes = 8;
 
 constexpr int kHeadGroup = 4;  // query heads scored per pass over the codes (16 ymm registers)
 
-// The value kernels' pass over V vectors of 8 slots (attention_avx2_paper.cpp,
+// The value kernels' passes over V vectors of 8 slots (attention_avx2_paper.cpp,
 // attention_avx2_polar.cpp; docs/BENCHMARKS.md 2.5.5). copy_weights: rows h < gh of p (stride
 // p_stride) at slots `at` + 8v, lanes at or past n set to 0, into w (gh x V x 8 floats, aligned).
 inline void copy_weights(const float* p, size_t p_stride, int gh, size_t at, size_t n, int vectors,
@@ -213,6 +232,37 @@ __attribute__((always_inline)) inline void accumulate_pair(float* acc, size_t he
     }
     _mm256_storeu_ps(acc, a0);
     _mm256_storeu_ps(acc + kLanes, a1);
+  }
+}
+
+// Runs the value passes of slots [slot, slot + n) for g heads: heads in chunks of up to 16, slots
+// in passes of 4 vectors (32 slots) while more than 16 remain, then 2 or 1 (a second group may be
+// partial: its lanes past n weigh 0, and its codes lie inside the page, whose token count is a
+// multiple of 16). Each pass's weights are copied into one aligned buffer first; then
+// pass(std::integral_constant<int, V>, first, gh, w, acc) with acc the chunk's first head's lane
+// accumulators (dim x kLanes floats per head).
+template <class Pass>
+__attribute__((always_inline)) inline void value_passes(size_t slot, size_t n, int g, int dim,
+                                                        const float* p, size_t p_stride,
+                                                        float* acc_lanes, Pass&& pass) {
+  constexpr int kMaxHeads = 16;
+  alignas(32) float w[kMaxHeads * 4 * 8];
+  for (int h0 = 0; h0 < g; h0 += kMaxHeads) {
+    const int gh = g - h0 < kMaxHeads ? g - h0 : kMaxHeads;
+    float* acc = acc_lanes + static_cast<size_t>(h0) * dim * kLanes;
+    for (size_t first = slot; first < slot + n;) {
+      const size_t left = slot + n - first;
+      const int vectors = left > 16 ? 4 : left > 8 ? 2 : 1;
+      copy_weights(p + h0 * p_stride, p_stride, gh, first - slot, n, vectors, w);
+      if (vectors == 4) {
+        pass(std::integral_constant<int, 4>{}, first, gh, w, acc);
+      } else if (vectors == 2) {
+        pass(std::integral_constant<int, 2>{}, first, gh, w, acc);
+      } else {
+        pass(std::integral_constant<int, 1>{}, first, gh, w, acc);
+      }
+      first += 8 * static_cast<size_t>(vectors);
+    }
   }
 }
 
