@@ -202,10 +202,15 @@ TEST(AttentionKernels, PolarKernelsMatchScalarForEveryCodeWidth) {
               std::vector<float> a(g * 64, 0.0f), b(g * 64, 0.0f);
               // The AVX2 set scores paper pages with the half turn from int8 tables: its twin
               // is scalar_score_paper_i8, bit for bit (attention_avx2_i8_test.cpp bounds the
-              // precision against the float kernel).
-              const bool i8 = k->name == "avx2" && paper && turn;
-              if (i8) {
+              // precision against the float kernel); likewise the allocations of
+              // polar_i8_scores_apply, twin scalar_score_polar_i8 (attention_avx2_i8_polar_test).
+              const bool i8_paper = k->name == "avx2" && paper && turn;
+              const bool i8_pair = k->name == "avx2" && polar_i8_scores_apply(tables, g);
+              const bool i8 = i8_paper || i8_pair;
+              if (i8_paper) {
                 scalar_score_paper_i8(tables, page.bytes.data(), slot, n, g, a.data(), 64);
+              } else if (i8_pair) {
+                scalar_score_polar_i8(tables, page.bytes.data(), slot, n, g, a.data(), 64);
               } else {
                 scalar_kernels().score_polar(tables, page.bytes.data(), slot, n, g, a.data(), 64);
               }

@@ -4,7 +4,9 @@
 // PolarTables::level1_half_turn): the scalar set is the reference the tests hold the SIMD sets to
 // (tests/attention_kernels_test.cpp). One exception: the AVX2 set scores paper pages with the half
 // turn from int8 tables (PolarTables::a1_i8); its twin is scalar_score_paper_i8, and its precision
-// against the float kernel is bounded in tests/attention_avx2_i8_test.cpp.
+// against the float kernel is bounded in tests/attention_avx2_i8_test.cpp; likewise the other
+// allocations of polar_i8_scores_apply (a1_i8_pair, scalar_score_polar_i8,
+// tests/attention_avx2_i8_polar_test.cpp).
 //
 // Shapes: g query heads share one KV head; q is g x dim (already scaled, and rotated for PolarQuant
 // keys); scores are g rows of stride s_stride; acc is g x dim.
@@ -48,6 +50,16 @@ struct PolarTables {
   // |a1| / 127 (0 for a zero query).
   std::vector<int8_t> a1_i8;
   std::vector<float> a1_i8_scale;
+  // Scores only, for the AVX2 integer score kernel of the other allocations of L >= 3 levels whose
+  // level 1 has 4 bits, or 5 with the half turn (docs/BENCHMARKS.md 2.5.7): per query head h and
+  // pair n, 16 bytes: a1_i8_pair[(h * dim/2 + n) * 16 + c] = round(a1 of pair n, code c / scale),
+  // c < 16 (at 5 bits entry c + 16 is the negation), clamped to +-127; the scale a1_i8_scale[h] as
+  // above. Empty for paper's allocation (a1_i8) and where it does not apply.
+  std::vector<int8_t> a1_i8_pair;
+  // With a1_i8_pair, where levels 2 and 3 have 4 bits (polar_i8_q15_levels): their cos/sin as
+  // Q15, round(x * 32768) clamped to 32767, for the integer kernel's levels 3 and 2:
+  // q15[level - 2][0 cos, 1 sin][code].
+  int16_t q15[2][2][16] = {};
   static int table_size(int bits) { return bits <= 4 ? 16 : (bits == 5 ? 32 : 1 << bits); }
 };
 
@@ -90,6 +102,26 @@ struct KernelSet {
 // times the head's int8 table entry, summed exactly as int32; score = float(sum) * (largest radius
 // / 127) * a1_i8_scale[h]. Same contract as KernelSet::score_polar.
 void scalar_score_paper_i8(const PolarTables& t, const uint8_t* region, size_t slot, size_t n,
+                           int g, float* scores, size_t s_stride);
+
+// Whether the AVX2 set scores these tables, g query heads, from a1_i8_pair (L = 3..8, level 1 of 4
+// bits or of 5 with the half turn, the tables built): its kernel's twin is then the one below.
+bool polar_i8_scores_apply(const PolarTables& t, int g);
+
+// Whether that kernel takes levels 3 and 2 in 16-bit fixed point (their codes have 4 bits, as in
+// polar4kv's keys): q15 is then built, and the twin below does the same.
+bool polar_i8_q15_levels(const PolarTables& t);
+
+// The scalar twin of the AVX2 integer score kernel for the other allocations
+// (polar_i8_scores_apply): per token, the level-3 node radii (the radius times the level L..4
+// cos/sin), each level-1 pair factor from its node radius first multiplied by 127 / the token's
+// largest node radius, then by the level 3 and 2 cos/sin, rounded to an integer 0..127, times the
+// head's int8 table entry (its negation for a 5-bit code's bit 4), summed exactly as int32; score =
+// float(sum) * (largest node radius / 127) * a1_i8_scale[h]. With polar_i8_q15_levels, levels 3
+// and 2 in fixed point instead: the node radius times 16256 / the largest, rounded to an integer
+// (Q7), times the Q15 cos/sin with vpmulhrsw's rounding ((a b + 2^14) >> 15), then rounded to
+// 0..127 the same way (times 256). Same contract as KernelSet::score_polar.
+void scalar_score_polar_i8(const PolarTables& t, const uint8_t* region, size_t slot, size_t n,
                            int g, float* scores, size_t s_stride);
 
 // The scalar value_polar over accumulators of `lanes` lanes per coordinate (8 or 16): the scalar

@@ -178,6 +178,71 @@ void scalar_score_paper_i8(const PolarTables& tb, const uint8_t* region, size_t 
   }
 }
 
+bool polar_i8_q15_levels(const PolarTables& tb) {
+  return tb.levels >= 3 && tb.bits[1] == 4 && tb.bits[2] == 4 && !tb.a1_i8_pair.empty();
+}
+
+bool polar_i8_scores_apply(const PolarTables& tb, int g) {
+  const bool width = tb.bits[0] == 4 || (tb.bits[0] == 5 && tb.level1_half_turn);
+  return tb.levels >= 3 && tb.levels <= 8 && width && tb.dim % (1 << tb.levels) == 0 &&
+         tb.a1_i8_pair.size() >= static_cast<size_t>(g) * (tb.dim / 2) * 16 &&
+         tb.a1_i8_scale.size() >= static_cast<size_t>(g);
+}
+
+void scalar_score_polar_i8(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n,
+                           int g, float* scores, size_t s_stride) {
+  const PolarPageLayout& layout = *tb.layout;
+  const int block = 1 << tb.levels, blocks = tb.dim / block;
+  const int nodes3 = block / 8;  // level-3 nodes per block
+  const size_t pairs = static_cast<size_t>(tb.dim / 2);
+  const bool q15 = polar_i8_q15_levels(tb);
+  // vpmulhrsw: the product of two int16 in Q15, rounded.
+  const auto mulhrs = [](int32_t a, int32_t b) { return (a * b + 0x4000) >> 15; };
+  std::vector<float> r3(static_cast<size_t>(tb.dim / 8)), vals(block);
+  std::vector<int32_t> sum(g);
+  for (size_t t = 0; t < n; ++t) {
+    const size_t s = slot + t;
+    // decode_block's products down to the level-3 radii, and the token's largest of them.
+    float rmax = 0.0f;
+    for (int b = 0; b < blocks; ++b) {
+      decode_block(tb, region, s, b, 4, vals.data());
+      for (int k = 0; k < nodes3; ++k) {
+        r3[b * nodes3 + k] = vals[k];
+        rmax = std::max(rmax, vals[k]);
+      }
+    }
+    const float inv = rmax > 0.0f ? (q15 ? 16256.0f : 127.0f) / rmax : 0.0f;
+    std::fill(sum.begin(), sum.end(), 0);
+    for (int node = 0; node < tb.dim / 8; ++node) {
+      // Levels 3 and 2 from the scaled radius: the factors of the node's 4 pairs.
+      const float r = r3[node] * inv;
+      const unsigned c3 = polar_code(layout, region, 3, node, s, tb.bits[2]);
+      const float child[2] = {r * tb.cos[2][c3], r * tb.sin[2][c3]};
+      const int32_t x = static_cast<int32_t>(std::nearbyint(r));  // Q7 (q15 only)
+      const int32_t child_q[2] = {mulhrs(x, tb.q15[1][0][c3]), mulhrs(x, tb.q15[1][1][c3])};
+      for (int j = 0; j < 4; ++j) {
+        const unsigned c2 = polar_code(layout, region, 2, 2 * node + j / 2, s, tb.bits[1]);
+        int32_t fq;
+        if (q15) {
+          fq = mulhrs(mulhrs(child_q[j / 2], tb.q15[0][j % 2][c2]), 256);
+        } else {
+          const float f = child[j / 2] * (j % 2 ? tb.sin[1][c2] : tb.cos[1][c2]);
+          fq = static_cast<int32_t>(std::nearbyint(f));
+        }
+        const int pair = 4 * node + j;
+        const unsigned c = polar_code(layout, region, 1, pair, s, tb.bits[0]);
+        for (int h = 0; h < g; ++h) {
+          const int32_t a = tb.a1_i8_pair[(h * pairs + pair) * 16 + (c & 15)];
+          sum[h] += fq * (c & 16 ? -a : a);
+        }
+      }
+    }
+    for (int h = 0; h < g; ++h) {
+      scores[h * s_stride + t] = static_cast<float>(sum[h]) * (rmax / 127.0f) * tb.a1_i8_scale[h];
+    }
+  }
+}
+
 const KernelSet& scalar_kernels() {
   static const KernelSet set{"scalar",  score_f32,   score_f16,   value_f32,
                              value_f16, score_polar, value_polar, softmax};

@@ -4,6 +4,34 @@
 #include "attention/kernels.h"
 
 namespace polarquant {
+namespace {
+
+// The first `entries` level-1 score-table entries of each pair of each of the g heads as int8
+// (round(entry / scale), clamped to +-127) into out[(h * pairs + n) * entries + c], with one
+// scale per head, the largest |entry| / 127, into tables.a1_i8_scale.
+void int8_tables(PolarTables& tables, int g, int pairs, int size1, int entries,
+                 std::vector<int8_t>& out) {
+  out.resize(static_cast<size_t>(g) * pairs * entries);
+  tables.a1_i8_scale.resize(g);
+  for (int h = 0; h < g; ++h) {
+    const float* a1 = &tables.a1[static_cast<size_t>(h) * pairs * size1];
+    float amax = 0.0f;
+    for (int n = 0; n < pairs; ++n) {
+      for (int c = 0; c < entries; ++c) amax = std::max(amax, std::fabs(a1[n * size1 + c]));
+    }
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    tables.a1_i8_scale[h] = amax / 127.0f;
+    int8_t* row = &out[static_cast<size_t>(h) * pairs * entries];
+    for (int n = 0; n < pairs; ++n) {
+      for (int c = 0; c < entries; ++c) {
+        const float v = std::nearbyint(a1[n * size1 + c] * inv);
+        row[n * entries + c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+      }
+    }
+  }
+}
+
+}  // namespace
 
 void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, int g,
                         PolarTables& tables) {
@@ -53,26 +81,32 @@ void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, i
   }
   tables.a1_i8.clear();
   tables.a1_i8_scale.clear();
-  if (!tables.level1_half_turn || config.bits[0] != 4 || pairs % 2 != 0) return;
-  // int8 copies for the AVX2 integer score kernel: codes 0..7 of each pair, one scale per head.
-  tables.a1_i8.resize(static_cast<size_t>(g) * pairs * 8);
-  tables.a1_i8_scale.resize(g);
-  for (int h = 0; h < g; ++h) {
-    const float* a1 = &tables.a1[static_cast<size_t>(h) * pairs * size1];
-    float amax = 0.0f;
-    for (int n = 0; n < pairs; ++n) {
-      for (int c = 0; c < 8; ++c) amax = std::max(amax, std::fabs(a1[n * size1 + c]));
-    }
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    tables.a1_i8_scale[h] = amax / 127.0f;
-    int8_t* out = &tables.a1_i8[static_cast<size_t>(h) * pairs * 8];
-    for (int n = 0; n < pairs; ++n) {  // pair n at couple n / 2, half n % 2: offset 8 n
-      for (int c = 0; c < 8; ++c) {
-        const float v = std::nearbyint(a1[n * size1 + c] * inv);
-        out[n * 8 + c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+  tables.a1_i8_pair.clear();
+  const bool paper = config.levels == 4 && config.bits[0] == 4 && config.bits[1] == 2 &&
+                     config.bits[2] == 2 && config.bits[3] == 2;
+  if (!paper && config.levels >= 3 &&
+      (config.bits[0] == 4 || (config.bits[0] == 5 && tables.level1_half_turn))) {
+    // 16 entries per pair for the AVX2 integer score kernel of the other allocations: all of a
+    // 4-bit level 1, the first half of a 5-bit one (entry c + 16 is the negation); one scale per
+    // head.
+    int8_tables(tables, g, pairs, size1, 16, tables.a1_i8_pair);
+    if (polar_i8_q15_levels(tables)) {
+      for (int l = 0; l < 2; ++l) {
+        for (int k = 0; k < 2; ++k) {
+          for (int c = 0; c < 16; ++c) {
+            const float x = (k == 0 ? tables.cos : tables.sin)[l + 1][c];
+            tables.q15[l][k][c] =
+                static_cast<int16_t>(std::min(std::nearbyint(x * 32768.0f), 32767.0f));
+          }
+        }
       }
     }
+    return;
   }
+  if (!tables.level1_half_turn || config.bits[0] != 4 || pairs % 2 != 0) return;
+  // int8 copies for the AVX2 integer score kernel: codes 0..7 of each pair (pair n at couple
+  // n / 2, half n % 2: offset 8 n), one scale per head.
+  int8_tables(tables, g, pairs, size1, 8, tables.a1_i8);
 }
 
 }  // namespace polarquant

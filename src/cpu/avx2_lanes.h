@@ -279,4 +279,74 @@ bool with_count(int v, F&& f) {
   }
 }
 
+constexpr int kMaxLevels = 8;  // deeper trees use the scalar set (attention_avx2_polar.cpp)
+
+// ---- Any allocation of up to kMaxLevels levels ------------------------------------------------
+// Every kernel takes the widths as template arguments B1 (level 1) and BU (levels 2..L), 0 where
+// they are read at run time; the allocations with one width above level 1 (every preset and
+// polar4kv's two codecs) get their unpacking and lookups resolved at compile time (the run-time
+// width costs a chain of branches per lookup, and gathers for 5-bit codes).
+
+template <int L>
+struct Levels {
+  CodeUnpacker unpack[L];
+  int bits[L];
+  const float* cos[L];
+  const float* sin[L];
+  explicit Levels(const PolarTables& tb) {
+    for (int l = 0; l < L; ++l) {
+      unpack[l] = CodeUnpacker(tb.bits[l]);
+      bits[l] = tb.bits[l];
+      cos[l] = tb.cos[l].data();
+      sin[l] = tb.sin[l].data();
+    }
+  }
+};
+
+// Top-down decode of one block for 8 slots, from level Level down to level Stop (widths BU above
+// level 1, B1 at level 1); vals[k] holds node k of level Level on entry.
+template <int Level, int Stop, int Count, int B1, int BU, int L>
+inline void descend(const Levels<L>& lv, const PolarTables& tb, const uint8_t* region, int b,
+                    size_t first, int half, __m256* vals) {
+  if constexpr (Level >= Stop) {
+    constexpr int B = Level == 1 ? B1 : BU;
+#pragma GCC unroll 128
+    for (int k = Count - 1; k >= 0; --k) {
+      const __m256i c = lv.unpack[Level - 1].template unpack<B>(
+          tb.layout->level_field(region, Level, b * Count + k), first, half);
+      const __m256 r = vals[k];
+      vals[2 * k] = _mm256_mul_ps(r, lookup<B>(lv.cos[Level - 1], lv.bits[Level - 1], c));
+      vals[2 * k + 1] = _mm256_mul_ps(r, lookup<B>(lv.sin[Level - 1], lv.bits[Level - 1], c));
+    }
+    descend<Level - 1, Stop, Count * 2, B1, BU>(lv, tb, region, b, first, half, vals);
+  }
+}
+
+// Calls f(L, B1, BU) as compile-time constants: the widths of this allocation where every level
+// above level 1 has one width of 2, 3 or 4 bits and level 1 has 4 or 5 (the presets, polar4kv's
+// codecs and their relatives), else the run-time widths (B1 = BU = 0). False past kMaxLevels.
+template <class F>
+bool with_widths(const PolarTables& tb, F&& f) {
+  return with_count<1, kMaxLevels>(tb.levels, [&](auto levels) {
+    constexpr int L = decltype(levels)::value;
+    int upper = L > 1 ? tb.bits[1] : 0;
+    for (int l = 2; l < L; ++l) upper = tb.bits[l] == upper ? upper : -1;
+    const auto with_upper = [&](auto b1) {
+      if constexpr (L >= 2) {
+        if (upper == 2) return f(levels, b1, std::integral_constant<int, 2>{});
+        if (upper == 3) return f(levels, b1, std::integral_constant<int, 3>{});
+        if (upper == 4) return f(levels, b1, std::integral_constant<int, 4>{});
+      }
+      f(levels, std::integral_constant<int, 0>{}, std::integral_constant<int, 0>{});
+    };
+    if (tb.bits[0] == 4) {
+      with_upper(std::integral_constant<int, 4>{});
+    } else if (tb.bits[0] == 5) {
+      with_upper(std::integral_constant<int, 5>{});
+    } else {
+      f(levels, std::integral_constant<int, 0>{}, std::integral_constant<int, 0>{});
+    }
+  });
+}
+
 }  // namespace polarquant::avx2
