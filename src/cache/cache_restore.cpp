@@ -156,7 +156,6 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
   const uint64_t n_tokens = file.header.tokens.size();
   const size_t page_tokens = static_cast<size_t>(o.page_tokens);
   std::vector<SequenceLayer> layers(static_cast<size_t>(o.n_layers));
-  size_t max_pages = 0;
   for (int l = 0; l < o.n_layers; ++l) {
     SequenceLayer& sl = layers[l];
     sl.sink.init(m.row_floats, static_cast<size_t>(std::max(o.sink_tokens, 1)));
@@ -178,7 +177,7 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
     sl.started = length > 0;
     sl.coded = coded;
     const uint64_t want_mean = o.center_keys && sl.started ? m.row_floats : 0;
-    const uint64_t want_pre = m.rope.enabled() && sl.started ? m.row_floats : 0;
+    const uint64_t want_pre = m.rope(l).enabled() && sl.started ? m.row_floats : 0;
     const uint32_t mean_floats = r.u32("key_mean floats");
     // The counts must be what appending `length` tokens (the first append `prompt` long) gives.
     const bool counts_ok =
@@ -233,11 +232,12 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
              ")");
     }
     check_pages(m, sl, r);
-    max_pages = std::max<size_t>(max_pages, sl.pages);
   }
-  // The page table PageScoreShift and read() use (the appends that built these pages covered them
-  // in the writing process, not here).
-  if (m.rope.enabled()) m.rope.cover(max_pages);
+  // The page tables PageScoreShift and read() use (the appends that built these pages covered them
+  // in the writing process, not here); layers sharing a frequency set share a table.
+  for (int l = 0; l < o.n_layers; ++l) {
+    if (m.rope(l).enabled()) m.rope(l).cover(layers[l].pages);
+  }
   const SequenceId id = m.next_id++;
   m.sequences.emplace(id, std::move(layers));
   return id;
