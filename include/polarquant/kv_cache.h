@@ -58,7 +58,8 @@ struct KvCacheOptions {
   // attention adds the per-page difference back (exact). Either head_dim / 2 values, one set for
   // every layer, or n_layers x head_dim / 2, layer-major, one set per layer (Gemma 3's local and
   // global layers use two RoPE bases); another count throws InvalidArgument. Empty: one mean.
-  // Cache files (version 2) store the frequencies and the pre-RoPE means.
+  // Cache files (version 2, per-layer sets since version 3) store the frequencies and the
+  // pre-RoPE means.
   std::vector<float> key_rope_inv_freq;
   bool key_rope_neox = false;
 };

@@ -70,13 +70,35 @@ void check_cache_file_matches(const CacheFile& file, const KvCache& cache,
   differ("RoPE-aware key centering (1: --rope-center)", int{f.rope_center}, int{here.rope_center},
          w);
   differ("RoPE pairs (1: neox, 0: interleaved)", int{f.rope_neox}, int{here.rope_neox}, w);
-  for (size_t i = 0; i < f.rope_inv_freq.size() && i < here.rope_inv_freq.size(); ++i) {
-    if (std::memcmp(&f.rope_inv_freq[i], &here.rope_inv_freq[i], sizeof(float)) != 0) {
-      char text[160];
-      std::snprintf(text, sizeof text,
-                    "RoPE frequency %zu (key_rope_inv_freq) %.9g, but this run has %.9g", i,
-                    f.rope_inv_freq[i], here.rope_inv_freq[i]);
-      throw_invalid("cache file '" + w + "' was written for " + text + "; nothing was loaded");
+  // Layer by layer: one set for every layer equals per-layer sets that are all that set.
+  const size_t half = here.owner.head_dim / 2, layers = here.owner.n_layers;
+  auto form = [&](size_t n) {
+    return std::to_string(n) + (n == half ? " (one set for every layer)" : " (one set per layer)");
+  };
+  for (const auto* freq : {&f.rope_inv_freq, &here.rope_inv_freq}) {
+    if (!freq->empty() && freq->size() != half && freq->size() != layers * half) {
+      throw_invalid("cache file '" + w + "' was written for " + form(f.rope_inv_freq.size()) +
+                    " RoPE frequencies (key_rope_inv_freq), but this run has " +
+                    form(here.rope_inv_freq.size()) + "; nothing was loaded");
+    }
+  }
+  for (size_t l = 0; f.rope_center && here.rope_center && l < layers; ++l) {
+    const float* a = f.rope_inv_freq.data() + (f.rope_inv_freq.size() > half ? l * half : 0);
+    const float* b = here.rope_inv_freq.data() + (here.rope_inv_freq.size() > half ? l * half : 0);
+    for (size_t i = 0; i < half; ++i) {
+      if (std::memcmp(&a[i], &b[i], sizeof(float)) == 0) continue;
+      char text[200];
+      std::snprintf(
+          text, sizeof text,
+          "layer %zu's RoPE frequency %zu (key_rope_inv_freq) %.9g, but this run has %.9g", l, i,
+          a[i], b[i]);
+      const std::string counts = f.rope_inv_freq.size() == here.rope_inv_freq.size()
+                                     ? std::string()
+                                     : " (the file stores " + form(f.rope_inv_freq.size()) +
+                                           " frequencies, this run " +
+                                           form(here.rope_inv_freq.size()) + ")";
+      throw_invalid("cache file '" + w + "' was written for " + text + counts +
+                    "; nothing was loaded");
     }
   }
   differ("quantize_generated (0: --fp16-generated)", int{f.quantize_generated},
