@@ -1,7 +1,7 @@
-// Cache files of caches with RoPE-aware key centering (format version 2, KvCacheOptions::
-// key_rope_inv_freq): a restored sequence reads back the same keys, attends exactly as the
-// original and continues identically; malformed RoPE fields and another RoPE setting are refused
-// naming the field; version 1 files load only into caches without it.
+// Cache files of caches with RoPE-aware key centering (format version 2, one set per layer since
+// version 3; KvCacheOptions::key_rope_inv_freq): a restored sequence reads back the same keys,
+// attends exactly as the original and continues identically; malformed RoPE fields and another
+// RoPE setting are refused naming the field; version 1 files load only into caches without it.
 #include <polarquant/attention.h>
 #include <polarquant/error.h>
 
@@ -34,10 +34,16 @@ using testing::section_offset;
 using testing::rope_inv_freq;
 
 // cache_file_test's options (2 layers, 2 KV heads, head_dim 64, sink 4, recent 8) with RoPE-aware
-// centering.
-KvCacheOptions rope_options(const std::string& key, const std::string& value, bool neox = false) {
+// centering: one set for every layer, or one per layer (per_layer: layer 0 base 10000, layer 1
+// base 1e6, as Gemma 3's local and global layers).
+KvCacheOptions rope_options(const std::string& key, const std::string& value, bool neox = false,
+                            bool per_layer = false) {
   KvCacheOptions o = testing::options(key, value);
   o.key_rope_inv_freq = rope_inv_freq(o.head_dim);
+  if (per_layer) {
+    const auto global = rope_inv_freq(o.head_dim, 1e6);
+    o.key_rope_inv_freq.insert(o.key_rope_inv_freq.end(), global.begin(), global.end());
+  }
   o.key_rope_neox = neox;
   return o;
 }
@@ -68,19 +74,21 @@ TEST(CacheFileRope, RestoredSequenceReadsAttendsAndContinuesExactly) {
   struct Config {
     const char* key;
     const char* value;
-    bool neox;
+    bool neox, per_layer = false;
   };
   for (const Config& c :
        {Config{"paper", "paper", false}, Config{"polar-544444", "polar-422222", true},
-        Config{"q4_0", "q8_0", false}, Config{"f32", "f16", false}}) {
-    SCOPED_TRACE(std::string(c.key) + "/" + c.value + (c.neox ? ", neox" : ""));
-    const KvCacheOptions o = rope_options(c.key, c.value, c.neox);
+        Config{"q4_0", "q8_0", false}, Config{"f32", "f16", false},
+        Config{"polar-544444", "polar-422222", true, true}, Config{"q4_0", "f16", false, true}}) {
+    SCOPED_TRACE(std::string(c.key) + "/" + c.value + (c.neox ? ", neox" : "") +
+                 (c.per_layer ? ", one set per layer" : ""));
+    const KvCacheOptions o = rope_options(c.key, c.value, c.neox, c.per_layer);
     KvCache original(o);
     const SequenceId seq = fill(original, 300, 20, 11);  // 10 pages a layer
     const CacheOwner owner = owner_for(o);
     const auto bytes = serialize_cache_sequence(original, seq, owner, ids(320), {});
     const CacheFile file = parse_cache_file(bytes.data(), bytes.size(), "rope.pqkv");
-    EXPECT_EQ(file.header.version, 2u);
+    EXPECT_EQ(file.header.version, 3u);
     EXPECT_TRUE(file.header.rope_center);
     EXPECT_EQ(file.header.rope_neox, c.neox);
     EXPECT_EQ(file.header.rope_inv_freq, o.key_rope_inv_freq);
@@ -95,7 +103,9 @@ TEST(CacheFileRope, RestoredSequenceReadsAttendsAndContinuesExactly) {
       ASSERT_EQ(was.key_mean_pre.size(), 128u);
       EXPECT_EQ(now.key_mean_pre, was.key_mean_pre);
       EXPECT_EQ(now.pages, 10u);
+      EXPECT_EQ(restored.impl().layer_rope, original.impl().layer_rope);
     }
+    EXPECT_EQ(restored.impl().ropes.size(), c.per_layer ? 2u : 1u);
     EXPECT_EQ(serialize_cache_sequence(restored, back, owner, ids(320), {}), bytes);
     expect_same_state(original, seq, restored, back);
 
@@ -234,6 +244,77 @@ TEST(CacheFileRope, RefusesAnotherRopeSettingNamingIt) {
   }
 }
 
+// One set per layer needs version 3 (a version 2 file claiming one is malformed), and a cache
+// restores such a file only with the same set at every layer.
+TEST(CacheFileRope, PerLayerSetsNeedVersion3AndTheSameSets) {
+  const KvCacheOptions o = rope_options("paper", "q4_0", true, true);
+  KvCache cache(o);
+  const SequenceId seq = fill(cache, 100, 4, 7);
+  const auto bytes = serialize_cache_sequence(cache, seq, owner_for(o), ids(104), {});
+  ASSERT_EQ(format_error(bytes, o), "");
+  auto v2 = bytes;
+  v2[8] = 2;  // the version is outside the sections' checksums
+  EXPECT_NE(format_error(v2, o).find("a version 2 file with 64 RoPE frequencies (one set per "
+                                     "layer, 2 layers): per-layer sets need version 3"),
+            std::string::npos)
+      << format_error(v2, o);
+  // A count that is neither form, in a version 3 file.
+  auto n48 = bytes;
+  const uint32_t count = 48;
+  std::memcpy(&n48[head_rope_field(bytes, 64) + 2], &count, 4);
+  fix_crc(n48, section_offset(n48, 0));
+  EXPECT_NE(format_error(n48, o).find("with 48 frequencies, head_dim 64, n_layers 2"),
+            std::string::npos)
+      << format_error(n48, o);
+
+  const CacheFile file = parse_cache_file(bytes.data(), bytes.size(), "layers.pqkv");
+  auto refused = [&](const std::vector<float>& freq, const std::string& words) {
+    KvCacheOptions other = o;
+    other.key_rope_inv_freq = freq;
+    KvCache c(other);
+    try {
+      check_cache_file_matches(file, c, owner_for(other));
+      ADD_FAILURE() << "accepted; expected a refusal naming " << words;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("layers.pqkv"), std::string::npos) << e.what();
+    }
+  };
+  const auto local = rope_inv_freq(64), global = rope_inv_freq(64, 1e6);
+  auto sets = [](const std::vector<float>& a, const std::vector<float>& b) {
+    auto f = a;
+    f.insert(f.end(), b.begin(), b.end());
+    return f;
+  };
+  refused(sets(global, local), "layer 0's RoPE frequency 1 (key_rope_inv_freq) 0.749894");
+  refused(local, "layer 1's RoPE frequency 1 (key_rope_inv_freq) 0.649381");
+  refused(local,
+          "(the file stores 64 (one set per layer) frequencies, this run 32 (one set for "
+          "every layer))");
+  auto nudged = o.key_rope_inv_freq;
+  nudged[32 + 31] = std::nextafter(nudged[32 + 31], 1.0f);
+  refused(nudged, "layer 1's RoPE frequency 31 (key_rope_inv_freq)");
+
+  // One set for every layer and per-layer sets that all equal it store the same bytes: either
+  // file restores into either cache.
+  KvCacheOptions one = o, each = o;
+  one.key_rope_inv_freq = local;
+  each.key_rope_inv_freq = sets(local, local);
+  KvCache one_cache(one);
+  const SequenceId s = fill(one_cache, 100, 4, 7);
+  const auto one_bytes = serialize_cache_sequence(one_cache, s, owner_for(one), ids(104), {});
+  EXPECT_EQ(format_error(one_bytes, each), "");
+  auto one_v2 = one_bytes;  // one set for every layer: the same bytes as version 2 wrote
+  one_v2[8] = 2;
+  EXPECT_EQ(format_error(one_v2, one), "");
+  KvCache each_cache(each);
+  const SequenceId e = fill(each_cache, 100, 4, 7);
+  const auto each_bytes = serialize_cache_sequence(each_cache, e, owner_for(each), ids(104), {});
+  EXPECT_EQ(format_error(each_bytes, one), "");
+  EXPECT_NE(format_error(each_bytes, o).find("layer 1's RoPE frequency 1"), std::string::npos);
+}
+
 // A version 1 file (tests/data, see CacheFile.ReadsAVersion1FileWrittenWithOnePagePerAllocation)
 // holds no RoPE-aware centering: a cache with it refuses the file, checked or not.
 TEST(CacheFileRope, Version1FilesLoadOnlyWithoutRopeCentering) {
@@ -265,24 +346,32 @@ TEST(CacheFileRope, Version1FilesLoadOnlyWithoutRopeCentering) {
   EXPECT_FALSE(cache.has_sequence(0));
 }
 
-// The fuzz target's RoPE-centered seed (fuzz/corpus/cache_file); POLARQUANT_WRITE_FUZZ_SEEDS=1
-// rewrites it, as CacheFile.FuzzSeedsAreCurrent does the others.
+// The fuzz target's RoPE-centered seeds (fuzz/corpus/cache_file), one set for every layer and one
+// per layer; POLARQUANT_WRITE_FUZZ_SEEDS=1 rewrites them, as CacheFile.FuzzSeedsAreCurrent does
+// the others.
 TEST(CacheFileRope, FuzzSeedIsCurrent) {
-  KvCacheOptions o = rope_options("paper", "q4_0");
-  o.head_dim = 32;
-  o.n_kv_heads = 1;
-  o.key_rope_inv_freq = rope_inv_freq(32);
-  KvCache cache(o);
-  const SequenceId seq = fill(cache, 70, 3, 1);
-  const auto bytes =
-      serialize_cache_sequence(cache, seq, owner_for(o), ids(73), std::vector<float>(100, 1.0f));
-  const std::string path =
-      std::string(POLARQUANT_SOURCE_DIR) + "/fuzz/corpus/cache_file/paper_q4_0_rope.pqkv";
-  const char* write = std::getenv("POLARQUANT_WRITE_FUZZ_SEEDS");
-  if (write != nullptr && std::string(write) == "1") write_file_bytes(path, bytes);
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " absent";
-  EXPECT_EQ(read_file_bytes(path), bytes) << path << " is stale: rerun with "
-                                          << "POLARQUANT_WRITE_FUZZ_SEEDS=1";
+  for (const bool per_layer : {false, true}) {
+    KvCacheOptions o = rope_options("paper", "q4_0");
+    o.head_dim = 32;
+    o.n_kv_heads = 1;
+    o.key_rope_inv_freq = rope_inv_freq(32);
+    if (per_layer) {
+      const auto global = rope_inv_freq(32, 1e6);
+      o.key_rope_inv_freq.insert(o.key_rope_inv_freq.end(), global.begin(), global.end());
+    }
+    KvCache cache(o);
+    const SequenceId seq = fill(cache, 70, 3, 1);
+    const auto bytes =
+        serialize_cache_sequence(cache, seq, owner_for(o), ids(73), std::vector<float>(100, 1.0f));
+    const std::string path = std::string(POLARQUANT_SOURCE_DIR) +
+                             "/fuzz/corpus/cache_file/paper_q4_0_rope" +
+                             (per_layer ? "_layers" : "") + ".pqkv";
+    const char* write = std::getenv("POLARQUANT_WRITE_FUZZ_SEEDS");
+    if (write != nullptr && std::string(write) == "1") write_file_bytes(path, bytes);
+    if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " absent";
+    EXPECT_EQ(read_file_bytes(path), bytes) << path << " is stale: rerun with "
+                                            << "POLARQUANT_WRITE_FUZZ_SEEDS=1";
+  }
 }
 
 }  // namespace

@@ -120,7 +120,7 @@ TEST(CacheFile, StoresPagesOneAfterAnotherAcrossSlabs) {
 // tests/data/cache_v1_paper_q4_0.pqkv was written by main at 7a07c69 (format version 1), which
 // allocated every page separately (same options, owner, ids and fill as here; 2 KV heads, 5 pages
 // in slabs of 1, 2 and 4 pages now). Version 1 files still load, as caches without RoPE-aware
-// centering; saved again they are version 2 files, the same as saving the cache they came from.
+// centering; saved again they are version 3 files, the same as saving the cache they came from.
 TEST(CacheFile, ReadsAVersion1FileWrittenWithOnePagePerAllocation) {
   const std::string path =
       std::string(POLARQUANT_SOURCE_DIR) + "/tests/data/cache_v1_paper_q4_0.pqkv";
@@ -140,7 +140,8 @@ TEST(CacheFile, ReadsAVersion1FileWrittenWithOnePagePerAllocation) {
   expect_same_bits(read_all(cache, seq, 0), read_all(restored, back, 0));
   const auto now = serialize_cache_sequence(cache, seq, owner_for(o), ids(155), {});
   EXPECT_EQ(serialize_cache_sequence(restored, back, owner_for(o), ids(155), {}), now);
-  // Version 2 adds 6 bytes to HEAD (RoPE centering off: no frequencies), 4 to the layer section.
+  // Versions 2 and 3 add 6 bytes to HEAD (RoPE centering off: no frequencies), 4 to the layer
+  // section.
   EXPECT_EQ(now.size(), bytes.size() + 6 + 4);
 }
 
@@ -208,8 +209,11 @@ TEST(CacheFile, RefusesWrongVersionTruncationAndEveryFlippedByte) {
   EXPECT_EQ(format_error(bytes, o), "");
 
   auto version = bytes;
-  version[8] = 3;
-  EXPECT_NE(format_error(version, o).find("version 3; this build reads versions 1 and 2"),
+  version[8] = 4;
+  EXPECT_NE(format_error(version, o).find("version 4; this build reads versions 1 to 3"),
+            std::string::npos);
+  version[8] = 0;
+  EXPECT_NE(format_error(version, o).find("version 0; this build reads versions 1 to 3"),
             std::string::npos);
   auto magic = bytes;
   magic[0] = 'X';

@@ -1,7 +1,8 @@
 // Gemma 3: the loader's refusals on synthetic GGUFs (always run), and the real 270M model when
 // scripts/fetch_model.sh gemma3-270m has cached it (skipped with a message otherwise): config,
 // token ids against transformers' GGUF tokenizer, logits of the first positions against the NumPy
-// float64 reference of scripts/compare_reference.py, greedy generation, and an fp16 cache.
+// float64 reference of scripts/compare_reference.py, greedy generation, an fp16 cache, and
+// RoPE-aware key centering with one frequency set per layer.
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "cache/kv_cache_impl.h"
 #include "model_test_util.h"
 
 namespace polarquant::model {
@@ -245,6 +247,62 @@ TEST(Gemma3Model, DeviceRuntimesRefuseIt) {
   expect_error(ErrorKind::kUnsupported, "not 'gemma3'", [&] { make_runtime(*g.model, rt); });
   rt.device = "cpu";
   EXPECT_NE(make_runtime(*g.model, rt), nullptr);
+}
+
+// RoPE-aware key centering on Gemma 3: the cache gets NEOX pairs and one frequency set per layer,
+// the local layers' base (rope_theta_local) or the global one as forward_chunk_gemma3 rotates
+// them (two distinct sets), and with a lossless cache the logits equal those without centering,
+// over 160 tokens in chunks of 64 (pages of 32 filling past the 4 sink tokens).
+TEST(Gemma3Model, RopeCenteredKeysUseEachLayersBaseAndLeaveLogitsExact) {
+  const Gemma g = load_gemma();
+  SKIP_WITHOUT_GEMMA(g);
+  const LlamaConfig& c = g.model->config();
+  std::vector<int> tokens;
+  while (tokens.size() < 160) {
+    const auto more = g.tok->encode(
+        "It is a truth universally acknowledged, that a single man in possession of a good "
+        "fortune, must be in want of a wife. ",
+        tokens.empty(), false);
+    tokens.insert(tokens.end(), more.begin(), more.end());
+  }
+  tokens.resize(160);
+  RuntimeOptions rt;
+  rt.key_codec = rt.value_codec = "f32";
+  rt.sink_tokens = 4;
+  rt.prefill_chunk = 64;
+  rt.n_threads = 2;
+  rt.center_keys = false;
+  std::vector<float> plain, rope;
+  {
+    Transformer a(*g.model, rt);
+    a.forward(a.add_sequence(), tokens.data(), tokens.size(), plain, true);
+  }
+  rt.center_keys = true;
+  rt.rope_center_keys = true;
+  Transformer b(*g.model, rt);
+  const SequenceId s = b.add_sequence();
+  b.forward(s, tokens.data(), tokens.size(), rope, true);
+
+  const KvCacheOptions& o = b.cache().options();
+  const size_t half = static_cast<size_t>(c.head_dim / 2);
+  EXPECT_TRUE(o.key_rope_neox);
+  ASSERT_EQ(o.key_rope_inv_freq.size(), static_cast<size_t>(c.n_layers) * half);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const double theta = c.is_local_layer(l) ? c.rope_theta_local : c.rope_theta;
+    for (size_t i = 0; i < half; ++i) {
+      ASSERT_EQ(o.key_rope_inv_freq[l * half + i],
+                static_cast<float>(std::pow(theta, -2.0 * static_cast<double>(i) / c.head_dim)))
+          << "layer " << l << " pair " << i;
+    }
+    EXPECT_FALSE(b.cache().impl().layer(s, l, "test").key_mean_pre.empty()) << "layer " << l;
+  }
+  EXPECT_EQ(b.cache().impl().ropes.size(), 2u);
+  EXPECT_NE(&b.cache().impl().rope(0), &b.cache().impl().rope(5));   // local, global
+  EXPECT_EQ(&b.cache().impl().rope(5), &b.cache().impl().rope(17));  // the global layers
+  double worst = 0.0;
+  for (size_t i = 0; i < plain.size(); ++i)
+    worst = std::max(worst, std::fabs(double{plain[i]} - rope[i]));
+  EXPECT_LT(worst, 1e-3) << "over " << tokens.size() << " tokens x " << c.vocab_size;
 }
 
 TEST(Gemma3Model, GreedyGenerationWithF32AndF16Caches) {

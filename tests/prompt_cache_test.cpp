@@ -288,7 +288,7 @@ TEST(PromptCache, CliRestoresAndRefusesBadFiles) {
   auto bytes = good;
   bytes[8] = 9;
   write_file_bytes(path, bytes);
-  refused("", "version 9; this build reads versions 1 and 2");
+  refused("", "version 9; this build reads versions 1 to 3");
   bytes = good;
   bytes.resize(bytes.size() / 2);
   write_file_bytes(path, bytes);

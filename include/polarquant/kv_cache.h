@@ -50,13 +50,16 @@ struct KvCacheOptions {
   // per-channel offset (SmolLM2: 1.4-4x of their energy), and a codec's error scales with the norm.
   // read() adds the mean back. Costs n_kv_heads x head_dim floats per sequence and layer.
   bool center_keys = false;
-  // With center_keys, the model's RoPE frequencies (head_dim / 2; pair i is coordinates 2i, 2i + 1,
-  // or i, i + head_dim / 2 with key_rope_neox): keys are stored after RoPE, which makes a constant
+  // With center_keys, the model's RoPE frequencies (pair i is coordinates 2i, 2i + 1, or i,
+  // i + head_dim / 2 with key_rope_neox): keys are stored after RoPE, which makes a constant
   // pre-RoPE bias rotate with the position, so one mean fits later tokens less and less. The cache
   // then also keeps the first append's mean before RoPE and stores each page's keys minus that
   // mean rotated to the page's middle, on the pairs turning less than 2 radians within a page;
-  // attention adds the per-page difference back (exact). Empty: one mean. Cache files (version 2)
-  // store the frequencies and the pre-RoPE means.
+  // attention adds the per-page difference back (exact). Either head_dim / 2 values, one set for
+  // every layer, or n_layers x head_dim / 2, layer-major, one set per layer (Gemma 3's local and
+  // global layers use two RoPE bases); another count throws InvalidArgument. Empty: one mean.
+  // Cache files (version 2, per-layer sets since version 3) store the frequencies and the
+  // pre-RoPE means.
   std::vector<float> key_rope_inv_freq;
   bool key_rope_neox = false;
 };

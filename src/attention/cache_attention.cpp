@@ -320,7 +320,7 @@ void cache_attention_with(const KernelSet& kernels, const KvCache& cache, Sequen
       page_shifts.clear();
       for (int j = 0; j < n_q_heads; ++j) {
         const size_t kv = static_cast<size_t>(j / g) * dim;
-        page_shifts.emplace_back(m.rope, q_plain.data() + static_cast<size_t>(j) * dim,
+        page_shifts.emplace_back(m.rope(layer), q_plain.data() + static_cast<size_t>(j) * dim,
                                  sl.key_mean_pre.data() + kv, sl.key_mean.data() + kv);
       }
     }

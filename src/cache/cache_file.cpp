@@ -70,21 +70,35 @@ ByteReader take_section(ByteReader& r, uint32_t tag, const std::string& name) {
   return ByteReader(payload, static_cast<size_t>(length), r.where() + ", section " + name);
 }
 
-// Version 2's RoPE-aware centering fields: u8 on, u8 neox, u32 n, n f32 frequencies.
+// Version 2's RoPE-aware centering fields: u8 on, u8 neox, u32 n, n f32 frequencies. n is
+// head_dim / 2 (every layer) or, since version 3, n_layers x head_dim / 2 (one set per layer).
 void read_rope_center(ByteReader& hr, CacheFileHeader& h) {
   const uint8_t on = hr.u8("rope_center"), neox = hr.u8("rope_neox");
   if (on > 1 || neox > 1) hr.fail("rope_center / rope_neox must be 0 or 1");
   h.rope_center = on == 1;
   h.rope_neox = neox == 1;
   const uint32_t n = hr.u32("rope_frequencies");
-  const uint32_t want = h.rope_center ? h.owner.head_dim / 2 : 0;
-  if (n != want || (h.rope_center && (h.owner.head_dim % 2 != 0 || !h.center_keys)) ||
+  const uint64_t half = h.owner.head_dim / 2, per_layer = uint64_t{h.owner.n_layers} * half;
+  if (h.rope_center && h.version < 3 && n == per_layer && n != half) {
+    hr.fail("a version " + std::to_string(h.version) + " file with " + std::to_string(n) +
+            " RoPE frequencies (one set per layer, " + std::to_string(h.owner.n_layers) +
+            " layers): per-layer sets need version 3; version 2 stores head_dim / 2 = " +
+            std::to_string(half));
+  }
+  const bool count_ok = h.rope_center ? n == half || (h.version >= 3 && n == per_layer) : n == 0;
+  if (!count_ok || (h.rope_center && (h.owner.head_dim % 2 != 0 || !h.center_keys)) ||
       (!h.rope_center && h.rope_neox)) {
     hr.fail("RoPE centering " + std::to_string(on) + " (neox " + std::to_string(neox) + ") with " +
             std::to_string(n) + " frequencies, head_dim " + std::to_string(h.owner.head_dim) +
-            " and center_keys " + std::to_string(int{h.center_keys}) +
-            ": on needs center_keys, an even head_dim and head_dim / 2 frequencies; off needs "
-            "none and neox 0");
+            ", n_layers " + std::to_string(h.owner.n_layers) + " and center_keys " +
+            std::to_string(int{h.center_keys}) +
+            ": on needs center_keys, an even head_dim and head_dim / 2 frequencies (or, since "
+            "version 3, n_layers x head_dim / 2); off needs none and neox 0");
+  }
+  if (n > hr.remaining() / 4) {
+    hr.fail("truncated: " + std::to_string(n) + " RoPE frequencies need " +
+            std::to_string(uint64_t{n} * 4) + " bytes but only " + std::to_string(hr.remaining()) +
+            " remain");
   }
   h.rope_inv_freq.resize(n);
   for (uint32_t i = 0; i < n; ++i) {
@@ -222,9 +236,9 @@ CacheFile parse_cache_file(const uint8_t* data, size_t size, const std::string& 
   }
   CacheFileHeader& h = f.header;
   h.version = r.u32("version");
-  if (h.version != 1 && h.version != kCacheFileVersion) {
+  if (h.version < 1 || h.version > kCacheFileVersion) {
     throw_format("cache file '" + where + "' has version " + std::to_string(h.version) +
-                 "; this build reads versions 1 and " + std::to_string(kCacheFileVersion));
+                 "; this build reads versions 1 to " + std::to_string(kCacheFileVersion));
   }
   ByteReader hr = take_section(r, kTagHeader, "HEAD");
   h.owner.architecture = hr.str("architecture", kMaxName);

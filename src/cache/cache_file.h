@@ -20,9 +20,11 @@
 
 namespace polarquant {
 
-// Version 2 added RoPE-aware key centering (the header's frequencies, each layer's key_mean_pre).
-// Version 1 files are still read, as caches without it.
-inline constexpr uint32_t kCacheFileVersion = 2;
+// Version 2 added RoPE-aware key centering (the header's frequencies, each layer's key_mean_pre);
+// version 3 lets the frequencies be one set per layer (n_layers x head_dim / 2, Gemma 3's two
+// RoPE bases), otherwise the same bytes. Versions 1 and 2 are still read (version 1 as caches
+// without RoPE-aware centering).
+inline constexpr uint32_t kCacheFileVersion = 3;
 
 // Who the cached keys and values belong to. A reader refuses a file whose owner differs.
 struct CacheOwner {
@@ -44,7 +46,8 @@ struct CacheFileHeader {
   uint32_t page_layout_version = 0;
   uint32_t key_head_bytes = 0, value_head_bytes = 0;  // one head's page region
   // RoPE-aware key centering (KvCacheOptions::key_rope_inv_freq, key_rope_neox; version 2): on
-  // when rope_inv_freq holds head_dim / 2 frequencies; rope_neox is false when off.
+  // when rope_inv_freq holds head_dim / 2 frequencies, or n_layers x head_dim / 2 (one set per
+  // layer, layer-major; version 3); rope_neox is false when off.
   bool rope_center = false, rope_neox = false;
   std::vector<float> rope_inv_freq;
   std::vector<int32_t> tokens;  // the tokens the sequence holds, in order

@@ -70,13 +70,35 @@ void check_cache_file_matches(const CacheFile& file, const KvCache& cache,
   differ("RoPE-aware key centering (1: --rope-center)", int{f.rope_center}, int{here.rope_center},
          w);
   differ("RoPE pairs (1: neox, 0: interleaved)", int{f.rope_neox}, int{here.rope_neox}, w);
-  for (size_t i = 0; i < f.rope_inv_freq.size() && i < here.rope_inv_freq.size(); ++i) {
-    if (std::memcmp(&f.rope_inv_freq[i], &here.rope_inv_freq[i], sizeof(float)) != 0) {
-      char text[160];
-      std::snprintf(text, sizeof text,
-                    "RoPE frequency %zu (key_rope_inv_freq) %.9g, but this run has %.9g", i,
-                    f.rope_inv_freq[i], here.rope_inv_freq[i]);
-      throw_invalid("cache file '" + w + "' was written for " + text + "; nothing was loaded");
+  // Layer by layer: one set for every layer equals per-layer sets that are all that set.
+  const size_t half = here.owner.head_dim / 2, layers = here.owner.n_layers;
+  auto form = [&](size_t n) {
+    return std::to_string(n) + (n == half ? " (one set for every layer)" : " (one set per layer)");
+  };
+  for (const auto* freq : {&f.rope_inv_freq, &here.rope_inv_freq}) {
+    if (!freq->empty() && freq->size() != half && freq->size() != layers * half) {
+      throw_invalid("cache file '" + w + "' was written for " + form(f.rope_inv_freq.size()) +
+                    " RoPE frequencies (key_rope_inv_freq), but this run has " +
+                    form(here.rope_inv_freq.size()) + "; nothing was loaded");
+    }
+  }
+  for (size_t l = 0; f.rope_center && here.rope_center && l < layers; ++l) {
+    const float* a = f.rope_inv_freq.data() + (f.rope_inv_freq.size() > half ? l * half : 0);
+    const float* b = here.rope_inv_freq.data() + (here.rope_inv_freq.size() > half ? l * half : 0);
+    for (size_t i = 0; i < half; ++i) {
+      if (std::memcmp(&a[i], &b[i], sizeof(float)) == 0) continue;
+      char text[200];
+      std::snprintf(
+          text, sizeof text,
+          "layer %zu's RoPE frequency %zu (key_rope_inv_freq) %.9g, but this run has %.9g", l, i,
+          a[i], b[i]);
+      const std::string counts = f.rope_inv_freq.size() == here.rope_inv_freq.size()
+                                     ? std::string()
+                                     : " (the file stores " + form(f.rope_inv_freq.size()) +
+                                           " frequencies, this run " +
+                                           form(here.rope_inv_freq.size()) + ")";
+      throw_invalid("cache file '" + w + "' was written for " + text + counts +
+                    "; nothing was loaded");
     }
   }
   differ("quantize_generated (0: --fp16-generated)", int{f.quantize_generated},
@@ -156,7 +178,6 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
   const uint64_t n_tokens = file.header.tokens.size();
   const size_t page_tokens = static_cast<size_t>(o.page_tokens);
   std::vector<SequenceLayer> layers(static_cast<size_t>(o.n_layers));
-  size_t max_pages = 0;
   for (int l = 0; l < o.n_layers; ++l) {
     SequenceLayer& sl = layers[l];
     sl.sink.init(m.row_floats, static_cast<size_t>(std::max(o.sink_tokens, 1)));
@@ -178,7 +199,7 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
     sl.started = length > 0;
     sl.coded = coded;
     const uint64_t want_mean = o.center_keys && sl.started ? m.row_floats : 0;
-    const uint64_t want_pre = m.rope.enabled() && sl.started ? m.row_floats : 0;
+    const uint64_t want_pre = m.rope(l).enabled() && sl.started ? m.row_floats : 0;
     const uint32_t mean_floats = r.u32("key_mean floats");
     // The counts must be what appending `length` tokens (the first append `prompt` long) gives.
     const bool counts_ok =
@@ -233,11 +254,12 @@ SequenceId restore_cache_sequence(KvCache& cache, const CacheFile& file) {
              ")");
     }
     check_pages(m, sl, r);
-    max_pages = std::max<size_t>(max_pages, sl.pages);
   }
-  // The page table PageScoreShift and read() use (the appends that built these pages covered them
-  // in the writing process, not here).
-  if (m.rope.enabled()) m.rope.cover(max_pages);
+  // The page tables PageScoreShift and read() use (the appends that built these pages covered them
+  // in the writing process, not here); layers sharing a frequency set share a table.
+  for (int l = 0; l < o.n_layers; ++l) {
+    if (m.rope(l).enabled()) m.rope(l).cover(layers[l].pages);
+  }
   const SequenceId id = m.next_id++;
   m.sequences.emplace(id, std::move(layers));
   return id;

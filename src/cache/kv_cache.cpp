@@ -133,6 +133,38 @@ void fit_online(const KvCache::Impl& m, SequenceLayer& sl, int layer, const floa
   }
 }
 
+// key_rope_inv_freq: one RopeCenter per distinct frequency set (head_dim / 2 values for every
+// layer, or n_layers x head_dim / 2 layer-major) and each layer's index into them. RopeCenter
+// checks the values.
+void make_rope_centers(KvCache::Impl& m) {
+  const KvCacheOptions& o = m.options;
+  const std::vector<float>& f = o.key_rope_inv_freq;
+  const size_t half = static_cast<size_t>(o.head_dim / 2), layers = static_cast<size_t>(o.n_layers);
+  if (!f.empty() && !o.center_keys) {
+    throw_invalid("KvCacheOptions.key_rope_inv_freq refines key centering; set center_keys too");
+  }
+  if (!f.empty() && (o.head_dim % 2 != 0 || (f.size() != half && f.size() != layers * half))) {
+    throw_invalid("KvCacheOptions.key_rope_inv_freq has " + std::to_string(f.size()) +
+                  " frequencies; expected head_dim / 2 = " + std::to_string(half) +
+                  " (every layer) or n_layers x head_dim / 2 = " + std::to_string(layers * half) +
+                  " (one set per layer)" +
+                  (o.head_dim % 2 != 0 ? "; head_dim must be even" : std::string()));
+  }
+  m.layer_rope.assign(layers, 0);
+  std::vector<std::vector<float>> sets;
+  const size_t n_sets = f.size() > half ? layers : 1, set_size = f.empty() ? 0 : half;
+  for (size_t l = 0; l < n_sets; ++l) {
+    const auto first = f.begin() + static_cast<long>(l * set_size);
+    const std::vector<float> set(first, first + static_cast<long>(set_size));
+    const size_t at = static_cast<size_t>(std::find(sets.begin(), sets.end(), set) - sets.begin());
+    if (at == sets.size()) {
+      sets.push_back(set);
+      m.ropes.emplace_back(set, o.key_rope_neox, o.head_dim, o.page_tokens, o.sink_tokens);
+    }
+    m.layer_rope[l] = at;
+  }
+}
+
 }  // namespace
 
 KvCache::KvCache(const KvCacheOptions& options) : impl_(std::make_unique<Impl>()) {
@@ -169,11 +201,7 @@ KvCache::KvCache(const KvCacheOptions& options) : impl_(std::make_unique<Impl>()
   m.key_format = make_page_format(*m.key_codec, options.page_tokens);
   m.value_format = make_page_format(*m.value_codec, options.page_tokens);
   m.row_floats = static_cast<size_t>(options.n_kv_heads) * options.head_dim;
-  if (!options.key_rope_inv_freq.empty() && !options.center_keys) {
-    throw_invalid("KvCacheOptions.key_rope_inv_freq refines key centering; set center_keys too");
-  }
-  m.rope = RopeCenter(options.key_rope_inv_freq, options.key_rope_neox, options.head_dim,
-                      options.page_tokens, options.sink_tokens);
+  make_rope_centers(m);
 }
 
 KvCache::~KvCache() = default;
@@ -268,9 +296,9 @@ void KvCache::append(SequenceId seq, int layer, const float* k, const float* v, 
       }
       for (size_t i = 0; i < m.row_floats; ++i)
         sl.key_mean[i] = static_cast<float>(sum[i] / n_tokens);
-      if (m.rope.enabled()) {
+      if (m.rope(layer).enabled()) {
         sl.key_mean_pre.resize(m.row_floats);
-        m.rope.pre_rope_mean(k, n_tokens, 0, m.options.n_kv_heads, sl.key_mean_pre.data());
+        m.rope(layer).pre_rope_mean(k, n_tokens, 0, m.options.n_kv_heads, sl.key_mean_pre.data());
       }
     }
   }
@@ -302,10 +330,11 @@ void KvCache::append(SequenceId seq, int layer, const float* k, const float* v, 
     const float* keys = sl.tail.k(0);
     thread_local std::vector<float> shifted, delta;
     if (!sl.key_mean_pre.empty()) {  // this page's RoPE-rotated mean (rope_center.h)
-      m.rope.cover(page + 1);
+      RopeCenter& rope = m.rope(layer);
+      rope.cover(page + 1);
       delta.resize(m.row_floats);
-      m.rope.page_delta(page, sl.key_mean_pre.data(), sl.key_mean.data(), m.options.n_kv_heads,
-                        delta.data());
+      rope.page_delta(page, sl.key_mean_pre.data(), sl.key_mean.data(), m.options.n_kv_heads,
+                      delta.data());
       shifted.resize(n * m.row_floats);
       for (size_t i = 0; i < shifted.size(); ++i) shifted[i] = keys[i] - delta[i % m.row_floats];
       keys = shifted.data();
@@ -377,8 +406,8 @@ void KvCache::read(SequenceId seq, int layer, size_t begin, size_t end, float* k
     for (size_t i = 0; i < (end - begin) * row; ++i) k[i] += sl.key_mean[i % row];
   }
   if (!sl.key_mean_pre.empty()) {  // each coded row's page difference (rope_center.h)
-    m.rope.add_page_deltas(sl.key_mean_pre.data(), sl.key_mean.data(), m.options.n_kv_heads, sink,
-                           sl.coded, begin, end, k);
+    m.rope(layer).add_page_deltas(sl.key_mean_pre.data(), sl.key_mean.data(), m.options.n_kv_heads,
+                                  sink, sl.coded, begin, end, k);
   }
 }
 

@@ -142,11 +142,19 @@ struct KvCache::Impl {
   KvCacheOptions options;
   std::unique_ptr<Codec> key_codec, value_codec;
   std::unique_ptr<PageFormat> key_format, value_format;
-  int group = 1;    // tokens quantized together: the lcm of the two codecs' group sizes
-  RopeCenter rope;  // key_rope_inv_freq (disabled when empty)
+  int group = 1;  // tokens quantized together: the lcm of the two codecs' group sizes
+  // key_rope_inv_freq: the distinct frequency sets (one, or Gemma 3's two; a disabled one when
+  // empty) and each layer's index into them (make_rope_centers).
+  std::vector<RopeCenter> ropes;
+  std::vector<size_t> layer_rope;
   size_t row_floats = 0;
   SequenceId next_id = 0;
   std::map<SequenceId, std::vector<SequenceLayer>> sequences;
+
+  // Layer `layer`'s RoPE-aware centering (disabled when key_rope_inv_freq is empty). cover() on
+  // it is not thread-safe: layers sharing a set share its page table.
+  const RopeCenter& rope(int layer) const { return ropes[layer_rope[static_cast<size_t>(layer)]]; }
+  RopeCenter& rope(int layer) { return ropes[layer_rope[static_cast<size_t>(layer)]]; }
 
   // The formats a sequence-layer's pages are written in (its own with online codebooks).
   const PageFormat& key_format_of(const SequenceLayer& sl) const {

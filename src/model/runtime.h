@@ -28,9 +28,9 @@ struct RuntimeOptions {
   int recent_tokens = 0;    // most recent tokens kept in full precision
   bool center_keys = true;  // KvCacheOptions::center_keys: exact, and a lossy codec errs less
   // With center_keys: the mean taken before RoPE and rotated per page (KvCacheOptions::
-  // key_rope_inv_freq, the model's RoPE frequencies; the CUDA runtime's rope_shift.h). Llama-family
-  // models; Gemma 3 (two RoPE bases) keeps the one mean. Ignored without center_keys. Off by
-  // default here; the CLI turns it on for the CPU runtime (tools/cli/model_options.h).
+  // key_rope_inv_freq, the model's RoPE frequencies; the CUDA runtime's rope_shift.h). Gemma 3
+  // gets one set per layer (its local layers' RoPE base or the global one). Ignored without
+  // center_keys. Off by default here; the CLI turns it on (tools/cli/model_options.h).
   bool rope_center_keys = false;
   // KvCacheOptions::quantize_generated: false keeps tokens appended after the prompt (the first
   // append of a sequence) in full precision, as the paper's LongBench runs do.

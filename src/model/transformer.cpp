@@ -78,24 +78,33 @@ Transformer::Transformer(const LlamaModel& model, const RuntimeOptions& options)
     inv_freq_[i] =
         static_cast<float>(std::pow(static_cast<double>(c.rope_theta), -2.0 * i / c.head_dim));
   }
-  // RoPE-aware key centering refines the one mean: with it off (--no-center-keys) there is none.
-  // Gemma 3's local and global layers use two RoPE bases, and the cache takes one set of
-  // frequencies, so Gemma 3 keeps the one mean.
-  if (options.rope_center_keys && options.center_keys && c.arch != Architecture::kGemma3) {
-    kv.key_rope_inv_freq = inv_freq_;  // rope_rotate's interleaved pairs
-  }
-  cache_ = std::make_unique<KvCache>(kv);
-  attention_.n_threads = options.n_threads;
-  attention_.use_fused = options.use_fused;
-  if (options_.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
   if (c.arch == Architecture::kGemma3) {
     inv_freq_local_.resize(inv_freq_.size());
     for (int i = 0; i < c.head_dim / 2; ++i) {
       inv_freq_local_[i] = static_cast<float>(
           std::pow(static_cast<double>(c.rope_theta_local), -2.0 * i / c.head_dim));
     }
-    attention_.scale = c.attention_scale;
   }
+  // RoPE-aware key centering refines the one mean: with it off (--no-center-keys) there is none.
+  // Llama: one set of frequencies, rope_rotate's interleaved pairs. Gemma 3: rope_rotate_neox's
+  // pairs and one set per layer, its local layers' base or the global one, as
+  // forward_chunk_gemma3 rotates them.
+  if (options.rope_center_keys && options.center_keys) {
+    if (c.arch == Architecture::kGemma3) {
+      kv.key_rope_neox = true;
+      for (int l = 0; l < c.n_layers; ++l) {
+        const auto& set = c.is_local_layer(l) ? inv_freq_local_ : inv_freq_;
+        kv.key_rope_inv_freq.insert(kv.key_rope_inv_freq.end(), set.begin(), set.end());
+      }
+    } else {
+      kv.key_rope_inv_freq = inv_freq_;
+    }
+  }
+  cache_ = std::make_unique<KvCache>(kv);
+  attention_.n_threads = options.n_threads;
+  attention_.use_fused = options.use_fused;
+  if (options_.prefill_chunk <= 0) throw_invalid("prefill_chunk must be positive");
+  if (c.arch == Architecture::kGemma3) attention_.scale = c.attention_scale;
 }
 
 void Transformer::apply_rope(float* x, size_t n, int n_heads, size_t first_position) const {

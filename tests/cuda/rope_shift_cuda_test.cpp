@@ -166,7 +166,7 @@ TEST_P(CudaPageBias, DecodeWithPageBiasMatchesTheCpuCache) {
   for (int b = 0; b < batch; ++b) {
     for (int h = 0; h < n_q; ++h) {
       const size_t means = (static_cast<size_t>(b) * n_kv + h / g) * dim;
-      const PageScoreShift want(m.rope, q.data() + (static_cast<size_t>(b) * n_q + h) * dim,
+      const PageScoreShift want(m.rope(0), q.data() + (static_cast<size_t>(b) * n_q + h) * dim,
                                 f.mean_pre.data() + means, f.mean_post.data() + means);
       for (int pg = 0; pg < (lengths[b] + 31) / 32; ++pg) {
         const float g_bias = got_bias[(static_cast<size_t>(b) * max_pages + pg) * n_q + h];

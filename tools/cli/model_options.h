@@ -88,8 +88,8 @@ inline void add_model_flags(CLI::App* cmd, ModelFlags& f, const std::string& def
   CLI::Option* rope_on = cmd->add_flag(
       "--rope-center", f.rope_center,
       "center keys on their mean taken before RoPE, rotated to each page's position (attention "
-      "stays exact; lowers a lossy key codec's error most at long context; Llama-family models: "
-      "Gemma 3 keeps one mean). On by default (CPU and CUDA); --no-rope-center turns it off");
+      "stays exact; lowers a lossy key codec's error most at long context; Gemma 3: each "
+      "layer's own RoPE base). On by default (CPU and CUDA); --no-rope-center turns it off");
   cmd->add_flag("--no-rope-center", f.no_rope_center, "center keys on one mean (see --rope-center)")
       ->excludes(rope_on);
 }
