@@ -78,8 +78,7 @@ TEST(AttentionAvx2I8Polar, MatchesItsScalarTwinBitForBit) {
 TEST(AttentionAvx2I8Polar, NodeSumsNearTheInt16BoundMatchTheTwin) {
   const KernelSet* avx2 = avx2_kernels();
   if (avx2 == nullptr) GTEST_SKIP() << "no AVX2 + FMA + F16C here";
-  const auto twin = [](const PolarTables& t, const uint8_t* region, size_t n, int g, float* out,
-                       size_t stride) { scalar_score_polar_i8(t, region, 0, n, g, out, stride); };
+  const auto twin = testing::avx2_or_twin(nullptr, scalar_score_polar_i8);
   EXPECT_GT(testing::check_node_sums_near_the_bound(*avx2, kKeys544444, twin),
             0.5 * 32512);  // 25948 when written
 }
@@ -88,14 +87,7 @@ TEST(AttentionAvx2I8Polar, NodeSumsNearTheInt16BoundMatchTheTwin) {
 // polar4kv's keys (testing::i8_precision_cost). Llama-3-8B's heads: g = 4, d = 128; SmolLM2's:
 // g = 3, d = 64.
 I8Cost precision_cost(const KernelSet* avx2, int dim, int g, bool corrupt_table) {
-  const auto scores = [avx2](const PolarTables& t, const uint8_t* region, size_t n, int heads,
-                             float* out, size_t stride) {
-    if (avx2 != nullptr) {
-      avx2->score_polar(t, region, 0, n, heads, out, stride);
-    } else {
-      scalar_score_polar_i8(t, region, 0, n, heads, out, stride);
-    }
-  };
+  const auto scores = testing::avx2_or_twin(avx2, scalar_score_polar_i8);
   // Entry c of each pair read as entry c + 2: a table off by 1/16 turn (paper's test: one code).
   const auto corrupt = [](PolarTables& tables) {
     for (size_t i = 0; i + 16 <= tables.a1_i8_pair.size(); i += 16) {

@@ -64,8 +64,7 @@ TEST(AttentionAvx2I8, MatchesItsScalarTwinBitForBit) {
 TEST(AttentionAvx2I8, NodeSumsNearTheInt16BoundMatchTheTwin) {
   const KernelSet* avx2 = avx2_kernels();
   if (avx2 == nullptr) GTEST_SKIP() << "no AVX2 + FMA + F16C here";
-  const auto twin = [](const PolarTables& t, const uint8_t* region, size_t n, int g, float* out,
-                       size_t stride) { scalar_score_paper_i8(t, region, 0, n, g, out, stride); };
+  const auto twin = testing::avx2_or_twin(nullptr, scalar_score_paper_i8);
   EXPECT_GT(testing::check_node_sums_near_the_bound(*avx2, {4, 2, 2, 2}, twin),
             0.65 * 32512);  // 22545 when written
 }
@@ -73,14 +72,7 @@ TEST(AttentionAvx2I8, NodeSumsNearTheInt16BoundMatchTheTwin) {
 // Integer scores (the twin, or the AVX2 set when given) against the float scalar kernel,
 // Llama-3-8B's group of 4 query heads at d = 128 (testing::i8_precision_cost).
 I8Cost precision_cost(const KernelSet* avx2, bool corrupt_table) {
-  const auto scores = [avx2](const PolarTables& t, const uint8_t* region, size_t n, int g,
-                             float* out, size_t stride) {
-    if (avx2 != nullptr) {
-      avx2->score_polar(t, region, 0, n, g, out, stride);
-    } else {
-      scalar_score_paper_i8(t, region, 0, n, g, out, stride);
-    }
-  };
+  const auto scores = testing::avx2_or_twin(avx2, scalar_score_paper_i8);
   // Entry c of each pair read as entry c + 1: a table off by one code.
   const auto corrupt = [](PolarTables& tables) {
     for (size_t i = 0; i + 8 <= tables.a1_i8.size(); i += 8) {

@@ -26,6 +26,22 @@ namespace polarquant::testing {
 using I8ScoreFn = std::function<void(const PolarTables&, const uint8_t* region, size_t n, int g,
                                      float* scores, size_t s_stride)>;
 
+// A scalar twin's signature (scalar_score_paper_i8, scalar_score_polar_i8).
+using I8TwinFn = void (*)(const PolarTables&, const uint8_t*, size_t slot, size_t n, int g,
+                          float* scores, size_t s_stride);
+
+// The AVX2 set's score_polar when `avx2` is given, else `twin`, as an I8ScoreFn.
+inline I8ScoreFn avx2_or_twin(const KernelSet* avx2, I8TwinFn twin) {
+  return [avx2, twin](const PolarTables& t, const uint8_t* region, size_t n, int g, float* out,
+                      size_t stride) {
+    if (avx2 != nullptr) {
+      avx2->score_polar(t, region, 0, n, g, out, stride);
+    } else {
+      twin(t, region, 0, n, g, out, stride);
+    }
+  };
+}
+
 struct I8Pages {
   std::unique_ptr<PolarCodec> codec;
   std::unique_ptr<PolarPageFormat> format;
