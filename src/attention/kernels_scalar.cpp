@@ -218,8 +218,13 @@ void scalar_score_polar_i8(const PolarTables& tb, const uint8_t* region, size_t 
       const float r = r3[node] * inv;
       const unsigned c3 = polar_code(layout, region, 3, node, s, tb.bits[2]);
       const float child[2] = {r * tb.cos[2][c3], r * tb.sin[2][c3]};
-      const int32_t x = static_cast<int32_t>(std::nearbyint(r));  // Q7 (q15 only)
-      const int32_t child_q[2] = {mulhrs(x, tb.q15[1][0][c3]), mulhrs(x, tb.q15[1][1][c3])};
+      // With q15 (levels 3 and 2 of 4 bits, so c3 < 16): the radius in Q7 times the Q15 cos/sin.
+      int32_t child_q[2] = {0, 0};
+      if (q15) {
+        const int32_t x = static_cast<int32_t>(std::nearbyint(r));
+        child_q[0] = mulhrs(x, tb.q15[1][0][c3]);
+        child_q[1] = mulhrs(x, tb.q15[1][1][c3]);
+      }
       for (int j = 0; j < 4; ++j) {
         const unsigned c2 = polar_code(layout, region, 2, 2 * node + j / 2, s, tb.bits[1]);
         int32_t fq;
