@@ -188,8 +188,8 @@ void kernel_stage(benchmark::State& state, Shape shape, std::string codec, Stage
   PolarTables kt, vt;
   const auto* kp = dynamic_cast<const PolarPageFormat*>(&m.key_format_of(sl));
   const auto* vp = dynamic_cast<const PolarPageFormat*>(&m.value_format_of(sl));
-  if (kp) build_polar_tables(*kp, qs.data(), g, kt);
-  if (vp) build_polar_tables(*vp, nullptr, 0, vt);
+  if (kp) build_polar_tables(*kp, qs.data(), g, kt, k.int8_score_tables);
+  if (vp) build_polar_tables(*vp, nullptr, 0, vt, false);
   double best = 1e30;
   for (auto _ : state) {
     const double t0 = omp_get_wtime();

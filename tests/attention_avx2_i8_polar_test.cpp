@@ -49,7 +49,7 @@ TEST(AttentionAvx2I8Polar, MatchesItsScalarTwinBitForBit) {
           for (int g : {1, 2, 3, 4, 5, 8, 9}) {
             const auto q = gaussian(static_cast<size_t>(g) * dim, 12);
             PolarTables tables;
-            build_polar_tables(*pages.format, q.data(), g, tables);
+            build_polar_tables(*pages.format, q.data(), g, tables, true);
             ASSERT_TRUE(polar_i8_scores_apply(tables, g));
             for (size_t slot = 0; slot < static_cast<size_t>(page_tokens); slot += 16) {
               for (size_t n : {size_t{1}, size_t{9}, size_t{16}, size_t{17}, page_tokens - slot}) {

@@ -35,7 +35,7 @@ TEST(AttentionAvx2I8, MatchesItsScalarTwinBitForBit) {
         for (int g : {1, 2, 3, 4, 5, 8, 9}) {
           const auto q = gaussian(static_cast<size_t>(g) * dim, 12);
           PolarTables tables;
-          build_polar_tables(*pages.format, q.data(), g, tables);
+          build_polar_tables(*pages.format, q.data(), g, tables, true);
           ASSERT_TRUE(tables.level1_half_turn);
           ASSERT_EQ(tables.a1_i8.size(), static_cast<size_t>(g) * dim / 4 * 16);
           for (size_t slot = 0; slot < static_cast<size_t>(page_tokens); slot += 16) {

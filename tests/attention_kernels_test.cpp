@@ -188,7 +188,7 @@ TEST(AttentionKernels, PolarKernelsMatchScalarForEveryCodeWidth) {
              paper ? std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8, 9, 17} : std::vector<int>{1, 4, 9}) {
           const auto q = gaussian(g * c.dim, 8);
           PolarTables tables;
-          build_polar_tables(*page.format, q.data(), g, tables);
+          build_polar_tables(*page.format, q.data(), g, tables, k->int8_score_tables);
           // The analytic level-1 codebook is a half-turn one at 4 and 5 bits; such pages are also
           // read with the flag off, as a codebook without that symmetry would be.
           EXPECT_EQ(tables.level1_half_turn, c.bits[0] == 4 || c.bits[0] == 5);

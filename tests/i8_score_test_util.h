@@ -95,7 +95,7 @@ inline double check_node_sums_near_the_bound(const KernelSet& avx2, const std::v
   std::vector<float> q(static_cast<size_t>(g) * dim, 1.0f);
   for (int j = 0; j < dim; ++j) q[dim + j] = -1.0f;  // head 1: the opposite sign
   PolarTables tables;
-  build_polar_tables(*pages.format, q.data(), g, tables);
+  build_polar_tables(*pages.format, q.data(), g, tables, true);
   const uint8_t* region = pages.bytes[0].data();
   std::vector<float> want(g * 32), got(g * 32), exact(g * 32);
   twin(tables, region, page_tokens, g, want.data(), 32);
@@ -168,7 +168,7 @@ inline I8Cost i8_precision_cost(int dim, int g, const std::vector<int>& bits,
   const auto q = gaussian(static_cast<size_t>(g) * dim, 22, 2.5f / std::sqrt(float(dim)));
   const auto v = gaussian(tokens * dim, 23);
   PolarTables tables;
-  build_polar_tables(*pages.format, q.data(), g, tables);
+  build_polar_tables(*pages.format, q.data(), g, tables, true);
   if (corrupt) corrupt(tables);
   std::vector<float> sf(g * tokens), si(g * tokens), sx(g * tokens);
   for (int p = 0; p < n_pages; ++p) {

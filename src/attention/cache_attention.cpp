@@ -303,7 +303,7 @@ void cache_attention_with(const KernelSet& kernels, const KvCache& cache, Sequen
   if (c.value_kind == Stored::kPolar) {
     // The sequence-layer's own format: with online codebooks its tables differ from the cache's.
     build_polar_tables(static_cast<const PolarPageFormat&>(m.value_format_of(sl)), nullptr, 0,
-                       value_tables);
+                       value_tables, false);
   }
   c.q_plain = &q_plain;
   std::vector<PageScoreShift> page_shifts;
@@ -329,7 +329,7 @@ void cache_attention_with(const KernelSet& kernels, const KvCache& cache, Sequen
       format.polar().rotation().forward(q_plain.data(), q_rot.data(), n_q_heads);
       for (int h = 0; h < n_kv; ++h) {
         build_polar_tables(format, q_rot.data() + static_cast<size_t>(h) * g * dim, g,
-                           key_tables[h]);
+                           key_tables[h], kernels.int8_score_tables);
       }
     }
     // Split the runs into tasks: the page run into about 2 * threads / n_kv pieces of whole pages.

@@ -63,10 +63,16 @@ struct PolarTables {
   static int table_size(int bits) { return bits <= 4 ? 16 : (bits == 5 ? 32 : 1 << bits); }
 };
 
+// The paper's allocation (L = 4; 4,2,2,2 bits), which the SIMD sets give kernels of its own.
+inline bool is_paper_allocation(const PolarTables& tb) {
+  return tb.levels == 4 && tb.bits[0] == 4 && tb.bits[1] == 2 && tb.bits[2] == 2 && tb.bits[3] == 2;
+}
+
 // Builds the cos/sin tables of the codec (and, when q_rotated is given, the level-1 score tables of
-// g query heads).
+// g query heads; with int8_score_tables also their int8 copies a1_i8 / a1_i8_pair and q15, which
+// only a kernel set with KernelSet::int8_score_tables reads).
 void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, int g,
-                        PolarTables& tables);
+                        PolarTables& tables, bool int8_score_tables);
 
 struct KernelSet {
   std::string name;
@@ -94,6 +100,9 @@ struct KernelSet {
   // or 8 for the AVX2 set, whose g x d x 16 floats (32 KiB at g = 4, d = 128) would fill a 32 KiB
   // L1d (Zen 2/3, most Intel cores) by themselves.
   int value_lanes = 16;
+  // Whether score_polar reads the int8 score tables (the AVX2 set): build_polar_tables builds them
+  // only then, since it runs per query and KV head.
+  bool int8_score_tables = false;
 };
 
 // The scalar twin of the AVX2 integer score kernel (paper widths with the level-1 half turn and

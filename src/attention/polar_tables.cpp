@@ -34,7 +34,7 @@ void int8_tables(PolarTables& tables, int g, int pairs, int size1, int entries,
 }  // namespace
 
 void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, int g,
-                        PolarTables& tables) {
+                        PolarTables& tables, bool int8_score_tables) {
   const PolarCodec& codec = format.polar();
   const PolarConfig& config = codec.config();
   tables.layout = &format.layout();
@@ -82,8 +82,8 @@ void build_polar_tables(const PolarPageFormat& format, const float* q_rotated, i
   tables.a1_i8.clear();
   tables.a1_i8_scale.clear();
   tables.a1_i8_pair.clear();
-  const bool paper = config.levels == 4 && config.bits[0] == 4 && config.bits[1] == 2 &&
-                     config.bits[2] == 2 && config.bits[3] == 2;
+  if (!int8_score_tables) return;
+  const bool paper = is_paper_allocation(tables);
   if (!paper && config.levels >= 3 &&
       (config.bits[0] == 4 || (config.bits[0] == 5 && tables.level1_half_turn))) {
     // 16 entries per pair for the AVX2 integer score kernel of the other allocations: all of a

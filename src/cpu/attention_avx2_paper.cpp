@@ -155,7 +155,7 @@ namespace polarquant {
 
 bool avx2_score_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                       float* scores, size_t s_stride) {
-  if (!avx2::is_paper_allocation(tb)) return false;
+  if (!is_paper_allocation(tb)) return false;
   switch (tb.radius) {
     case RadiusPrecision::kFp16:
       score_paper<RadiusPrecision::kFp16>(tb, region, slot, n, g, scores, s_stride);
@@ -172,7 +172,7 @@ bool avx2_score_paper(const PolarTables& tb, const uint8_t* region, size_t slot,
 
 bool avx2_value_paper(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                       const float* p, size_t p_stride, float* acc) {
-  if (!avx2::is_paper_allocation(tb)) return false;
+  if (!is_paper_allocation(tb)) return false;
   switch (tb.radius) {
     case RadiusPrecision::kFp16:
       value_paper<RadiusPrecision::kFp16>(tb, region, slot, n, g, p, p_stride, acc);

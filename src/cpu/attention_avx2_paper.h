@@ -12,10 +12,6 @@
 
 namespace polarquant::avx2 {
 
-inline bool is_paper_allocation(const PolarTables& tb) {
-  return tb.levels == 4 && tb.bits[0] == 4 && tb.bits[1] == 2 && tb.bits[2] == 2 && tb.bits[3] == 2;
-}
-
 struct PaperPage {
   const uint8_t* radii;
   const uint8_t* level[4];  // level l + 1, node n at level[l] + n * field[l]

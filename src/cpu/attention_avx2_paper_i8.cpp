@@ -134,7 +134,7 @@ namespace polarquant {
 
 bool avx2_score_paper_i8(const PolarTables& tb, const uint8_t* region, size_t slot, size_t n, int g,
                          float* scores, size_t s_stride) {
-  if (!avx2::is_paper_allocation(tb) || !tb.level1_half_turn ||
+  if (!is_paper_allocation(tb) || !tb.level1_half_turn ||
       tb.a1_i8.size() < static_cast<size_t>(g) * (tb.dim / 4) * 16 ||
       tb.a1_i8_scale.size() < static_cast<size_t>(g)) {
     return false;

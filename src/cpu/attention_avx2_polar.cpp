@@ -168,6 +168,7 @@ void avx2_polar_kernels(KernelSet& set) {
   set.score_polar = score_polar;
   set.value_polar = value_polar;
   set.value_lanes = kLanes;
+  set.int8_score_tables = true;  // attention_avx2_{paper,polar}_i8.cpp
 }
 }  // namespace polarquant
 #else

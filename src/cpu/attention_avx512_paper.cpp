@@ -28,10 +28,6 @@ using namespace avx512;
 // low 4 bits of each lane, so the bits the multishift leaves above a code do not matter (2-bit
 // tables repeat with period 4, see build_polar_tables).
 
-bool is_paper_allocation(const PolarTables& tb) {
-  return tb.levels == 4 && tb.bits[0] == 4 && tb.bits[1] == 2 && tb.bits[2] == 2 && tb.bits[3] == 2;
-}
-
 // vpmultishiftqb control putting slot i's code at the bottom of lane i, for a field group of 16
 // b-bit codes broadcast to every 64-bit lane (b = 4: the group's 8 bytes; b = 2: its 4 bytes,
 // twice).
