@@ -14,16 +14,6 @@ The codecs are the C++ library's (the same bytes as `polarquant codec-stats --co
 Bad input (dtype, shape, layout, device, NaN, unknown names) raises TypeError / ValueError /
 polarquant.Error (a ValueError carrying the C++ library's message).
 """
-import os as _os
-
-# Threads that wait at the end of an OpenMP region spin by default, which on a machine busy with
-# other work makes every region wait for a scheduler time slice (the `polarquant` command sets
-# the same before OpenMP starts; docs/BENCHMARKS.md section 4). The library's OpenMP runtime reads
-# these when the extension below loads; a user's own settings are kept.
-if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
-    _os.environ["OMP_WAIT_POLICY"] = "passive"
-    _os.environ["GOMP_SPINCOUNT"] = "0"
-
 from ._core import (
     DEFAULT_SEED,
     Error,
