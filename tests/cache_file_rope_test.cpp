@@ -61,6 +61,21 @@ std::vector<float> attend(const KvCache& cache, SequenceId seq, int layer, bool 
   return out;
 }
 
+// check_cache_file_matches refuses `file` (named `name`) for a cache of `other`: an
+// invalid-argument error naming `words` and the file.
+void expect_refused(const CacheFile& file, const std::string& name, const KvCacheOptions& other,
+                    const std::string& words) {
+  KvCache c(other);
+  try {
+    check_cache_file_matches(file, c, owner_for(other));
+    ADD_FAILURE() << "accepted; expected a refusal naming " << words;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+  }
+}
+
 void expect_same_state(const KvCache& a, SequenceId sa, const KvCache& b, SequenceId sb) {
   for (int l = 0; l < a.options().n_layers; ++l) {
     SCOPED_TRACE("layer " + std::to_string(l));
@@ -198,15 +213,7 @@ TEST(CacheFileRope, RefusesAnotherRopeSettingNamingIt) {
   const auto bytes = serialize_cache_sequence(cache, seq, owner_for(o), ids(40), {});
   const CacheFile file = parse_cache_file(bytes.data(), bytes.size(), "x.pqkv");
   auto refused = [&](const KvCacheOptions& other, const std::string& words) {
-    KvCache c(other);
-    try {
-      check_cache_file_matches(file, c, owner_for(other));
-      ADD_FAILURE() << "accepted; expected a refusal naming " << words;
-    } catch (const Error& e) {
-      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
-      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("x.pqkv"), std::string::npos) << e.what();
-    }
+    expect_refused(file, "x.pqkv", other, words);
   };
   KvCacheOptions other = o;
   other.key_rope_inv_freq.clear();
@@ -271,15 +278,7 @@ TEST(CacheFileRope, PerLayerSetsNeedVersion3AndTheSameSets) {
   auto refused = [&](const std::vector<float>& freq, const std::string& words) {
     KvCacheOptions other = o;
     other.key_rope_inv_freq = freq;
-    KvCache c(other);
-    try {
-      check_cache_file_matches(file, c, owner_for(other));
-      ADD_FAILURE() << "accepted; expected a refusal naming " << words;
-    } catch (const Error& e) {
-      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
-      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("layers.pqkv"), std::string::npos) << e.what();
-    }
+    expect_refused(file, "layers.pqkv", other, words);
   };
   const auto local = rope_inv_freq(64), global = rope_inv_freq(64, 1e6);
   auto sets = [](const std::vector<float>& a, const std::vector<float>& b) {
