@@ -21,6 +21,11 @@ namespace {
 
 constexpr uint64_t kMaxTokens = 1ull << 31;
 
+// How every refusal of a file written for other settings ends: what happened and what to do.
+const char* const kNotLoaded =
+    "; nothing was loaded and the file is unchanged: run with the settings it was written with, or "
+    "give a new file name to compute the prompt again";
+
 template <typename T>
 void differ(const char* what, const T& in_file, const T& here, const std::string& where) {
   if (in_file == here) return;
@@ -32,7 +37,7 @@ void differ(const char* what, const T& in_file, const T& here, const std::string
     }
   };
   throw_invalid("cache file '" + where + "' was written for " + what + " " + show(in_file) +
-                ", but this run has " + show(here) + "; nothing was loaded");
+                ", but this run has " + show(here) + kNotLoaded);
 }
 
 }  // namespace
@@ -55,7 +60,8 @@ void check_cache_file_matches(const CacheFile& file, const KvCache& cache,
   if (f.key_codebooks != here.key_codebooks || f.value_codebooks != here.value_codebooks) {
     throw_invalid("cache file '" + w +
                   "' was written with other angle codebooks (--key-codebooks / "
-                  "--value-codebooks); nothing was loaded");
+                  "--value-codebooks)" +
+                  kNotLoaded);
   }
   differ("rotation seed", f.seed, here.seed, w);
   differ("page_tokens", f.page_tokens, here.page_tokens, w);
@@ -79,7 +85,7 @@ void check_cache_file_matches(const CacheFile& file, const KvCache& cache,
     if (!freq->empty() && freq->size() != half && freq->size() != layers * half) {
       throw_invalid("cache file '" + w + "' was written for " + form(f.rope_inv_freq.size()) +
                     " RoPE frequencies (key_rope_inv_freq), but this run has " +
-                    form(here.rope_inv_freq.size()) + "; nothing was loaded");
+                    form(here.rope_inv_freq.size()) + kNotLoaded);
     }
   }
   for (size_t l = 0; f.rope_center && here.rope_center && l < layers; ++l) {
@@ -97,8 +103,7 @@ void check_cache_file_matches(const CacheFile& file, const KvCache& cache,
                                      : " (the file stores " + form(f.rope_inv_freq.size()) +
                                            " frequencies, this run " +
                                            form(here.rope_inv_freq.size()) + ")";
-      throw_invalid("cache file '" + w + "' was written for " + text + counts +
-                    "; nothing was loaded");
+      throw_invalid("cache file '" + w + "' was written for " + text + counts + kNotLoaded);
     }
   }
   differ("quantize_generated (0: --fp16-generated)", int{f.quantize_generated},
