@@ -1,10 +1,11 @@
 // CUDA kernels for PolarQuant pages: encode (rotate + polar + quantize + pack), dequantize, and
 // split-KV decode attention over paged K and V. Plain C++: no CUDA header is needed to use it.
 //
-// The device pages use the CPU cache's page layout byte for byte (PolarPageLayout, docs/FORMAT.md
-// section 4): a page holds n_kv_heads head regions of head_bytes() each, so pages copied between
-// host and device need no conversion and the CPU cache is the reference. Design and measurements:
-// docs/design/cuda.md.
+// Device pages come in two layouts (PageLayout): the CPU cache's byte for byte (PolarPageLayout,
+// docs/FORMAT.md section 4), or for the `paper` codec the kernels' own "pairs" layout (section 4.1),
+// which the decode kernel reads with one 16-byte load per lane and block. A page holds n_kv_heads
+// head regions of head_bytes() each; convert_pages moves pages between the two, and the CPU cache
+// stays the reference. Design and measurements: docs/design/cuda.md, docs/BENCHMARKS.md section 3.
 //
 // Conventions (flashinfer/CUTLASS style): every pointer named "device" points to GPU memory the
 // caller owns; calls only enqueue work on `stream` (no allocation, no synchronisation), so they
@@ -30,13 +31,27 @@ bool device_available(std::string* why = nullptr);
 
 struct DeviceCodec;  // the kernels' view of the codec (src/cuda/device_codec.h)
 
+// How a CudaPolarCodec lays out its pages. kHost: the CPU cache's layout, byte for byte. kPairs: the
+// `paper` codec's GPU layout (4 levels, bits 4/2/2/2, fp16 radii, 32-token pages, head_dim 64, 128
+// or 256; docs/FORMAT.md section 4.1), the fastest for decode_attention; the same codes and radii,
+// in 16 * head_dim bytes per head region.
+enum class PageLayout { kHost, kPairs };
+
+// kPairs where the codec and page size have it, else kHost (no device needed).
+PageLayout fastest_page_layout(const PolarConfig& config, int page_tokens);
+// Bytes of one head region of a page in `layout` (no device needed); throws Error(kUnsupported)
+// for kPairs where the codec has no such layout.
+size_t device_head_bytes(const PolarConfig& config, int page_tokens, PageLayout layout);
+
 // A PolarCodec's constants on the device (rotation matrix, cos/sin tables, decision boundaries)
 // plus the page geometry. Supported: levels 4..8, dim 64, 128 or 256, page_tokens a multiple of
-// 32 (one warp lane per token slot), n_kv_heads >= 1. Throws Error(kUnsupported) otherwise and
-// Error(kState) when no device is available.
+// 32 (one warp lane per token slot), n_kv_heads >= 1, PageLayout::kPairs where
+// fastest_page_layout gives it. Throws Error(kUnsupported) otherwise and Error(kState) when no
+// device is available.
 class CudaPolarCodec {
  public:
-  CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_kv_heads);
+  CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_kv_heads,
+                 PageLayout layout = PageLayout::kHost);
   ~CudaPolarCodec();
   CudaPolarCodec(const CudaPolarCodec&) = delete;
   CudaPolarCodec& operator=(const CudaPolarCodec&) = delete;
@@ -44,7 +59,9 @@ class CudaPolarCodec {
   int dim() const;
   int page_tokens() const;
   int n_kv_heads() const;
-  size_t head_bytes() const;  // equals PolarPageFormat::head_bytes() for the same codec and T
+  PageLayout layout() const;
+  // PolarPageFormat::head_bytes() for the same codec and T in the host layout; 16 * dim in kPairs.
+  size_t head_bytes() const;
   size_t page_bytes() const { return head_bytes() * static_cast<size_t>(n_kv_heads()); }
   const DeviceCodec& device() const { return *device_; }
   // The constructor sets its kernels' shared-memory limits and measures their occupancy once, so
@@ -84,6 +101,14 @@ void encode_append(const CudaPolarCodec& codec, uint8_t* pool, const int32_t* pa
 void dequantize(const CudaPolarCodec& codec, const SequencePages& pages, size_t first, size_t n,
                 float* out, bool rotated_output, Stream stream);
 
+// Rewrites `count` whole pages (device, page after page) from the host layout into the codec's
+// layout (to_codec_layout) or back; src and dst must not overlap and hold count pages of their
+// layout (the host layout's head bytes: PolarPageFormat::head_bytes()). Codes and radii move
+// unchanged; for a codec in kHost this is a copy. The host-memory twin is
+// polarquant::pages_to_pair_layout / pages_from_pair_layout (src/cache/pair_layout.h).
+void convert_pages(const CudaPolarCodec& codec, const uint8_t* src, uint8_t* dst, size_t count,
+                   bool to_codec_layout, Stream stream);
+
 // Decode attention of one query token per sequence over paged PolarQuant K and V (one layer).
 struct DecodeBatch {
   const uint8_t* k_pool = nullptr;       // device
@@ -105,8 +130,8 @@ struct DecodeBatch {
 };
 
 // Which attention kernel decode_attention runs for this codec and query-head count:
-// "paper-fragments" or "polar37-fragments" (those layouts, decoded into tensor-core operands in
-// registers), else the tile kernel with its decoder: "tile-wide3" or "tile-generic". Throws as
+// "paper-pairs" (`paper` in PageLayout::kPairs), "paper-fragments" or "polar37-fragments" (those
+// host layouts), all three decoded into tensor-core operands in registers, else the tile kernel with its decoder: "tile-wide3" or "tile-generic". Throws as
 // decode_attention does for the query-head count: kInvalidArgument unless a positive multiple of
 // n_kv_heads, kUnsupported above 16 per KV head.
 const char* decode_kernel_name(const CudaPolarCodec& codec, int n_q_heads);

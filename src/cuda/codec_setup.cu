@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cache/page_format.h"
+#include "cache/pair_layout.h"
 #include "cuda/attention_steps.h"
 #include "cuda/device_codec.h"
 #include "cuda/encode_units.h"
@@ -70,7 +71,23 @@ std::vector<float> dense_rotation(const Rotation& rotation, int dim) {
 
 }  // namespace
 
-CudaPolarCodec::CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_kv_heads)
+PageLayout fastest_page_layout(const PolarConfig& config, int page_tokens) {
+  return has_pair_layout(config, page_tokens) ? PageLayout::kPairs : PageLayout::kHost;
+}
+
+size_t device_head_bytes(const PolarConfig& config, int page_tokens, PageLayout layout) {
+  if (layout == PageLayout::kHost) return make_polar_page_layout(config, page_tokens).head_bytes;
+  if (!has_pair_layout(config, page_tokens)) {
+    unsupported("PageLayout::kPairs for codec '" + config.name + "' at dim " +
+                std::to_string(config.dim) + " and " + std::to_string(page_tokens) +
+                "-token pages: it needs the `paper` shape (4 levels, bits 4/2/2/2, fp16 radii), "
+                "32-token pages and dim 64, 128 or 256 (use PageLayout::kHost)");
+  }
+  return pair_layout::region_bytes(config.dim);
+}
+
+CudaPolarCodec::CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_kv_heads,
+                               PageLayout page_layout)
     : device_(std::make_unique<DeviceCodec>()) {
   const PolarConfig& config = codec.config();
   if (config.levels < 4 || config.levels > kMaxLevels) {
@@ -85,6 +102,7 @@ CudaPolarCodec::CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_k
                 " (one warp lane per slot: a multiple of 32 is needed)");
   }
   if (n_kv_heads < 1) throw_invalid("CudaPolarCodec: n_kv_heads must be >= 1");
+  const size_t head_bytes = device_head_bytes(config, page_tokens, page_layout);
   std::string why;
   if (!device_available(&why)) throw_state("CudaPolarCodec: no CUDA device: " + why);
 
@@ -97,8 +115,10 @@ CudaPolarCodec::CudaPolarCodec(const PolarCodec& codec, int page_tokens, int n_k
   d.radius_kind = static_cast<int>(config.radius);
   d.radius_bytes = layout.radius_bytes;
   d.radii_offset = static_cast<uint32_t>(layout.radii_offset);
-  d.head_bytes = static_cast<uint32_t>(layout.head_bytes);
-  d.page_bytes = static_cast<uint64_t>(layout.head_bytes) * n_kv_heads;
+  d.head_bytes = static_cast<uint32_t>(head_bytes);
+  d.host_head_bytes = static_cast<uint32_t>(layout.head_bytes);
+  d.pairs = page_layout == PageLayout::kPairs;
+  d.page_bytes = static_cast<uint64_t>(head_bytes) * n_kv_heads;
   std::vector<float> cosines, sines, bounds, cents, bcos, bsin;
   for (int l = 0; l < config.levels; ++l) {
     d.bits[l] = config.bits[l];
@@ -183,6 +203,9 @@ int CudaPolarCodec::page_tokens() const {
 }
 int CudaPolarCodec::n_kv_heads() const {
   return device_->n_kv_heads;
+}
+PageLayout CudaPolarCodec::layout() const {
+  return device_->pairs ? PageLayout::kPairs : PageLayout::kHost;
 }
 size_t CudaPolarCodec::head_bytes() const {
   return device_->head_bytes;

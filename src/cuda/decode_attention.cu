@@ -5,9 +5,10 @@
 // the split and keeps its own online-softmax state for the g query heads of the KV head. Per
 // page: 16-byte coalesced copy of the K and V head regions into shared memory, scores and P.V on
 // tensor cores, the softmax in registers; scores never leave registers. Two kernels:
-//  - attention_kernel_frag<D, head tiles, Fmt> (the `paper` and `polar37` layouts, Fmt = PaperFmt
-//    in paper_decode.cuh, Polar37Fmt in polar37_frag.cuh): the decoders write the MMA operands in
-//    registers, with S^T = K Q'^T and O^T = V^T P^T;
+//  - attention_kernel_frag<D, head tiles, Fmt> (the `paper` and `polar37` layouts, Fmt =
+//    PaperPairsFmt in paper_pairs_decode.cuh for `paper`'s pairs layout, PaperFmt in
+//    paper_decode.cuh and Polar37Fmt in polar37_frag.cuh for the host layouts): the decoders write
+//    the MMA operands in registers, with S^T = K Q'^T and O^T = V^T P^T;
 //  - attention_kernel<D, key decoder, value decoder> (every other layout, and keys and values of
 //    different layouts, as polar4kv's): per 32-slot tile, K is decoded into an fp16 tile in shared
 //    memory, Q'K^T reads it with ldmatrix, then V is decoded into the same tile for P.V.
@@ -37,6 +38,7 @@
 #include "cuda/dispatch.h"
 #include "cuda/mma.cuh"
 #include "cuda/paper_decode.cuh"
+#include "cuda/paper_pairs_decode.cuh"
 #include "cuda/polar37_frag.cuh"
 
 namespace polarquant::cuda {
@@ -87,6 +89,7 @@ template <int D>
 Launch attention_choice(const DeviceCodec& kc, const DeviceCodec& vc, int g) {
   const int tiles = tiles_for(g);
   const bool shared = kc.cos_table == vc.cos_table;  // one CudaPolarCodec for both
+  if (shared && PaperPairsFmt<D>::matches(kc)) return frag_choice<D, PaperPairsFmt<D>>(tiles);
   if (shared && PaperFmt<D>::matches(kc)) return frag_choice<D, PaperFmt<D>>(tiles);
   if (shared && Polar37Fmt<D>::matches(kc)) return frag_choice<D, Polar37Fmt<D>>(tiles);
   return tile_choice<D>(kc, vc);

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "cache/pair_layout.h"
 #include "cuda/device_codec.h"
 
 namespace polarquant::cuda {
@@ -48,8 +49,14 @@ __device__ __forceinline__ void load_level1_half2(const DeviceCodec& c, __half2*
   }
 }
 
+// A radius or code of a region in the codec's layout (c.pairs: pair_layout.h's places; the pairs
+// layout has 32 slots, fp16 radii and 2- or 4-bit codes, none straddling a byte).
 __device__ __forceinline__ float region_radius(const DeviceCodec& c, const uint8_t* region,
                                                int block, int slot) {
+  if (c.pairs) {
+    const uint8_t* p = region + pair_layout::radius_byte(c.dim, slot, block);
+    return __half2float(__ushort_as_half(*reinterpret_cast<const unsigned short*>(p)));
+  }
   const uint8_t* p = region + c.radii_offset +
                      (static_cast<uint32_t>(block) * c.page_tokens + slot) * c.radius_bytes;
   if (c.radius_kind == 2) return *reinterpret_cast<const float*>(p);
@@ -68,6 +75,10 @@ __device__ __forceinline__ const uint8_t* level_field(const DeviceCodec& c, cons
 template <int B>
 __device__ __forceinline__ unsigned unit_code(const DeviceCodec& c, const uint8_t* region,
                                               int level, int node, int slot) {
+  if (c.pairs) {
+    const int bit = pair_layout::code_bit(c.dim, level, node, slot);
+    return (static_cast<unsigned>(region[bit >> 3]) >> (bit & 7)) & ((1u << c.bits[level - 1]) - 1u);
+  }
   return field_code<B>(level_field(c, region, level, node), slot, c.bits[level - 1]);
 }
 

@@ -41,6 +41,11 @@ __device__ __forceinline__ void pack_field(uint8_t* chunk_words, int b, unsigned
 // Radius `block` of the chunk's slot `lane`, rounded as the codec stores it.
 __device__ __forceinline__ void store_radius(const DeviceCodec& c, const ChunkJob& job, int block,
                                              int lane, float r) {
+  if (c.pairs) {  // 32-slot pages: the chunk is the page (slot0 = 0)
+    *reinterpret_cast<__half*>(job.region + pair_layout::radius_byte(c.dim, lane, block)) =
+        __float2half_rn(r);
+    return;
+  }
   uint8_t* p = job.region + c.radii_offset +
                (static_cast<uint32_t>(block) * c.page_tokens + job.slot0 + lane) * c.radius_bytes;
   if (c.radius_kind == 2) {
@@ -96,6 +101,39 @@ __device__ __forceinline__ void pack_paper_unit(const DeviceCodec& c, const uint
                      static_cast<uint32_t>(count * u + node) * c.field_bytes[level - 1] +
                      (slot0 * b) / 8;
     atomicOr(reinterpret_cast<uint32_t*>(field) + w, value);
+  }
+}
+
+// The same into the pairs layout (pair_layout.h): block u's 16 records of the page (two groups of
+// eight token pairs), words 1..3 of each, one word per lane and round. Word 1 holds the upper
+// levels' nibbles (code of a) | (code of b) << 2 (level 4, level 3's two nodes, level 2's four),
+// words 2 and 3 level 1's bytes (code of a) | (code of b) << 4 for pairs 0..3 and 4..7.
+__device__ __forceinline__ void pack_paper_pairs(const DeviceCodec& c, const uint8_t* codes,
+                                                 uint8_t* region, int u, int lane) {
+  for (int wi = lane; wi < 48; wi += 32) {
+    const int rec = wi / 3, word = 1 + wi % 3;
+    const int g = rec / 8, q = rec % 8;
+    const int a = 16 * g + (q & 3) + 8 * (q >> 2), b = a + 4;
+    const auto code = [&](int field, int slot) {
+      return static_cast<uint32_t>(codes[field * 32 + slot]);
+    };
+    uint32_t value = 0;
+    if (word == 1) {
+#pragma unroll
+      for (int n = 0; n < 7; ++n) {  // fields: level 4 is 14, level 3 12..13, level 2 8..11
+        const int field = n == 0 ? 14 : n < 3 ? 11 + n : 5 + n;
+        value |= (code(field, a) | code(field, b) << 2) << (4 * n);
+      }
+    } else {
+      const int first = 4 * (word - 2);
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        value |= (code(first + p, a) | code(first + p, b) << 4) << (8 * p);
+      }
+    }
+    if (value == 0) continue;
+    uint32_t* words = reinterpret_cast<uint32_t*>(region + pair_layout::record_at(c.dim, g, u, q));
+    atomicOr(words + word, value);
   }
 }
 
@@ -188,7 +226,11 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
     }
     if constexpr (W == 1) {
       __syncwarp();
-      pack_paper_unit(c, unit_codes, job.region, job.slot0, u, lane);
+      if (c.pairs) {
+        pack_paper_pairs(c, unit_codes, job.region, u, lane);
+      } else {
+        pack_paper_unit(c, unit_codes, job.region, job.slot0, u, lane);
+      }
       __syncwarp();  // the bytes are rewritten by the next unit
     }
     if (c.levels > 4) {

@@ -37,7 +37,7 @@ struct PaperLayout {
 
   // True when the codec's runtime layout is this one (the dispatcher falls back otherwise).
   static bool matches(const DeviceCodec& c) {
-    return c.levels == 4 && c.bits[0] == 4 && c.bits[1] == 2 && c.bits[2] == 2 && c.bits[3] == 2 &&
+    return !c.pairs && c.levels == 4 && c.bits[0] == 4 && c.bits[1] == 2 && c.bits[2] == 2 && c.bits[3] == 2 &&
            c.radius_kind == 0 && c.page_tokens == kTokens && c.dim == D &&
            c.radii_offset == kRadii && c.level_offset[0] == kLevel1 &&
            c.level_offset[1] == kLevel2 && c.level_offset[2] == kLevel3 &&
@@ -258,6 +258,33 @@ __device__ __forceinline__ Level1Quad level1_quad(const uint8_t* at, uint32_t ta
           level1_entry<kAt>(tab, __funnelshift_r(w.y, w.y, rot4b))};
 }
 
+// The A fragment of a V lane's level-1 pair: the products n0 = (slot i, i + 4) and n1 = (i + 8,
+// i + 12) down to the pair, times each slot's (cos, sin); k columns 2i, 2i + 1 are slots i, i + 8,
+// columns 2i + 8, 2i + 9 slots i + 4, i + 12.
+__device__ __forceinline__ void v_fragment(__half2 n0, __half2 n1, const Level1Quad& c,
+                                           uint32_t a[4]) {
+  const uint32_t s0 = half2_bits(__hmul2(__low2half2(n0), c.c0));
+  const uint32_t s4 = half2_bits(__hmul2(__high2half2(n0), c.c4));
+  const uint32_t s8 = half2_bits(__hmul2(__low2half2(n1), c.c8));
+  const uint32_t s12 = half2_bits(__hmul2(__high2half2(n1), c.c12));
+  a[0] = __byte_perm(s0, s8, 0x5410);
+  a[1] = __byte_perm(s0, s8, 0x7632);
+  a[2] = __byte_perm(s4, s12, 0x5410);
+  a[3] = __byte_perm(s4, s12, 0x7632);
+}
+
+// A V lane's split of node j of both token pairs by their pair-table entries e0, e1: node j keeps
+// the cos side, node j + w takes the sin side.
+template <int kPairs>
+__device__ __forceinline__ void split_quad(__half2 (&n)[2][kPairs], uint2 e0, uint2 e1, int j,
+                                           int w) {
+  const __half2 q0 = n[0][j], q1 = n[1][j];
+  n[0][j] = __hmul2(q0, bits_half2(e0.x));
+  n[0][j + w] = __hmul2(q0, bits_half2(e0.y));
+  n[1][j] = __hmul2(q1, bits_half2(e1.x));
+  n[1][j + w] = __hmul2(q1, bits_half2(e1.y));
+}
+
 // Both decoders read a 16-slot group grp's code bytes as words: in a 2-bit field the group's
 // 4 bytes (byte i holds slots i + 4k at bits 2k), in a level-1 field its 8 bytes (byte b holds
 // slots b and b + 8). A lane's nibble is moved to a table offset by one funnel shift and one
@@ -354,11 +381,7 @@ struct PaperFmt {
     const auto split = [&](int level, int offset, int j, int w) {
       uint2 e0, e1;
       entries(level, offset, &e0, &e1);
-      const __half2 q0 = n[0][j], q1 = n[1][j];
-      n[0][j] = __hmul2(q0, bits_half2(e0.x));
-      n[0][j + w] = __hmul2(q0, bits_half2(e0.y));
-      n[1][j] = __hmul2(q1, bits_half2(e1.x));
-      n[1][j + w] = __hmul2(q1, bits_half2(e1.y));
+      split_quad(n, e0, e1, j, w);
     };
     if constexpr (kPairs == 8) {
       split(2, Smem::level4(u), 0, 4);
@@ -378,14 +401,8 @@ struct PaperFmt {
     const uint8_t* l1 = region + Smem::level1(u) + 16 * p0 + 8 * grp;
 #pragma unroll
     for (int p = 0; p < kPairs; ++p) {
-      const Level1Quad c = level1_quad<384>(l1 + 16 * p, tab, rot4a, rot4b);
-      const uint32_t s0 = half2_bits(__hmul2(__low2half2(n[0][p]), c.c0));
-      const uint32_t s4 = half2_bits(__hmul2(__high2half2(n[0][p]), c.c4));
-      const uint32_t s8 = half2_bits(__hmul2(__low2half2(n[1][p]), c.c8));
-      const uint32_t s12 = half2_bits(__hmul2(__high2half2(n[1][p]), c.c12));
-      // k columns 2i, 2i + 1 are slots i, i + 8; columns 2i + 8, 2i + 9 are slots i + 4, i + 12.
-      const uint32_t a[4] = {__byte_perm(s0, s8, 0x5410), __byte_perm(s0, s8, 0x7632),
-                             __byte_perm(s4, s12, 0x5410), __byte_perm(s4, s12, 0x7632)};
+      uint32_t a[4];
+      v_fragment(n[0][p], n[1][p], level1_quad<384>(l1 + 16 * p, tab, rot4a, rot4b), a);
       emit(p, a);
     }
   }

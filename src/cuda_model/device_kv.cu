@@ -3,7 +3,6 @@
 #include <polarquant/error.h>
 #include <polarquant/polar_codec.h>
 
-#include "cache/page_format.h"
 #include "cuda_model/model_kernels.h"
 
 namespace polarquant::cuda {
@@ -38,7 +37,8 @@ size_t DeviceKvCodec::page_bytes_of(const std::string& name, int head_dim, int n
                                     int page_tokens, uint64_t seed) {
   if (name == "f16") return F16Layout{head_dim, n_kv_heads, page_tokens}.page_bytes();
   const std::unique_ptr<PolarCodec> polar = polar_codec(name, head_dim, seed);
-  return make_polar_page_layout(polar->config(), page_tokens).head_bytes *
+  return device_head_bytes(polar->config(), page_tokens,
+                           fastest_page_layout(polar->config(), page_tokens)) *
          static_cast<size_t>(n_kv_heads);
 }
 
@@ -57,7 +57,8 @@ DeviceKvCodec::DeviceKvCodec(const std::string& name, int head_dim, int n_kv_hea
                     " (the PolarQuant CUDA kernels take head_dim 64, 128 or 256; f16 takes any)");
   }
   if (need_device) {
-    polar_ = std::make_unique<CudaPolarCodec>(*codec, page_tokens, n_kv_heads);
+    polar_ = std::make_unique<CudaPolarCodec>(*codec, page_tokens, n_kv_heads,
+                                              fastest_page_layout(codec->config(), page_tokens));
     page_bytes_ = polar_->page_bytes();
   } else {
     page_bytes_ = page_bytes_of(name, head_dim, n_kv_heads, page_tokens, seed);

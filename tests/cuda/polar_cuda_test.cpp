@@ -13,7 +13,9 @@
 #include <tuple>
 
 #include "cache/page_format.h"
+#include "cache/pair_layout.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/polar_cuda_fixture.h"
 
 namespace polarquant::cuda::test {
 namespace {
@@ -36,44 +38,6 @@ TEST(CudaPolar, RefusesWhatTheKernelsDoNotSupport) {  // runs without a GPU: che
             kind_of([&] { CudaPolarCodec c(PolarCodec(polar_preset("paper", 96)), 32, 1); }));
   EXPECT_EQ(ErrorKind::kUnsupported,
             kind_of([&] { CudaPolarCodec c(PolarCodec(polar_preset("paper", 128)), 16, 1); }));
-}
-
-struct Filled {
-  std::unique_ptr<KvCache> cache;
-  std::vector<SequenceId> seqs;
-  std::vector<std::vector<float>> k, v;  // per sequence: len x n_kv x dim
-};
-
-// preset: one codec for keys and values, or a pair name ("polar4kv", "KEY/VALUE").
-Filled fill_cache(int dim, const std::string& preset, int n_kv, int page_tokens,
-                  const std::vector<int>& lengths, uint32_t seed) {
-  KvCacheOptions opt;
-  opt.n_kv_heads = n_kv;
-  opt.head_dim = dim;
-  const CodecPair pair = codec_pair(preset);
-  opt.key_codec = pair.key;
-  opt.value_codec = pair.value;
-  opt.page_tokens = page_tokens;
-  Filled f;
-  f.cache = std::make_unique<KvCache>(opt);
-  for (size_t i = 0; i < lengths.size(); ++i) {
-    const size_t n = static_cast<size_t>(lengths[i]) * n_kv * dim;
-    f.seqs.push_back(f.cache->add_sequence());
-    f.k.push_back(gaussian(n, seed + 2 * i));
-    f.v.push_back(gaussian(n, seed + 2 * i + 1));
-    if (lengths[i] > 0) f.cache->append(f.seqs.back(), 0, f.k[i].data(), f.v[i].data(), lengths[i]);
-  }
-  return f;
-}
-
-const PolarCodec& key_codec(const KvCache& cache) {
-  return dynamic_cast<const PolarCodec&>(*cache.impl().key_codec);
-}
-const PolarCodec& value_codec(const KvCache& cache) {
-  return dynamic_cast<const PolarCodec&>(*cache.impl().value_codec);
-}
-const PolarPageFormat& key_format(const KvCache& cache) {
-  return dynamic_cast<const PolarPageFormat&>(*cache.impl().key_format);
 }
 
 // Codecs of different table sizes share kernel instances: setting up a smaller one after a larger
@@ -276,16 +240,23 @@ std::string expected_kernel(const std::string& preset) {
 // output with cache_attention. Returns the largest NMSE over the batch.
 // With via_graph the decode is captured into a CUDA graph on its own stream and the graph is
 // launched twice (the host API enqueues only: no allocation or synchronisation while capturing).
+// With `layout` kPairs, each codec that has the pairs layout takes it and its pages are converted
+// (pages_to_pair_layout) before the upload.
 double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
-                      const std::vector<int>& lengths, bool via_graph = false) {
+                      const std::vector<int>& lengths, bool via_graph = false,
+                      PageLayout layout = PageLayout::kHost) {
   Filled f = fill_cache(dim, preset, n_kv, 32, lengths, 31);
   // A pair (keys and values of different codecs) gets a codec object per side; one codec serves
   // both otherwise, as in the runtime.
   const CodecPair names = codec_pair(preset);
-  CudaPolarCodec gpu(key_codec(*f.cache), 32, n_kv);
+  const auto layout_of = [&](const PolarCodec& c) {
+    return layout == PageLayout::kPairs ? fastest_page_layout(c.config(), 32) : PageLayout::kHost;
+  };
+  CudaPolarCodec gpu(key_codec(*f.cache), 32, n_kv, layout_of(key_codec(*f.cache)));
   std::unique_ptr<CudaPolarCodec> values;
   if (names.value != names.key) {
-    values = std::make_unique<CudaPolarCodec>(value_codec(*f.cache), 32, n_kv);
+    values = std::make_unique<CudaPolarCodec>(value_codec(*f.cache), 32, n_kv,
+                                              layout_of(value_codec(*f.cache)));
   }
   const CudaPolarCodec& gpu_v = values ? *values : gpu;
   const int batch = static_cast<int>(lengths.size());
@@ -298,7 +269,9 @@ double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
   }
   const std::vector<int32_t> perm = shuffled_ids(std::max<size_t>(total_pages, 1), 7);
   std::vector<int32_t> table(static_cast<size_t>(batch) * max_pages, 0);
-  std::vector<uint8_t> kh(perm.size() * gpu.page_bytes()), vh(perm.size() * gpu_v.page_bytes());
+  const KvCache::Impl& m = f.cache->impl();
+  std::vector<uint8_t> kh(perm.size() * m.key_format->head_bytes() * n_kv),
+      vh(perm.size() * m.value_format->head_bytes() * n_kv);
   size_t next = 0;
   for (int b = 0; b < batch; ++b) {
     std::vector<int32_t> ids;
@@ -308,9 +281,21 @@ double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
     export_pages(*f.cache, f.seqs[b], true, ids, kh);
     export_pages(*f.cache, f.seqs[b], false, ids, vh);
   }
+  // Pages of a codec in the pairs layout, as the GPU encoder would have written them.
+  const auto to_codec_layout = [&](const CudaPolarCodec& c, const PolarCodec& codec,
+                                   std::vector<uint8_t>& pages) {
+    if (c.layout() != PageLayout::kPairs) return;
+    std::vector<uint8_t> pairs(perm.size() * c.page_bytes());
+    pages_to_pair_layout(codec.config(), n_kv, pages.data(), pairs.data(), perm.size());
+    pages.swap(pairs);
+  };
+  to_codec_layout(gpu, key_codec(*f.cache), kh);
+  to_codec_layout(gpu_v, value_codec(*f.cache), vh);
   const int n_q = g * n_kv;
   const std::string kernel = decode_kernel_name(gpu, gpu_v, n_q);
-  EXPECT_EQ(0u, kernel.rfind(expected_kernel(preset), 0)) << preset << " ran " << kernel;
+  const std::string want_kernel =
+      gpu.layout() == PageLayout::kPairs && &gpu == &gpu_v ? "paper-pairs" : expected_kernel(preset);
+  EXPECT_EQ(0u, kernel.rfind(want_kernel, 0)) << preset << " ran " << kernel;
   const std::vector<float> q = gaussian(static_cast<size_t>(batch) * n_q * dim, 99);
   DeviceBuffer<uint8_t> kp(kh.size()), vp(vh.size());
   kp.upload(kh);
@@ -396,11 +381,35 @@ INSTANTIATE_TEST_SUITE_P(
         AttnParam{64, 3, "polar4kv"}, AttnParam{128, 4, "polar4kv"}, AttnParam{256, 4, "polar4kv"},
         AttnParam{128, 16, "polar4kv"}, AttnParam{128, 4, "polar41/paper"}));
 
+// `paper` in the pairs layout (paper_pairs_decode.cuh) at every head size and query-head count the
+// fragment kernel takes, and paired with a codec that has no such layout (the tile kernel reads
+// the pairs pages through device_common.cuh's readers).
+class CudaPairsAttention : public ::testing::TestWithParam<AttnParam> {};
+TEST_P(CudaPairsAttention, RaggedBatchMatchesCpuCacheAttention) {
+  POLARQUANT_REQUIRE_GPU();
+  const auto [dim, g, preset] = GetParam();
+  const double nmse = attention_nmse(dim, g, preset, 2, {0, 1, 31, 33, 64, 777, 3001}, false,
+                                     PageLayout::kPairs);
+  std::printf("[ info ] pairs layout, dim %d g %d %s: worst NMSE vs CPU %.3g\n", dim, g,
+              preset.c_str(), nmse);
+  EXPECT_LT(nmse, 1e-4);
+}
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaPairsAttention,
+    ::testing::Values(AttnParam{64, 1, "paper"}, AttnParam{64, 8, "paper"},
+                      AttnParam{64, 12, "paper"}, AttnParam{128, 1, "paper"},
+                      AttnParam{128, 4, "paper"}, AttnParam{128, 16, "paper"},
+                      AttnParam{256, 4, "paper"}, AttnParam{256, 16, "paper"},
+                      AttnParam{128, 4, "polar41/paper"}, AttnParam{128, 4, "paper/polar37"}));
+
 TEST(CudaAttentionLong, Context128kMatchesCpu) {
   POLARQUANT_REQUIRE_GPU();
-  const double nmse = attention_nmse(128, 8, "paper", 1, {131072, 65537});
-  std::printf("[ info ] 128k context: worst NMSE vs CPU %.3g\n", nmse);
-  EXPECT_LT(nmse, 1e-4);
+  for (const PageLayout layout : {PageLayout::kHost, PageLayout::kPairs}) {
+    const double nmse = attention_nmse(128, 8, "paper", 1, {131072, 65537}, false, layout);
+    std::printf("[ info ] 128k context, %s layout: worst NMSE vs CPU %.3g\n",
+                layout == PageLayout::kPairs ? "pairs" : "host", nmse);
+    EXPECT_LT(nmse, 1e-4);
+  }
 }
 
 TEST(CudaGraph, DecodeAttentionCapturesAndReplays) {
