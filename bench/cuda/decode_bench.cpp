@@ -3,7 +3,8 @@
 // unless --q-heads; head_dim 128 unless --dim gives 64 or 256; the `paper` preset unless
 // --preset names another, or a key/value pair such as `polar4kv` or `polar41/paper`; `--preset
 // f16` times the runtime's fp16-page kernel, the baseline the serving benchmark compares against;
-// 32-token pages) for batch 1/8/32 and context 4k..128k
+// 32-token pages; the codec's fastest page layout, `paper`'s pairs layout, unless `--layout host`
+// asks for the CPU cache's) for batch 1/8/32 and context 4k..128k
 // (--batch and --context pick one), and the encode throughput of a 16k-token prefill. Prints one
 // JSON object per line.
 //
@@ -89,6 +90,7 @@ std::vector<float> time_calls(int reps, F&& call) {
 int main(int argc, char** argv) {
   bool quick = false;
   std::string preset = "paper";
+  bool host_layout = false;
   int only_batch = 0, only_context = 0;  // 0: every shape
   int dim = 128, n_q = 32;
   for (int i = 1; i < argc; ++i) {
@@ -105,10 +107,13 @@ int main(int argc, char** argv) {
       dim = std::atoi(argv[++i]);
     } else if (arg == "--q-heads" && i + 1 < argc) {
       n_q = std::atoi(argv[++i]);
+    } else if (arg == "--layout" && i + 1 < argc &&
+               (std::string(argv[i + 1]) == "host" || std::string(argv[i + 1]) == "fastest")) {
+      host_layout = std::string(argv[++i]) == "host";
     } else {
       std::fprintf(stderr,
                    "usage: %s [--quick] [--preset NAME] [--batch N] [--context N] [--dim "
-                   "64|128|256] [--q-heads N]\n",
+                   "64|128|256] [--q-heads N] [--layout host|fastest]\n",
                    argv[0]);
       return 2;
     }
@@ -158,8 +163,14 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<cuda::CudaPolarCodec> gpu_ptr, gpu_value_ptr;
   try {
-    gpu_ptr = std::make_unique<cuda::CudaPolarCodec>(*codec_ptr, T, n_kv);
-    if (value_ptr) gpu_value_ptr = std::make_unique<cuda::CudaPolarCodec>(*value_ptr, T, n_kv);
+    const auto layout = [&](const PolarCodec& c) {
+      return host_layout ? cuda::PageLayout::kHost : cuda::fastest_page_layout(c.config(), T);
+    };
+    gpu_ptr = std::make_unique<cuda::CudaPolarCodec>(*codec_ptr, T, n_kv, layout(*codec_ptr));
+    if (value_ptr) {
+      gpu_value_ptr =
+          std::make_unique<cuda::CudaPolarCodec>(*value_ptr, T, n_kv, layout(*value_ptr));
+    }
   } catch (const Error& e) {
     std::fprintf(stderr, "--preset %s, head_dim %d on the GPU: %s\n", preset.c_str(), dim,
                  e.what());
@@ -181,9 +192,11 @@ int main(int argc, char** argv) {
   cudaRuntimeGetVersion(&runtime);
   std::printf(
       "{\"kind\":\"device\",\"name\":\"%s\",\"sms\":%d,\"driver_api\":%d,\"runtime\":%d,"
-      "\"preset\":\"%s\",\"head_dim\":%d,\"q_heads\":%d,\"kernel\":\"%s\"}\n",
+      "\"preset\":\"%s\",\"head_dim\":%d,\"q_heads\":%d,\"kernel\":\"%s\","
+      "\"layout\":\"%s\"}\n",
       prop.name, prop.multiProcessorCount, driver, runtime, preset.c_str(), dim, n_q,
-      f16 ? "f16-split-kv" : cuda::decode_kernel_name(gpu, gpu_v, n_q));
+      f16 ? "f16-split-kv" : cuda::decode_kernel_name(gpu, gpu_v, n_q),
+      gpu.layout() == cuda::PageLayout::kPairs ? "pairs" : "host");
 
   const std::vector<int> contexts =
       quick ? std::vector<int>{4096, 131072} : std::vector<int>{4096, 16384, 65536, 131072};
