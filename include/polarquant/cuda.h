@@ -2,7 +2,7 @@
 // split-KV decode attention over paged K and V. Plain C++: no CUDA header is needed to use it.
 //
 // Device pages come in two layouts (PageLayout): the CPU cache's byte for byte (PolarPageLayout,
-// docs/FORMAT.md section 4), or for the `paper` codec the kernels' own "pairs" layout (section 4.1),
+// docs/FORMAT.md section 4), or for `paper` and `polar37` the kernels' own "pairs" layout (4.1),
 // which the decode kernel reads with one 16-byte load per lane and block. A page holds n_kv_heads
 // head regions of head_bytes() each; convert_pages moves pages between the two, and the CPU cache
 // stays the reference. Design and measurements: docs/design/cuda.md, docs/BENCHMARKS.md section 3.
@@ -32,9 +32,9 @@ bool device_available(std::string* why = nullptr);
 struct DeviceCodec;  // the kernels' view of the codec (src/cuda/device_codec.h)
 
 // How a CudaPolarCodec lays out its pages. kHost: the CPU cache's layout, byte for byte. kPairs: the
-// `paper` codec's GPU layout (4 levels, bits 4/2/2/2, fp16 radii, 32-token pages, head_dim 64, 128
-// or 256; docs/FORMAT.md section 4.1), the fastest for decode_attention; the same codes and radii,
-// in 16 * head_dim bytes per head region.
+// GPU layout of the `paper` and `polar37` shapes (bits 4/2/2/2 or 4/3/3/3/3/3, fp16 radii, 32-token
+// pages, head_dim 64, 128 or 256; docs/FORMAT.md section 4.1), the fastest for decode_attention;
+// the same codes and radii, in 16 * head_dim bytes per head region.
 enum class PageLayout { kHost, kPairs };
 
 // kPairs where the codec and page size have it, else kHost (no device needed).
@@ -130,8 +130,8 @@ struct DecodeBatch {
 };
 
 // Which attention kernel decode_attention runs for this codec and query-head count:
-// "paper-pairs" (`paper` in PageLayout::kPairs), "paper-fragments" or "polar37-fragments" (those
-// host layouts), all three decoded into tensor-core operands in registers, else the tile kernel with its decoder: "tile-wide3" or "tile-generic". Throws as
+// "paper-pairs" or "polar37-pairs" (PageLayout::kPairs), "paper-fragments" or "polar37-fragments"
+// (the host layouts), all four decoded into tensor-core operands in registers, else the tile kernel with its decoder: "tile-wide3" or "tile-generic". Throws as
 // decode_attention does for the query-head count: kInvalidArgument unless a positive multiple of
 // n_kv_heads, kUnsupported above 16 per KV head.
 const char* decode_kernel_name(const CudaPolarCodec& codec, int n_q_heads);

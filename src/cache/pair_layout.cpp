@@ -6,14 +6,16 @@
 
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "cache/page_format.h"
 
 namespace polarquant {
 
 bool has_pair_layout(const PolarConfig& config, int page_tokens) {
-  return config.levels == 4 && config.bits.size() == 4 && config.bits[0] == 4 &&
-         config.bits[1] == 2 && config.bits[2] == 2 && config.bits[3] == 2 &&
+  const std::vector<int> paper = {4, 2, 2, 2}, polar37 = {4, 3, 3, 3, 3, 3};
+  return (config.bits == paper || config.bits == polar37) &&
+         config.levels == static_cast<int>(config.bits.size()) &&
          config.radius == RadiusPrecision::kFp16 && page_tokens == pair_layout::kTokens &&
          (config.dim == 64 || config.dim == 128 || config.dim == 256);
 }
@@ -25,28 +27,35 @@ namespace {
 // radius (byte offsets), kind 1 a `width`-bit code (bit offsets).
 template <class Visit>
 void for_each_value(const PolarConfig& config, const PolarPageLayout& host, Visit&& visit) {
-  const int dim = config.dim;
+  const int dim = config.dim, levels = config.levels;
   for (int slot = 0; slot < pair_layout::kTokens; ++slot) {
-    for (int u = 0; u < dim / 16; ++u) {
-      visit(0, host.radii_offset + (static_cast<size_t>(u) * pair_layout::kTokens + slot) * 2,
-            static_cast<size_t>(pair_layout::radius_byte(dim, slot, u)), 16);
+    for (int r = 0; r < (dim >> levels); ++r) {
+      visit(0, host.radii_offset + (static_cast<size_t>(r) * pair_layout::kTokens + slot) * 2,
+            static_cast<size_t>(pair_layout::radius_byte(dim, levels, slot, r)), 16);
     }
-    for (int level = 1; level <= 4; ++level) {
+    for (int level = 1; level <= levels; ++level) {
       const int bits = config.bits[level - 1];
       for (int node = 0; node < (dim >> level); ++node) {
         const size_t field = host.level_offset[level - 1] + node * host.field_bytes[level - 1];
         visit(1, 8 * field + code_bit(slot, bits),
-              static_cast<size_t>(pair_layout::code_bit(dim, level, node, slot)), bits);
+              static_cast<size_t>(pair_layout::code_bit(dim, levels, level, node, slot)), bits);
       }
     }
   }
 }
 
+// A code of `width` <= 8 bits at bit `bit`; it may straddle two bytes.
 unsigned get_bits(const uint8_t* region, size_t bit, int width) {
-  return (region[bit / 8] >> (bit % 8)) & ((1u << width) - 1u);  // codes never straddle a byte
+  unsigned wide = region[bit / 8];
+  if (bit % 8 + width > 8) wide |= static_cast<unsigned>(region[bit / 8 + 1]) << 8;
+  return (wide >> (bit % 8)) & ((1u << width) - 1u);
 }
-void put_bits(uint8_t* region, size_t bit, unsigned v) {
-  region[bit / 8] = static_cast<uint8_t>(region[bit / 8] | (v << (bit % 8)));
+void put_bits(uint8_t* region, size_t bit, int width, unsigned v) {
+  const unsigned wide = v << (bit % 8);
+  region[bit / 8] = static_cast<uint8_t>(region[bit / 8] | (wide & 0xFFu));
+  if (bit % 8 + width > 8) {
+    region[bit / 8 + 1] = static_cast<uint8_t>(region[bit / 8 + 1] | (wide >> 8));
+  }
 }
 
 void convert(const PolarConfig& config, int n_kv_heads, const uint8_t* src, uint8_t* dst,
@@ -54,8 +63,8 @@ void convert(const PolarConfig& config, int n_kv_heads, const uint8_t* src, uint
   if (!has_pair_layout(config, pair_layout::kTokens)) {
     throw_invalid(std::string(caller) + ": codec '" + config.name + "' (dim " +
                   std::to_string(config.dim) +
-                  ") has no pairs layout: it needs the `paper` shape (4 levels, bits 4/2/2/2, "
-                  "fp16 radii) and head_dim 64, 128 or 256");
+                  ") has no pairs layout: it needs the `paper` or `polar37` shape (bits 4/2/2/2 "
+                  "or 4/3/3/3/3/3, fp16 radii) and head_dim 64, 128 or 256");
   }
   if (n_kv_heads < 1) throw_invalid(std::string(caller) + ": n_kv_heads must be >= 1");
   if (count > 0 && (src == nullptr || dst == nullptr)) {
@@ -74,7 +83,7 @@ void convert(const PolarConfig& config, int n_kv_heads, const uint8_t* src, uint
       if (kind == 0) {
         std::memcpy(out + to, in + from, 2);
       } else {
-        put_bits(out, to, get_bits(in, from, width));
+        put_bits(out, to, width, get_bits(in, from, width));
       }
     });
   }

@@ -80,8 +80,9 @@ size_t device_head_bytes(const PolarConfig& config, int page_tokens, PageLayout 
   if (!has_pair_layout(config, page_tokens)) {
     unsupported("PageLayout::kPairs for codec '" + config.name + "' at dim " +
                 std::to_string(config.dim) + " and " + std::to_string(page_tokens) +
-                "-token pages: it needs the `paper` shape (4 levels, bits 4/2/2/2, fp16 radii), "
-                "32-token pages and dim 64, 128 or 256 (use PageLayout::kHost)");
+                "-token pages: it needs the `paper` or `polar37` shape (bits 4/2/2/2 or "
+                "4/3/3/3/3/3, fp16 radii), 32-token pages and dim 64, 128 or 256 (use "
+                "PageLayout::kHost)");
   }
   return pair_layout::region_bytes(config.dim);
 }

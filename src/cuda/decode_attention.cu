@@ -6,7 +6,8 @@
 // page: 16-byte coalesced copy of the K and V head regions into shared memory, scores and P.V on
 // tensor cores, the softmax in registers; scores never leave registers. Two kernels:
 //  - attention_kernel_frag<D, head tiles, Fmt> (the `paper` and `polar37` layouts, Fmt =
-//    PaperPairsFmt in paper_pairs_decode.cuh for `paper`'s pairs layout, PaperFmt in
+//    PaperPairsFmt / Polar37PairsFmt (paper_pairs_decode.cuh, polar37_pairs_decode.cuh) for the
+//    pairs layout, PaperFmt in
 //    paper_decode.cuh and Polar37Fmt in polar37_frag.cuh for the host layouts): the decoders write
 //    the MMA operands in registers, with S^T = K Q'^T and O^T = V^T P^T;
 //  - attention_kernel<D, key decoder, value decoder> (every other layout, and keys and values of
@@ -40,6 +41,7 @@
 #include "cuda/paper_decode.cuh"
 #include "cuda/paper_pairs_decode.cuh"
 #include "cuda/polar37_frag.cuh"
+#include "cuda/polar37_pairs_decode.cuh"
 
 namespace polarquant::cuda {
 namespace {
@@ -90,6 +92,7 @@ Launch attention_choice(const DeviceCodec& kc, const DeviceCodec& vc, int g) {
   const int tiles = tiles_for(g);
   const bool shared = kc.cos_table == vc.cos_table;  // one CudaPolarCodec for both
   if (shared && PaperPairsFmt<D>::matches(kc)) return frag_choice<D, PaperPairsFmt<D>>(tiles);
+  if (shared && Polar37PairsFmt<D>::matches(kc)) return frag_choice<D, Polar37PairsFmt<D>>(tiles);
   if (shared && PaperFmt<D>::matches(kc)) return frag_choice<D, PaperFmt<D>>(tiles);
   if (shared && Polar37Fmt<D>::matches(kc)) return frag_choice<D, Polar37Fmt<D>>(tiles);
   return tile_choice<D>(kc, vc);

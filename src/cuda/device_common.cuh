@@ -50,11 +50,11 @@ __device__ __forceinline__ void load_level1_half2(const DeviceCodec& c, __half2*
 }
 
 // A radius or code of a region in the codec's layout (c.pairs: pair_layout.h's places; the pairs
-// layout has 32 slots, fp16 radii and 2- or 4-bit codes, none straddling a byte).
+// layout has 32 slots, fp16 radii, and codes that may straddle a byte but not a record).
 __device__ __forceinline__ float region_radius(const DeviceCodec& c, const uint8_t* region,
                                                int block, int slot) {
   if (c.pairs) {
-    const uint8_t* p = region + pair_layout::radius_byte(c.dim, slot, block);
+    const uint8_t* p = region + pair_layout::radius_byte(c.dim, c.levels, slot, block);
     return __half2float(__ushort_as_half(*reinterpret_cast<const unsigned short*>(p)));
   }
   const uint8_t* p = region + c.radii_offset +
@@ -76,8 +76,11 @@ template <int B>
 __device__ __forceinline__ unsigned unit_code(const DeviceCodec& c, const uint8_t* region,
                                               int level, int node, int slot) {
   if (c.pairs) {
-    const int bit = pair_layout::code_bit(c.dim, level, node, slot);
-    return (static_cast<unsigned>(region[bit >> 3]) >> (bit & 7)) & ((1u << c.bits[level - 1]) - 1u);
+    const int bit = pair_layout::code_bit(c.dim, c.levels, level, node, slot);
+    const int bits = c.bits[level - 1];
+    unsigned wide = region[bit >> 3];
+    if ((bit & 7) + bits > 8) wide |= static_cast<unsigned>(region[(bit >> 3) + 1]) << 8;
+    return (wide >> (bit & 7)) & ((1u << bits) - 1u);
   }
   return field_code<B>(level_field(c, region, level, node), slot, c.bits[level - 1]);
 }

@@ -42,7 +42,8 @@ __device__ __forceinline__ void pack_field(uint8_t* chunk_words, int b, unsigned
 __device__ __forceinline__ void store_radius(const DeviceCodec& c, const ChunkJob& job, int block,
                                              int lane, float r) {
   if (c.pairs) {  // 32-slot pages: the chunk is the page (slot0 = 0)
-    *reinterpret_cast<__half*>(job.region + pair_layout::radius_byte(c.dim, lane, block)) =
+    *reinterpret_cast<__half*>(job.region +
+                               pair_layout::radius_byte(c.dim, c.levels, lane, block)) =
         __float2half_rn(r);
     return;
   }
@@ -55,6 +56,18 @@ __device__ __forceinline__ void store_radius(const DeviceCodec& c, const ChunkJo
   } else {
     *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(r);
   }
+}
+
+// ORs one lane's code into its place in the pairs layout (pair_layout.h; the chunk is the page):
+// one or, for a code across a word boundary, two atomics.
+__device__ __forceinline__ void store_pair_code(const DeviceCodec& c, const ChunkJob& job,
+                                                int level, int node, int lane, unsigned code,
+                                                bool active) {
+  if (!active || code == 0) return;
+  const int bit = pair_layout::code_bit(c.dim, c.levels, level, node, lane);
+  uint32_t* word = reinterpret_cast<uint32_t*>(job.region) + (bit >> 5);
+  atomicOr(word, code << (bit & 31));
+  if ((bit & 31) + c.bits[level - 1] > 32) atomicOr(word + 1, code >> (32 - (bit & 31)));
 }
 
 // The address of the chunk's words in field `node` of `level` (1-based).
@@ -218,6 +231,8 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
         if constexpr (W == 1) {
           const int fi = 16 - 2 * count + j;  // field index: level 1 0..7, 2 8..11, 3 12..13, 4 14
           unit_codes[fi * 32 + lane] = active ? static_cast<uint8_t>(code) : uint8_t{0};
+        } else if (c.pairs) {
+          store_pair_code(c, job, level, count * u + j, lane, code, active);
         } else {
           pack_field(chunk_field(c, job, level, count * u + j), c.bits[level - 1], code, active,
                      lane);
@@ -249,8 +264,12 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 4
     for (int j = threadIdx.x / 32; j < (D >> level); j += kThreads / 32) {
       const float a = cur[2 * j * kChunk + lane], b = cur[(2 * j + 1) * kChunk + lane];
       next[j * kChunk + lane] = __fsqrt_rn(__fadd_rn(__fmul_rn(a, a), __fmul_rn(b, b)));
-      pack_field(chunk_field(c, job, level, j), c.bits[level - 1],
-                 quantize_upper<0>(c, quant, level, a, b), active, lane);
+      const unsigned code = quantize_upper<0>(c, quant, level, a, b);
+      if (c.pairs) {
+        store_pair_code(c, job, level, j, lane, code, active);
+      } else {
+        pack_field(chunk_field(c, job, level, j), c.bits[level - 1], code, active, lane);
+      }
     }
     float* t = cur;
     cur = next;

@@ -62,6 +62,100 @@ constexpr bool valid() {
 static_assert(pairs_check::valid<64>() && pairs_check::valid<128>() && pairs_check::valid<256>(),
               "pair_layout::swizzle: a decoder's record loads conflict in shared memory");
 
+// Level 1 of a K lane from its record's words 2 and 3 (z, w: byte p & 3 of word p / 4 holds pair
+// p's codes of the two slots), n[p] the slots' product down to pair p; emit(q, a) as in
+// PaperFmt::decode_k. kAt: the level-1 table's byte offset in the tables.
+template <int kAt, class Emit>
+__device__ __forceinline__ void pairs_level1_k(uint32_t z, uint32_t w, uint32_t tab,
+                                               const __half2 n[8], Emit&& emit) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    uint32_t a[4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int p = 2 * q + h, at = 8 * (p & 3);
+      const uint32_t word = p < 4 ? z : w;
+      a[2 * h] = half2_bits(
+          __hmul2(__low2half2(n[p]), level1_entry<kAt>(tab, shift_right(word, at - 2))));
+      a[2 * h + 1] = half2_bits(
+          __hmul2(__high2half2(n[p]), level1_entry<kAt>(tab, shift_right(word, at + 2))));
+    }
+    emit(q, a);
+  }
+}
+
+// Level 1 of a V lane from its two records r0 (slots i, i + 4) and r1 (i + 8, i + 12): pairs
+// p0 .. p0 + kPairs - 1 (half = p0 / 4 when kPairs == 4), n[0][p] / n[1][p] the two token pairs'
+// products down to pair p; emit(p, a) as in PaperFmt::decode_v.
+template <int kAt, int kPairs, class Emit>
+__device__ __forceinline__ void pairs_level1_v(const uint4& r0, const uint4& r1, int half,
+                                               uint32_t tab, const __half2 (&n)[2][kPairs],
+                                               Emit&& emit) {
+#pragma unroll
+  for (int p = 0; p < kPairs; ++p) {
+    const bool high_word = kPairs == 8 ? p >= 4 : half != 0;
+    const uint32_t w0 = high_word ? r0.w : r0.z, w1 = high_word ? r1.w : r1.z;
+    const int at = 8 * (p & 3);
+    const Level1Quad c = {level1_entry<kAt>(tab, shift_right(w0, at - 2)),
+                          level1_entry<kAt>(tab, shift_right(w0, at + 2)),
+                          level1_entry<kAt>(tab, shift_right(w1, at - 2)),
+                          level1_entry<kAt>(tab, shift_right(w1, at + 2))};
+    uint32_t a[4];
+    v_fragment(n[0][p], n[1][p], c, a);
+    emit(p, a);
+  }
+}
+
+// Levels 4, 3 and 2 of a K lane's token pair, split in place from n[0] (the pair's product down to
+// the block) as in PaperFmt: entry(f) gives the pair-table entry {(cos a, cos b), (sin a, sin b)}
+// of the record's field f (0: level 4, 1 + j: level-3 node j, 3 + j: level-2 node j).
+template <class Entry>
+__device__ __forceinline__ void split_k_levels(__half2 (&n)[8], Entry&& entry) {
+  const auto split = [&](int field, int j, int half) {
+    const uint2 en = entry(field);
+    const __half2 parent = n[j];
+    n[j] = __hmul2(parent, bits_half2(en.x));
+    n[j + half] = __hmul2(parent, bits_half2(en.y));
+  };
+  split(0, 0, 4);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) split(1 + j, 4 * j, 2);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) split(3 + j, 2 * j, 1);
+}
+
+// The same for a V lane's two token pairs (n[0], n[1]), down to its kPairs level-1 pairs (4: the
+// half block `half` only); entries(f, &e0, &e1) gives both pairs' entries of field f.
+template <int kPairs, class Entries>
+__device__ __forceinline__ void split_v_levels(__half2 (&n)[2][kPairs], int half,
+                                               Entries&& entries) {
+  const auto split = [&](int field, int j, int w) {
+    uint2 e0, e1;
+    entries(field, &e0, &e1);
+    split_quad(n, e0, e1, j, w);
+  };
+  if constexpr (kPairs == 8) {
+    split(0, 0, 4);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) split(1 + j, 4 * j, 2);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) split(3 + j, 2 * j, 1);
+  } else {
+    uint2 e0, e1;  // level 4: only this half's side (cos for pairs 0..3, sin for 4..7)
+    entries(0, &e0, &e1);
+    n[0][0] = __hmul2(n[0][0], bits_half2(half ? e0.y : e0.x));
+    n[1][0] = __hmul2(n[1][0], bits_half2(half ? e1.y : e1.x));
+    split(1 + half, 0, 2);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) split(3 + 2 * half + j, 2 * j, 1);
+  }
+}
+
+// `paper`'s table of field f (PaperTables::pair: level 2 at 0, level 3 at 1, level 4 at 2).
+__device__ __forceinline__ int paper_field_table(int field) {
+  return field == 0 ? 2 : field < 3 ? 1 : 0;
+}
+
 template <int D>
 struct PaperPairsFmt {
   using Tables = PaperTables;
@@ -69,9 +163,11 @@ struct PaperPairsFmt {
   static constexpr int kUsedBytes = static_cast<int>(pair_layout::region_bytes(D));
   static constexpr int kImage = kUsedBytes;
   static constexpr const char* kName = "paper-pairs";
-  // CudaPolarCodec sets `pairs` only for the `paper` shape at 32-token pages.
+  // CudaPolarCodec sets `pairs` only for the `paper` (4 levels) and `polar37` shapes at 32-token
+  // pages.
   static bool matches(const DeviceCodec& c) {
-    return c.pairs && c.dim == D && c.page_tokens == kTokens && c.head_bytes >= kUsedBytes;
+    return c.pairs && c.levels == 4 && c.dim == D && c.page_tokens == kTokens &&
+           c.head_bytes >= kUsedBytes;
   }
   __device__ static int chunk(int c) { return 16 * c; }
   __device__ static void load_tables(const DeviceCodec& c, Tables* t, int tid, int threads) {
@@ -89,31 +185,10 @@ struct PaperPairsFmt {
     const uint4 r = record(region, grp, u, m + 4 * e);
     __half2 n[8];  // the two slots' product down to level-1 pair p, split in place as in PaperFmt
     n[0] = bits_half2(r.x);
-    const auto split = [&](int level, int nibble, int j, int half) {
-      const uint2 en = pair_entry(tab, level, shift_right(r.y, 4 * nibble - 3));
-      const __half2 parent = n[j];
-      n[j] = __hmul2(parent, bits_half2(en.x));
-      n[j + half] = __hmul2(parent, bits_half2(en.y));
-    };
-    split(2, 0, 0, 4);  // level 4
-#pragma unroll
-    for (int j = 0; j < 2; ++j) split(1, 1 + j, 4 * j, 2);  // level 3
-#pragma unroll
-    for (int j = 0; j < 4; ++j) split(0, 3 + j, 2 * j, 1);  // level 2
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      uint32_t a[4];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int p = 2 * q + h, at = 8 * (p & 3);
-        const uint32_t w = p < 4 ? r.z : r.w;  // byte p & 3: slot's code | (slot + 4)'s << 4
-        a[2 * h] = half2_bits(
-            __hmul2(__low2half2(n[p]), level1_entry<384>(tab, shift_right(w, at - 2))));
-        a[2 * h + 1] = half2_bits(
-            __hmul2(__high2half2(n[p]), level1_entry<384>(tab, shift_right(w, at + 2))));
-      }
-      emit(q, a);
-    }
+    split_k_levels(n, [&](int f) {
+      return pair_entry(tab, paper_field_table(f), shift_right(r.y, 4 * f - 3));
+    });
+    pairs_level1_k<384>(r.z, r.w, tab, n, emit);
   }
 
   // V lane: level-1 pairs p0 .. p0 + kPairs - 1 of block u for slots 16 grp + i + 4k (records i
@@ -127,43 +202,11 @@ struct PaperPairsFmt {
     __half2 n[2][kPairs];     // [pair (i, i+4) / (i+8, i+12)][level-1 pair]
     n[0][0] = bits_half2(r0.x);
     n[1][0] = bits_half2(r1.x);
-    const auto entries = [&](int level, int nibble, uint2* e0, uint2* e1) {
-      *e0 = pair_entry(tab, level, shift_right(r0.y, 4 * nibble - 3));
-      *e1 = pair_entry(tab, level, shift_right(r1.y, 4 * nibble - 3));
-    };
-    const auto split = [&](int level, int nibble, int j, int w) {
-      uint2 e0, e1;
-      entries(level, nibble, &e0, &e1);
-      split_quad(n, e0, e1, j, w);
-    };
-    if constexpr (kPairs == 8) {
-      split(2, 0, 0, 4);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) split(1, 1 + j, 4 * j, 2);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) split(0, 3 + j, 2 * j, 1);
-    } else {
-      uint2 e0, e1;  // level 4: only this half's side (cos for pairs 0..3, sin for 4..7)
-      entries(2, 0, &e0, &e1);
-      n[0][0] = __hmul2(n[0][0], bits_half2(half ? e0.y : e0.x));
-      n[1][0] = __hmul2(n[1][0], bits_half2(half ? e1.y : e1.x));
-      split(1, 1 + half, 0, 2);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) split(0, 3 + 2 * half + j, 2 * j, 1);
-    }
-#pragma unroll
-    for (int p = 0; p < kPairs; ++p) {
-      const bool high_word = kPairs == 8 ? p >= 4 : half != 0;
-      const uint32_t w0 = high_word ? r0.w : r0.z, w1 = high_word ? r1.w : r1.z;
-      const int at = 8 * (p & 3);
-      const Level1Quad c = {level1_entry<384>(tab, shift_right(w0, at - 2)),
-                            level1_entry<384>(tab, shift_right(w0, at + 2)),
-                            level1_entry<384>(tab, shift_right(w1, at - 2)),
-                            level1_entry<384>(tab, shift_right(w1, at + 2))};
-      uint32_t a[4];
-      v_fragment(n[0][p], n[1][p], c, a);
-      emit(p, a);
-    }
+    split_v_levels(n, half, [&](int f, uint2* e0, uint2* e1) {
+      *e0 = pair_entry(tab, paper_field_table(f), shift_right(r0.y, 4 * f - 3));
+      *e1 = pair_entry(tab, paper_field_table(f), shift_right(r1.y, 4 * f - 3));
+    });
+    pairs_level1_v<384, kPairs>(r0, r1, half, tab, n, emit);
   }
 };
 

@@ -293,8 +293,9 @@ double attention_nmse(int dim, int g, const std::string& preset, int n_kv,
   to_codec_layout(gpu_v, value_codec(*f.cache), vh);
   const int n_q = g * n_kv;
   const std::string kernel = decode_kernel_name(gpu, gpu_v, n_q);
-  const std::string want_kernel =
-      gpu.layout() == PageLayout::kPairs && &gpu == &gpu_v ? "paper-pairs" : expected_kernel(preset);
+  const std::string want_kernel = gpu.layout() == PageLayout::kPairs && &gpu == &gpu_v
+                                      ? preset + "-pairs"
+                                      : expected_kernel(preset);
   EXPECT_EQ(0u, kernel.rfind(want_kernel, 0)) << preset << " ran " << kernel;
   const std::vector<float> q = gaussian(static_cast<size_t>(batch) * n_q * dim, 99);
   DeviceBuffer<uint8_t> kp(kh.size()), vp(vh.size());
@@ -381,9 +382,9 @@ INSTANTIATE_TEST_SUITE_P(
         AttnParam{64, 3, "polar4kv"}, AttnParam{128, 4, "polar4kv"}, AttnParam{256, 4, "polar4kv"},
         AttnParam{128, 16, "polar4kv"}, AttnParam{128, 4, "polar41/paper"}));
 
-// `paper` in the pairs layout (paper_pairs_decode.cuh) at every head size and query-head count the
-// fragment kernel takes, and paired with a codec that has no such layout (the tile kernel reads
-// the pairs pages through device_common.cuh's readers).
+// `paper` and `polar37` in the pairs layout (paper_pairs_decode.cuh, polar37_pairs_decode.cuh) at
+// every head size and query-head count the fragment kernel takes, and paired with another codec
+// (the tile kernel reads the pairs pages through device_common.cuh's readers).
 class CudaPairsAttention : public ::testing::TestWithParam<AttnParam> {};
 TEST_P(CudaPairsAttention, RaggedBatchMatchesCpuCacheAttention) {
   POLARQUANT_REQUIRE_GPU();
@@ -400,6 +401,9 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnParam{64, 12, "paper"}, AttnParam{128, 1, "paper"},
                       AttnParam{128, 4, "paper"}, AttnParam{128, 16, "paper"},
                       AttnParam{256, 4, "paper"}, AttnParam{256, 16, "paper"},
+                      AttnParam{128, 4, "polar37"}, AttnParam{64, 8, "polar37"},
+                      AttnParam{256, 1, "polar37"}, AttnParam{128, 16, "polar37"},
+                      AttnParam{256, 12, "polar37"}, AttnParam{64, 3, "polar37"},
                       AttnParam{128, 4, "polar41/paper"}, AttnParam{128, 4, "paper/polar37"}));
 
 TEST(CudaAttentionLong, Context128kMatchesCpu) {
