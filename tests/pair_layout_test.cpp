@@ -1,7 +1,7 @@
-// The GPU's pairs page layout of `paper` and `polar37` (src/cache/pair_layout.h, docs/FORMAT.md section 4.1): every code and
-// radius has its own place, the conversion round-trips, and a hand-placed code lands where the
-// format says. Runs on the CPU (CI has no GPU); the CUDA suite holds the GPU encoder and
-// conversion to these.
+// The GPU's pairs page layout of `paper` and `polar37` (src/cache/pair_layout.h, docs/FORMAT.md
+// section 4.1): every code and radius has its own place, the conversion round-trips, and a
+// hand-placed code lands where the format says. Runs on the CPU (CI has no GPU); the CUDA suite
+// holds the GPU encoder and conversion to these.
 #include <gtest/gtest.h>
 #include <polarquant/error.h>
 #include <polarquant/polar_codec.h>

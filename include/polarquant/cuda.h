@@ -31,10 +31,10 @@ bool device_available(std::string* why = nullptr);
 
 struct DeviceCodec;  // the kernels' view of the codec (src/cuda/device_codec.h)
 
-// How a CudaPolarCodec lays out its pages. kHost: the CPU cache's layout, byte for byte. kPairs: the
-// GPU layout of the `paper` and `polar37` shapes (bits 4/2/2/2 or 4/3/3/3/3/3, fp16 radii, 32-token
-// pages, head_dim 64, 128 or 256; docs/FORMAT.md section 4.1), the fastest for decode_attention;
-// the same codes and radii, in 16 * head_dim bytes per head region.
+// How a CudaPolarCodec lays out its pages. kHost: the CPU cache's layout, byte for byte. kPairs:
+// the GPU layout of the `paper` and `polar37` shapes (bits 4/2/2/2 or 4/3/3/3/3/3, fp16 radii,
+// 32-token pages, head_dim 64, 128 or 256; docs/FORMAT.md section 4.1), the fastest for
+// decode_attention; the same codes and radii, in 16 * head_dim bytes per head region.
 enum class PageLayout { kHost, kPairs };
 
 // kPairs where the codec and page size have it, else kHost (no device needed).
@@ -131,9 +131,10 @@ struct DecodeBatch {
 
 // Which attention kernel decode_attention runs for this codec and query-head count:
 // "paper-pairs" or "polar37-pairs" (PageLayout::kPairs), "paper-fragments" or "polar37-fragments"
-// (the host layouts), all four decoded into tensor-core operands in registers, else the tile kernel with its decoder: "tile-wide3" or "tile-generic". Throws as
-// decode_attention does for the query-head count: kInvalidArgument unless a positive multiple of
-// n_kv_heads, kUnsupported above 16 per KV head.
+// (the host layouts), all four decoded into tensor-core operands in registers, else the tile kernel
+// with its decoder: "tile-wide3" or "tile-generic". Throws as decode_attention does for the
+// query-head count: kInvalidArgument unless a positive multiple of n_kv_heads, kUnsupported above
+// 16 per KV head.
 const char* decode_kernel_name(const CudaPolarCodec& codec, int n_q_heads);
 
 // Bytes of workspace decode_attention needs for this shape (256-byte aligned pieces); enough also

@@ -1,5 +1,5 @@
-// The GPU page layout of the `paper` and `polar37` codecs ("pairs", docs/FORMAT.md section 4.1): one
-// head region of a 32-token page cut into 16-byte *pair records*, each holding everything the
+// The GPU page layout of the `paper` and `polar37` codecs ("pairs", docs/FORMAT.md section 4.1):
+// one head region of a 32-token page cut into 16-byte *pair records*, each holding everything the
 // decode kernel's lanes need for two tokens (s, s + 4) and one 16-coordinate block. A lane then
 // reads its codes with one 16-byte load instead of gathering them from the fields of the host
 // layout (section 4), and the records of the loads issued together fall in distinct shared-memory

@@ -42,9 +42,8 @@ __device__ __forceinline__ void pack_field(uint8_t* chunk_words, int b, unsigned
 __device__ __forceinline__ void store_radius(const DeviceCodec& c, const ChunkJob& job, int block,
                                              int lane, float r) {
   if (c.pairs) {  // 32-slot pages: the chunk is the page (slot0 = 0)
-    *reinterpret_cast<__half*>(job.region +
-                               pair_layout::radius_byte(c.dim, c.levels, lane, block)) =
-        __float2half_rn(r);
+    *reinterpret_cast<__half*>(
+        job.region + pair_layout::radius_byte(c.dim, c.levels, lane, block)) = __float2half_rn(r);
     return;
   }
   uint8_t* p = job.region + c.radii_offset +

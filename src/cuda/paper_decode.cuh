@@ -37,8 +37,8 @@ struct PaperLayout {
 
   // True when the codec's runtime layout is this one (the dispatcher falls back otherwise).
   static bool matches(const DeviceCodec& c) {
-    return !c.pairs && c.levels == 4 && c.bits[0] == 4 && c.bits[1] == 2 && c.bits[2] == 2 && c.bits[3] == 2 &&
-           c.radius_kind == 0 && c.page_tokens == kTokens && c.dim == D &&
+    return !c.pairs && c.levels == 4 && c.bits[0] == 4 && c.bits[1] == 2 && c.bits[2] == 2 &&
+           c.bits[3] == 2 && c.radius_kind == 0 && c.page_tokens == kTokens && c.dim == D &&
            c.radii_offset == kRadii && c.level_offset[0] == kLevel1 &&
            c.level_offset[1] == kLevel2 && c.level_offset[2] == kLevel3 &&
            c.level_offset[3] == kLevel4 && c.field_bytes[0] == 16 && c.field_bytes[1] == 8 &&
@@ -220,27 +220,42 @@ static_assert(paper_smem_check::valid<64>() && paper_smem_check::valid<128>() &&
                   paper_smem_check::valid<256>(),
               "PaperSmem: a chunk misplaced or a decoder load with a bank conflict");
 
-// Level 1 of a K lane (the `paper` and `polar37` layouts share it): bytes m and m + 4 of the
-// group's 8 bytes at l1 + 16 p hold the lane's two slots (nibble e, moved by rot4); n[p] is the
-// two slots' product down to level-1 pair p. Calls emit(q, a) with the A fragment of slice q:
-// columns 2t..2t+1 are pair 2q, 2t+8..2t+9 pair 2q + 1.
-template <int kAt, class Emit>
-__device__ __forceinline__ void level1_k(const uint8_t* l1, uint32_t tab, uint32_t rot4,
-                                         const __half2 n[8], Emit&& emit) {
+// Level 1 of a K lane, any layout: entries(p) gives the (cos, sin) of level-1 pair p of the lane's
+// two slots as a Level1Pair; n[p] is the two slots' product down to pair p. Calls emit(q, a) with
+// the A fragment of slice q: columns 2t..2t+1 are pair 2q, 2t+8..2t+9 pair 2q + 1.
+struct Level1Pair {
+  __half2 a, b;  // the slot of row gid, of row gid + 8 (slot + 4)
+};
+template <class Entries, class Emit>
+__device__ __forceinline__ void level1_k_fragments(const __half2 n[8], Entries&& entries,
+                                                   Emit&& emit) {
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     uint32_t a[4];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int p = 2 * q + h;
-      const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * p);
-      a[2 * h] = half2_bits(
-          __hmul2(__low2half2(n[p]), level1_entry<kAt>(tab, __funnelshift_r(w.x, w.x, rot4))));
-      a[2 * h + 1] = half2_bits(
-          __hmul2(__high2half2(n[p]), level1_entry<kAt>(tab, __funnelshift_r(w.y, w.y, rot4))));
+      const Level1Pair c = entries(p);
+      a[2 * h] = half2_bits(__hmul2(__low2half2(n[p]), c.a));
+      a[2 * h + 1] = half2_bits(__hmul2(__high2half2(n[p]), c.b));
     }
     emit(q, a);
   }
+}
+
+// Level 1 of a K lane in the host layout (`paper` and `polar37` share it): bytes m and m + 4 of the
+// group's 8 bytes at l1 + 16 p hold the lane's two slots (nibble e, moved by rot4).
+template <int kAt, class Emit>
+__device__ __forceinline__ void level1_k(const uint8_t* l1, uint32_t tab, uint32_t rot4,
+                                         const __half2 n[8], Emit&& emit) {
+  level1_k_fragments(
+      n,
+      [&](int p) {
+        const uint2 w = *reinterpret_cast<const uint2*>(l1 + 16 * p);
+        return Level1Pair{level1_entry<kAt>(tab, __funnelshift_r(w.x, w.x, rot4)),
+                          level1_entry<kAt>(tab, __funnelshift_r(w.y, w.y, rot4))};
+      },
+      emit);
 }
 
 // Level 1 of a V lane, pair p: the (cos, sin) of slots i, i + 8 (byte i of word x, nibbles 0 and

@@ -68,20 +68,15 @@ static_assert(pairs_check::valid<64>() && pairs_check::valid<128>() && pairs_che
 template <int kAt, class Emit>
 __device__ __forceinline__ void pairs_level1_k(uint32_t z, uint32_t w, uint32_t tab,
                                                const __half2 n[8], Emit&& emit) {
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    uint32_t a[4];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int p = 2 * q + h, at = 8 * (p & 3);
-      const uint32_t word = p < 4 ? z : w;
-      a[2 * h] = half2_bits(
-          __hmul2(__low2half2(n[p]), level1_entry<kAt>(tab, shift_right(word, at - 2))));
-      a[2 * h + 1] = half2_bits(
-          __hmul2(__high2half2(n[p]), level1_entry<kAt>(tab, shift_right(word, at + 2))));
-    }
-    emit(q, a);
-  }
+  level1_k_fragments(
+      n,
+      [&](int p) {
+        const int at = 8 * (p & 3);
+        const uint32_t word = p < 4 ? z : w;
+        return Level1Pair{level1_entry<kAt>(tab, shift_right(word, at - 2)),
+                          level1_entry<kAt>(tab, shift_right(word, at + 2))};
+      },
+      emit);
 }
 
 // Level 1 of a V lane from its two records r0 (slots i, i + 4) and r1 (i + 8, i + 12): pairs
@@ -156,25 +151,31 @@ __device__ __forceinline__ int paper_field_table(int field) {
   return field == 0 ? 2 : field < 3 ? 1 : 0;
 }
 
-template <int D>
-struct PaperPairsFmt {
-  using Tables = PaperTables;
+// What both pairs formats share: the region (copied in place: the records are swizzled in the page
+// itself) and the record loads. CudaPolarCodec sets `pairs` only for the `paper` (4 levels) and
+// `polar37` (6 levels) shapes at 32-token pages.
+template <int D, int kLevels>
+struct PairsRegion {
   static constexpr int kTokens = pair_layout::kTokens;
   static constexpr int kUsedBytes = static_cast<int>(pair_layout::region_bytes(D));
   static constexpr int kImage = kUsedBytes;
-  static constexpr const char* kName = "paper-pairs";
-  // CudaPolarCodec sets `pairs` only for the `paper` (4 levels) and `polar37` shapes at 32-token
-  // pages.
   static bool matches(const DeviceCodec& c) {
-    return c.pairs && c.levels == 4 && c.dim == D && c.page_tokens == kTokens &&
+    return c.pairs && c.levels == kLevels && c.dim == D && c.page_tokens == kTokens &&
            c.head_bytes >= kUsedBytes;
   }
   __device__ static int chunk(int c) { return 16 * c; }
-  __device__ static void load_tables(const DeviceCodec& c, Tables* t, int tid, int threads) {
-    load_paper_tables(c, t, tid, threads);
-  }
   __device__ __forceinline__ static uint4 record(const uint8_t* region, int grp, int u, int q) {
     return *reinterpret_cast<const uint4*>(region + pair_layout::record_at(D, grp, u, q));
+  }
+};
+
+template <int D>
+struct PaperPairsFmt : PairsRegion<D, 4> {
+  using Tables = PaperTables;
+  using PairsRegion<D, 4>::record;
+  static constexpr const char* kName = "paper-pairs";
+  __device__ static void load_tables(const DeviceCodec& c, Tables* t, int tid, int threads) {
+    load_paper_tables(c, t, tid, threads);
   }
 
   // K lane: block u of slots 16 grp + m + 8e and + 4 (record pair m + 4e); emit(q, a) as in

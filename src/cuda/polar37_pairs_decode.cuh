@@ -52,22 +52,12 @@ __device__ __forceinline__ uint2 field_entry(uint32_t tab, const uint4& r, int f
 }
 
 template <int D>
-struct Polar37PairsFmt {
+struct Polar37PairsFmt : PairsRegion<D, 6> {
   using Tables = Polar37FragTables;
-  static constexpr int kTokens = pair_layout::kTokens;
-  static constexpr int kUsedBytes = static_cast<int>(pair_layout::region_bytes(D));
-  static constexpr int kImage = kUsedBytes;
+  using PairsRegion<D, 6>::record;
   static constexpr const char* kName = "polar37-pairs";
-  static bool matches(const DeviceCodec& c) {
-    return c.pairs && c.levels == 6 && c.dim == D && c.page_tokens == kTokens &&
-           c.head_bytes >= kUsedBytes;
-  }
-  __device__ static int chunk(int c) { return 16 * c; }
   __device__ static void load_tables(const DeviceCodec& c, Tables* t, int tid, int threads) {
     load_polar37_frag_tables(c, t, tid, threads);
-  }
-  __device__ __forceinline__ static uint4 record(const uint8_t* region, int grp, int u, int q) {
-    return *reinterpret_cast<const uint4*>(region + pair_layout::record_at(D, grp, u, q));
   }
   // The token pair's radii (a low, b high) and the block's factor from levels 6 and 5, from the
   // superblock's shares s0 (radius of a, level 6), s1 (radius of b, level-5 node 0) and s2

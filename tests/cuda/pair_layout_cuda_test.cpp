@@ -1,7 +1,8 @@
-// The GPU pairs layout of `paper` and `polar37` (src/cache/pair_layout.h) on the device: the encoder writes it
-// directly (the CPU cache's pages converted on the host, byte for byte), convert_pages moves pages
-// both ways as the host conversion does, and dequantize reads it exactly. The attention over it is
-// tested with the other layouts in polar_cuda_test.cpp (CudaPairsAttention).
+// The GPU pairs layout of `paper` and `polar37` (src/cache/pair_layout.h) on the device: the
+// encoder writes it directly (the CPU cache's pages converted on the host, byte for byte),
+// convert_pages moves pages both ways as the host conversion does, and dequantize reads it exactly.
+// The attention over it is tested with the other layouts in polar_cuda_test.cpp
+// (CudaPairsAttention).
 #include <polarquant/cuda.h>
 #include <polarquant/error.h>
 #include <polarquant/polar_codec.h>
@@ -45,9 +46,9 @@ std::vector<uint8_t> host_pages(const Filled& f, int n_kv, const std::vector<int
 
 TEST(CudaPairs, EncoderWritesTheCpuCachePagesInThePairsLayout) {
   POLARQUANT_REQUIRE_GPU();
-  for (const auto& [dim, preset] : {std::pair{64, "paper"}, std::pair{128, "paper"},
-                                    std::pair{256, "paper"}, std::pair{64, "polar37"},
-                                    std::pair{128, "polar37"}, std::pair{256, "polar37"}}) {
+  for (const auto& [dim, preset] :
+       {std::pair{64, "paper"}, std::pair{128, "paper"}, std::pair{256, "paper"},
+        std::pair{64, "polar37"}, std::pair{128, "polar37"}, std::pair{256, "polar37"}}) {
     const int n_kv = 2, n = 203;
     Filled f = fill_cache(dim, preset, n_kv, 32, {n}, 13);
     CudaPolarCodec gpu(key_codec(*f.cache), 32, n_kv, PageLayout::kPairs);
@@ -60,17 +61,8 @@ TEST(CudaPairs, EncoderWritesTheCpuCachePagesInThePairsLayout) {
     DeviceBuffer<float> x(f.k[0].size());
     x.upload(f.k[0]);
     DeviceBuffer<uint8_t> pool(pages * gpu.page_bytes()), appended(pages * gpu.page_bytes());
-    const size_t cuts[] = {0, 37, 101, static_cast<size_t>(n)};
-    for (int i = 0; i < 3; ++i) {
-      encode_prefill(gpu, {pool.get(), table.get()}, cuts[i], cuts[i + 1] - cuts[i],
-                     x.get() + cuts[i] * n_kv * dim, false, nullptr);
-    }
-    DeviceBuffer<int32_t> position(1);
-    for (int t = 0; t < n; ++t) {
-      position.upload({t});
-      encode_append(gpu, appended.get(), table.get(), static_cast<int>(pages), position.get(), 1,
-                    x.get() + static_cast<size_t>(t) * n_kv * dim, false, nullptr);
-    }
+    encode_pieces_and_appends(gpu, x.get(), table.get(), pages, n, n_kv, dim, pool.get(),
+                              appended.get());
     CUDA_OK(cudaDeviceSynchronize());
     const std::vector<uint8_t> host = host_pages(f, n_kv, ids);
     std::vector<uint8_t> want(pages * gpu.page_bytes());
@@ -78,8 +70,9 @@ TEST(CudaPairs, EncoderWritesTheCpuCachePagesInThePairsLayout) {
     const std::vector<uint8_t> got = pool.download();
     size_t differ = 0;
     for (size_t i = 0; i < got.size(); ++i) differ += got[i] != want[i] ? 1 : 0;
-    std::printf("[ info ] %s dim %d: %zu of %zu bytes differ from the CPU cache's converted pages\n",
-                preset, dim, differ, got.size());
+    std::printf(
+        "[ info ] %s dim %d: %zu of %zu bytes differ from the CPU cache's converted pages\n",
+        preset, dim, differ, got.size());
     EXPECT_EQ(0u, differ) << preset << " dim " << dim;
     EXPECT_TRUE(got == appended.download()) << preset << " dim " << dim << ": appends differ";
   }

@@ -23,7 +23,7 @@ struct Filled {
 
 // preset: one codec for keys and values, or a pair name ("polar4kv", "KEY/VALUE").
 inline Filled fill_cache(int dim, const std::string& preset, int n_kv, int page_tokens,
-                  const std::vector<int>& lengths, uint32_t seed) {
+                         const std::vector<int>& lengths, uint32_t seed) {
   KvCacheOptions opt;
   opt.n_kv_heads = n_kv;
   opt.head_dim = dim;
@@ -51,6 +51,24 @@ inline const PolarCodec& value_codec(const KvCache& cache) {
 }
 inline const PolarPageFormat& key_format(const KvCache& cache) {
   return dynamic_cast<const PolarPageFormat&>(*cache.impl().key_format);
+}
+
+// Encodes one sequence's n rows (x, device, n x n_kv x dim) twice: into `prefilled` in three
+// prefill pieces of uneven sizes (n > 101) and into `appended` token by token.
+inline void encode_pieces_and_appends(const CudaPolarCodec& gpu, const float* x,
+                                      const int32_t* table, size_t pages, int n, int n_kv, int dim,
+                                      uint8_t* prefilled, uint8_t* appended) {
+  const size_t cuts[] = {0, 37, 101, static_cast<size_t>(n)};
+  for (int i = 0; i < 3; ++i) {
+    encode_prefill(gpu, {prefilled, table}, cuts[i], cuts[i + 1] - cuts[i],
+                   x + cuts[i] * n_kv * dim, false, nullptr);
+  }
+  DeviceBuffer<int32_t> position(1);
+  for (int t = 0; t < n; ++t) {
+    position.upload({t});
+    encode_append(gpu, appended, table, static_cast<int>(pages), position.get(), 1,
+                  x + static_cast<size_t>(t) * n_kv * dim, false, nullptr);
+  }
 }
 
 }  // namespace polarquant::cuda::test

@@ -89,17 +89,8 @@ TEST_P(CudaEncode, PagesMatchTheCpuCache) {
   DeviceBuffer<float> x(f.k[0].size());
   x.upload(f.k[0]);
   DeviceBuffer<uint8_t> pool(pages * gpu.page_bytes()), pool_append(pages * gpu.page_bytes());
-  const size_t cuts[] = {0, 37, 101, static_cast<size_t>(n)};
-  for (int i = 0; i < 3; ++i) {
-    encode_prefill(gpu, {pool.get(), table.get()}, cuts[i], cuts[i + 1] - cuts[i],
-                   x.get() + cuts[i] * n_kv * dim, false, nullptr);
-  }
-  DeviceBuffer<int32_t> position(1);
-  for (int t = 0; t < n; ++t) {
-    position.upload({t});
-    encode_append(gpu, pool_append.get(), table.get(), static_cast<int>(pages), position.get(), 1,
-                  x.get() + static_cast<size_t>(t) * n_kv * dim, false, nullptr);
-  }
+  encode_pieces_and_appends(gpu, x.get(), table.get(), pages, n, n_kv, dim, pool.get(),
+                            pool_append.get());
   // S folded into the input (rotated_input: the encoder skips the rotation), and input rows that
   // are not 16-byte aligned (the generic encoder takes them): the same bytes again.
   std::vector<float> y(f.k[0].size()), shifted(f.k[0].size() + 1, 0.0f);
@@ -389,8 +380,8 @@ class CudaPairsAttention : public ::testing::TestWithParam<AttnParam> {};
 TEST_P(CudaPairsAttention, RaggedBatchMatchesCpuCacheAttention) {
   POLARQUANT_REQUIRE_GPU();
   const auto [dim, g, preset] = GetParam();
-  const double nmse = attention_nmse(dim, g, preset, 2, {0, 1, 31, 33, 64, 777, 3001}, false,
-                                     PageLayout::kPairs);
+  const double nmse =
+      attention_nmse(dim, g, preset, 2, {0, 1, 31, 33, 64, 777, 3001}, false, PageLayout::kPairs);
   std::printf("[ info ] pairs layout, dim %d g %d %s: worst NMSE vs CPU %.3g\n", dim, g,
               preset.c_str(), nmse);
   EXPECT_LT(nmse, 1e-4);
