@@ -1,5 +1,6 @@
 // The register-fragment kernel of decode attention (the `paper` and `polar37` layouts, through
-// PaperFmt in paper_decode.cuh and Polar37Fmt in polar37_frag.cuh; see decode_attention.cu): its
+// PaperFmt in paper_decode.cuh and Polar37Fmt in polar37_frag.cuh for the host layout, and
+// PaperPairsFmt / Polar37PairsFmt for the pairs layout; see decode_attention.cu): its
 // page copy with compile-time chunk places, its shared-memory and register sizing, and the kernel.
 // Included only by decode_attention.cu, after decode_pipeline.cuh; internal linkage as there.
 #pragma once
