@@ -107,8 +107,7 @@ TEST(PairLayout, PagesRoundTripAndKeepEveryCodeAndRadius) {
             for (int node = 0; node < (dim >> level); ++node) {
               const unsigned want = read_code(lay.level_field(h, level, node), slot, w);
               const int bit = pair_layout::code_bit(dim, levels, level, node, slot);
-              const unsigned wide = p[bit / 8] | (bit % 8 + w > 8 ? p[bit / 8 + 1] << 8 : 0);
-              ASSERT_EQ(want, (wide >> (bit % 8)) & ((1u << w) - 1u))
+              ASSERT_EQ(want, read_bits(p, bit, w))
                   << name << " dim " << dim << " level " << level << " node " << node;
               ++checked;
             }

@@ -3,8 +3,8 @@
 // unless --q-heads; head_dim 128 unless --dim gives 64 or 256; the `paper` preset unless
 // --preset names another, or a key/value pair such as `polar4kv` or `polar41/paper`; `--preset
 // f16` times the runtime's fp16-page kernel, the baseline the serving benchmark compares against;
-// 32-token pages; the codec's fastest page layout, `paper`'s pairs layout, unless `--layout host`
-// asks for the CPU cache's) for batch 1/8/32 and context 4k..128k
+// 32-token pages; the codec's fastest page layout (the pairs layout for `paper` and `polar37`)
+// unless `--layout host` asks for the CPU cache's) for batch 1/8/32 and context 4k..128k
 // (--batch and --context pick one), and the encode throughput of a 16k-token prefill. Prints one
 // JSON object per line.
 //
@@ -90,7 +90,7 @@ std::vector<float> time_calls(int reps, F&& call) {
 int main(int argc, char** argv) {
   bool quick = false;
   std::string preset = "paper";
-  bool host_layout = false;
+  std::string layout_name = "fastest";
   int only_batch = 0, only_context = 0;  // 0: every shape
   int dim = 128, n_q = 32;
   for (int i = 1; i < argc; ++i) {
@@ -108,12 +108,13 @@ int main(int argc, char** argv) {
     } else if (arg == "--q-heads" && i + 1 < argc) {
       n_q = std::atoi(argv[++i]);
     } else if (arg == "--layout" && i + 1 < argc &&
-               (std::string(argv[i + 1]) == "host" || std::string(argv[i + 1]) == "fastest")) {
-      host_layout = std::string(argv[++i]) == "host";
+               (std::string(argv[i + 1]) == "host" || std::string(argv[i + 1]) == "pairs" ||
+                std::string(argv[i + 1]) == "fastest")) {
+      layout_name = argv[++i];
     } else {
       std::fprintf(stderr,
                    "usage: %s [--quick] [--preset NAME] [--batch N] [--context N] [--dim "
-                   "64|128|256] [--q-heads N] [--layout host|fastest]\n",
+                   "64|128|256] [--q-heads N] [--layout host|pairs|fastest]\n",
                    argv[0]);
       return 2;
     }
@@ -163,8 +164,11 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<cuda::CudaPolarCodec> gpu_ptr, gpu_value_ptr;
   try {
+    // fastest: the pairs layout where the codec has it; pairs: required (kUnsupported otherwise).
     const auto layout = [&](const PolarCodec& c) {
-      return host_layout ? cuda::PageLayout::kHost : cuda::fastest_page_layout(c.config(), T);
+      return layout_name == "host"    ? cuda::PageLayout::kHost
+             : layout_name == "pairs" ? cuda::PageLayout::kPairs
+                                      : cuda::fastest_page_layout(c.config(), T);
     };
     gpu_ptr = std::make_unique<cuda::CudaPolarCodec>(*codec_ptr, T, n_kv, layout(*codec_ptr));
     if (value_ptr) {

@@ -2,7 +2,7 @@
 # The GPU benchmark in one command, for the GPU machine: builds the CUDA targets if BUILD lacks
 # them, then runs decode_bench beside PyTorch SDPA (bench/cuda/sdpa_compare.py).
 # Usage: bench/cuda/run.sh [BUILD_DIR] [--quick] [--preset NAME] [--batch N] [--context N] [--dim D]
-#        [--q-heads N] [--layout host|fastest] [--no-flashinfer]
+#        [--q-heads N] [--layout host|pairs|fastest] [--no-flashinfer]
 # FlashInfer (an anchor, benchmark only) is used when it imports; sdpa_compare.py says how to carry
 # its wheels to a machine without network.
 set -euo pipefail

@@ -76,12 +76,7 @@ namespace {
 
 // Codes are placed by code_bit (page_format.h); fresh pages are zero, so OR-ing stores them.
 void put_code(uint8_t* field, size_t t, int bits, unsigned code) {
-  const size_t bit = code_bit(t, bits);
-  const unsigned wide = code << (bit % 8);
-  field[bit / 8] = static_cast<uint8_t>(field[bit / 8] | (wide & 0xffu));
-  if (bit % 8 + bits > 8) {
-    field[bit / 8 + 1] = static_cast<uint8_t>(field[bit / 8 + 1] | (wide >> 8));
-  }
+  or_bits(field, code_bit(t, bits), bits, code);
 }
 
 }  // namespace

@@ -77,11 +77,20 @@ inline size_t code_bit(size_t t, int bits) {
   const size_t group = t / 16, i = t % 16;
   return (group * 2 * b + i % (2 * b)) * 8 + b * (i / (2 * b));
 }
-inline unsigned read_code(const uint8_t* field, size_t t, int bits) {
-  const size_t bit = code_bit(t, bits);
-  unsigned wide = field[bit / 8];
-  if (bit % 8 + bits > 8) wide |= static_cast<unsigned>(field[bit / 8 + 1]) << 8;
+// A code of `bits` <= 8 bits at bit offset `bit` of p (LSB first; it may straddle two bytes, and
+// the second byte is touched only then). or_bits ORs one in: fresh pages are zero.
+inline unsigned read_bits(const uint8_t* p, size_t bit, int bits) {
+  unsigned wide = p[bit / 8];
+  if (bit % 8 + bits > 8) wide |= static_cast<unsigned>(p[bit / 8 + 1]) << 8;
   return (wide >> (bit % 8)) & ((1u << bits) - 1u);
+}
+inline void or_bits(uint8_t* p, size_t bit, int bits, unsigned code) {
+  const unsigned wide = code << (bit % 8);
+  p[bit / 8] = static_cast<uint8_t>(p[bit / 8] | (wide & 0xffu));
+  if (bit % 8 + bits > 8) p[bit / 8 + 1] = static_cast<uint8_t>(p[bit / 8 + 1] | (wide >> 8));
+}
+inline unsigned read_code(const uint8_t* field, size_t t, int bits) {
+  return read_bits(field, code_bit(t, bits), bits);
 }
 
 // Offsets of the fields of one head's region in a PolarQuant page of T tokens.

@@ -44,20 +44,6 @@ void for_each_value(const PolarConfig& config, const PolarPageLayout& host, Visi
   }
 }
 
-// A code of `width` <= 8 bits at bit `bit`; it may straddle two bytes.
-unsigned get_bits(const uint8_t* region, size_t bit, int width) {
-  unsigned wide = region[bit / 8];
-  if (bit % 8 + width > 8) wide |= static_cast<unsigned>(region[bit / 8 + 1]) << 8;
-  return (wide >> (bit % 8)) & ((1u << width) - 1u);
-}
-void put_bits(uint8_t* region, size_t bit, int width, unsigned v) {
-  const unsigned wide = v << (bit % 8);
-  region[bit / 8] = static_cast<uint8_t>(region[bit / 8] | (wide & 0xFFu));
-  if (bit % 8 + width > 8) {
-    region[bit / 8 + 1] = static_cast<uint8_t>(region[bit / 8 + 1] | (wide >> 8));
-  }
-}
-
 void convert(const PolarConfig& config, int n_kv_heads, const uint8_t* src, uint8_t* dst,
              size_t count, bool to_pairs, const char* caller) {
   if (!has_pair_layout(config, pair_layout::kTokens)) {
@@ -83,7 +69,7 @@ void convert(const PolarConfig& config, int n_kv_heads, const uint8_t* src, uint
       if (kind == 0) {
         std::memcpy(out + to, in + from, 2);
       } else {
-        put_bits(out, to, width, get_bits(in, from, width));
+        or_bits(out, to, width, read_bits(in, from, width));
       }
     });
   }

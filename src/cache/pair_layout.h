@@ -23,7 +23,9 @@
 //   words 2, 3: level 1 as in `paper`.
 // A region is 16 D bytes (the host layout's is 15.5 D + padding for `paper`, 14.8 D for `polar37`).
 // The one definition of where a code or radius lives: the host conversion (pair_layout.cpp), the
-// CUDA encoder, conversion, readers and decoders include this header.
+// CUDA encoder, conversion, readers and decoders include this header. Two places also spell out
+// `paper`'s record words for speed: the encoder's whole-word packer (pack_paper_pairs in
+// encode_units.cu) and the decoders' shifts; the GPU tests hold both to the host conversion.
 #pragma once
 
 #include <cstddef>

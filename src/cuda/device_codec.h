@@ -22,10 +22,10 @@ struct DeviceCodec {
   int table_entries = 0;              // sum of 2^bits over the levels
   uint32_t level_offset[kMaxLevels] = {};
   uint32_t field_bytes[kMaxLevels] = {};
-  uint32_t radii_offset = 0;       // the radii and fields above: the host layout's places
-  uint32_t head_bytes = 0;         // a region in this codec's layout
-  uint32_t host_head_bytes = 0;    // a region in the host layout
-  bool pairs = false;              // PageLayout::kPairs (src/cache/pair_layout.h) instead of host
+  uint32_t radii_offset = 0;     // the radii and fields above: the host layout's places
+  uint32_t head_bytes = 0;       // a region in this codec's layout
+  uint32_t host_head_bytes = 0;  // a region in the host layout
+  bool pairs = false;            // PageLayout::kPairs (src/cache/pair_layout.h) instead of host
   uint64_t page_bytes = 0;
   // Device tables (one allocation owned by CudaPolarCodec).
   const float* rotation = nullptr;    // S, row-major dim x dim

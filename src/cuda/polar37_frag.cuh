@@ -53,8 +53,8 @@ struct Polar37Frag {
   }
 
   static bool matches(const DeviceCodec& c) {
-    if (c.pairs || c.levels != 6 || c.bits[0] != 4 || c.radius_kind != 0 || c.page_tokens != kTokens ||
-        c.dim != D || c.radii_offset != 0 || c.field_bytes[0] != 16 ||
+    if (c.pairs || c.levels != 6 || c.bits[0] != 4 || c.radius_kind != 0 ||
+        c.page_tokens != kTokens || c.dim != D || c.radii_offset != 0 || c.field_bytes[0] != 16 ||
         c.head_bytes < static_cast<uint32_t>(kUsedBytes)) {
       return false;
     }
